@@ -1,0 +1,52 @@
+"""Keras 3 on TensorFlow: the reference backend. Imports TensorFlow (seconds, ~750 MB)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cifarbench.errors import ModelError
+from cifarbench.manifest import Manifest
+
+
+class KerasBackend:
+    def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        if device == "cpu":
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # already initialised
+                pass
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass
+        import keras
+
+        from cifarbench.convert import load_keras_model
+
+        self.model = load_keras_model(path)
+        self.name, self.device, self.threads = name, device, threads
+        self.version = keras.__version__
+        self._fn = tf.function(lambda x: self.model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fn(np.ascontiguousarray(batch)), dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "keras", "version": self.version, "threads": self.threads, "device": self.device}
+
+
+def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> KerasBackend:
+    try:
+        return KerasBackend(spec.name, str(manifest.verify(spec.format)), device, threads)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"keras cannot load {manifest.name}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,44 @@
+"""onnxruntime: float32 and int8 QDQ artifacts, CPU or CUDA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cifarbench.errors import ModelError
+from cifarbench.manifest import Manifest
+
+
+class OnnxBackend:
+    def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        self.name, self.device, self.threads = name, device, threads
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_float = "float" in inp.type
+        self.output_name = self.session.get_outputs()[0].name
+        self.version = ort.__version__
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32 if self.input_float else np.uint8)
+        return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "onnxruntime", "version": self.version, "providers": self.session.get_providers(),
+                "threads": self.threads, "device": self.device}
+
+
+def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> OnnxBackend:
+    return OnnxBackend(spec.name, str(manifest.verify(spec.format)), device, threads)

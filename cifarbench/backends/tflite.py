@@ -1,0 +1,67 @@
+"""LiteRT (ai-edge-litert): float32, float16-weight and full-integer int8 .tflite artifacts, CPU only.
+
+LiteRT runs one thread unless told otherwise, so ``threads`` defaults to all usable cores.
+The interpreter is resized to each batch size it sees, once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cifarbench.errors import ModelError
+from cifarbench.manifest import Manifest
+
+
+class TFLiteBackend:
+    def __init__(self, name: str, path: str, threads: int | None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.threads = threads or len(os.sched_getaffinity(0))
+        try:
+            self.interpreter = Interpreter(model_path=path, num_threads=self.threads)
+        except Exception as exc:
+            raise ModelError(f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
+        self.name, self.device = name, "cpu"
+        self._inp = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        self._batch = -1
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self.interpreter.resize_tensor_input(self._inp["index"], [n, 32, 32, 3], strict=False)
+            self.interpreter.allocate_tensors()
+            self._inp = self.interpreter.get_input_details()[0]
+            self._out = self.interpreter.get_output_details()[0]
+            self._batch = n
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self._resize(len(batch))
+        x = np.ascontiguousarray(batch)
+        dtype = self._inp["dtype"]
+        scale, zero = self._inp["quantization"]
+        if dtype == np.float32:
+            x = x.astype(np.float32)
+        elif scale and (scale != 1.0 or zero != 0):
+            x = np.clip(np.round(x.astype(np.float32) / scale + zero), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+        else:
+            x = x.astype(dtype)
+        self.interpreter.set_tensor(self._inp["index"], x)
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self._out["index"])
+        oscale, ozero = self._out["quantization"]
+        if y.dtype != np.float32:
+            y = (y.astype(np.float32) - ozero) * oscale
+        return y.astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        import importlib.metadata
+
+        return {"runtime": "ai-edge-litert", "version": importlib.metadata.version("ai-edge-litert"),
+                "delegates": ["XNNPACK (default CPU)"], "threads": self.threads, "device": "cpu"}
+
+
+def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> TFLiteBackend:
+    return TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads)

@@ -1,0 +1,80 @@
+"""The thin CLI: parse options, wire library objects, render tables and progress.
+
+Library errors become one-line messages and exit codes here, and only here.
+Subcommands are imported lazily so ``cifarbench --help`` never imports a framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from cifarbench import __version__
+from cifarbench.errors import EXIT_CODE_HELP, CifarbenchError, ExitStatus
+
+COMMANDS = {
+    "info": ("cifarbench.cli.info", "Versions, CPU flags, GPUs, backends and the default model."),
+    "train": ("cifarbench.cli.train", "Train a zoo architecture on CIFAR-10."),
+    "convert": ("cifarbench.cli.convert", "Convert a Keras model to TFLite and ONNX artifacts."),
+    "classify": ("cifarbench.cli.classify", "Classify image files and folders; CSV/JSONL out."),
+    "bench": ("cifarbench.cli.bench", "Accuracy, F1, latency and throughput per backend."),
+    "serve": ("cifarbench.cli.serve", "HTTP API and upload page for a model."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [n for n, (mod, _) in COMMANDS.items() if importlib.util.find_spec(mod) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return getattr(module, "command")
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CifarbenchError as exc:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(int(exc.exit_status))
+        except KeyboardInterrupt:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(int(ExitStatus.INTERRUPTED))
+
+
+import importlib.util  # noqa: E402  (used by LazyGroup.list_commands)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"auto_envvar_prefix": "CIFARBENCH", "help_option_names": ["-h", "--help"]},
+    epilog="Exit codes:\n\n" + EXIT_CODE_HELP.replace("\n", "\n\n"),
+)
+@click.version_option(__version__, "--version", prog_name="cifarbench")
+@click.option("--traceback", is_flag=True, help="Show the full Python traceback on errors.")
+def cli(traceback: bool) -> None:
+    """Train, convert, classify and benchmark CIFAR-10 CNNs on Keras, TFLite and ONNX.
+
+    Every option can also be set as CIFARBENCH_<COMMAND>_<OPTION>, e.g. CIFARBENCH_CLASSIFY_BACKEND=onnx.
+    """
+
+
+def main() -> None:
+    cli(prog_name="cifarbench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,63 @@
+"""`cifarbench info`: what this machine and install can do."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cifarbench.backends import BACKENDS, unavailable_reason
+from cifarbench.errors import CifarbenchError
+from cifarbench.models import resolve_model, shipped_models
+from cifarbench.paths import BUNDLED_TEST_ARCHIVE, trained_dir
+from cifarbench.sysinfo import environment
+
+
+def collect() -> dict:
+    env = environment()
+    try:
+        m = resolve_model(None)
+        default = {"name": m.name, "path": str(m.directory), "artifacts": list(m.artifacts),
+                   "test_accuracy": m.metrics.get("test", {}).get("accuracy")}
+    except CifarbenchError as exc:
+        default = {"error": str(exc)}
+        m = None
+    env["backends"] = {name: (unavailable_reason(name, m) or "available") for name in BACKENDS}
+    env["default_model"] = default
+    env["shipped_models"] = shipped_models()
+    env["trained_dir"] = str(trained_dir())
+    env["bundled_test_data"] = str(BUNDLED_TEST_ARCHIVE) if BUNDLED_TEST_ARCHIVE.is_file() else None
+    return env
+
+
+@click.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+def command(as_json: bool) -> None:
+    """Versions, CPU model and speed flags, GPUs, onnxruntime providers, backends, default model."""
+    info = collect()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    from cifarbench.cli.ui import stdout_console
+
+    con = stdout_console()
+    cpu = info["cpu"]
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in info["versions"].items():
+        t.add_row(k, v or "[dim]not installed[/dim]")
+    t.add_row("platform", info["platform"])
+    t.add_row("cpu", f"{cpu['model']} ({cpu['usable_cores']} usable of {cpu['cores']} cores)")
+    t.add_row("cpu flags", " ".join(f if on else f"[dim]-{f}[/dim]" for f, on in cpu["flags"].items()))
+    t.add_row("gpus", ", ".join(info["gpus"]) or "none")
+    t.add_row("onnxruntime providers", ", ".join(info["onnxruntime_providers"]) or "none")
+    for name, status in info["backends"].items():
+        t.add_row(f"backend {name}", "[green]available[/green]" if status == "available" else f"[yellow]{status}[/yellow]")
+    d = info["default_model"]
+    t.add_row("default model", f"{d['name']} at {d['path']}" if "name" in d else f"[red]{d['error']}[/red]")
+    t.add_row("shipped models", ", ".join(info["shipped_models"]) or "none")
+    t.add_row("bundled test data", info["bundled_test_data"] or "[red]missing[/red]")
+    con.print(t)

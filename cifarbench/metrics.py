@@ -1,0 +1,81 @@
+"""Classification quality and latency statistics, in numpy only."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return cm
+
+
+def classification_report(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision/recall/F1/support plus macro and weighted averages.
+
+    A class never predicted has precision 0 (not NaN), as scikit-learn's zero_division=0.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    total = support.sum()
+    weights = support / total if total else np.zeros_like(support)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "per_class": per_class,
+        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "weighted": {
+            "precision": float((precision * weights).sum()),
+            "recall": float((recall * weights).sum()),
+            "f1": float((f1 * weights).sum()),
+        },
+        "support": int(total),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The familiar text classification report."""
+    names = list(report["per_class"])
+    w = max(12, max(len(n) for n in names) + 2)
+    lines = [f"{'':>{w}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}", ""]
+    for n in names:
+        r = report["per_class"][n]
+        lines.append(f"{n:>{w}} {r['precision']:9.4f} {r['recall']:9.4f} {r['f1']:9.4f} {r['support']:9d}")
+    lines.append("")
+    lines.append(f"{'accuracy':>{w}} {'':>9} {'':>9} {report['accuracy']:9.4f} {report['support']:9d}")
+    for avg in ("macro", "weighted"):
+        r = report[avg]
+        lines.append(f"{avg + ' avg':>{w}} {r['precision']:9.4f} {r['recall']:9.4f} {r['f1']:9.4f} {report['support']:9d}")
+    return "\n".join(lines) + "\n"
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """Percentiles use numpy's default (linear) interpolation; values in milliseconds."""
+    a = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if a.size == 0:
+        return {}
+    p = np.percentile(a, [50, 90, 95, 99])
+    return {
+        "n": int(a.size),
+        "p50_ms": float(p[0]),
+        "p90_ms": float(p[1]),
+        "p95_ms": float(p[2]),
+        "p99_ms": float(p[3]),
+        "mean_ms": float(a.mean()),
+        "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+    }

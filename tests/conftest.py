@@ -1,0 +1,73 @@
+"""Shared fixtures: a CliRunner helper, a small synthetic CIFAR-like tree, and a tiny converted model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from cifarbench import CIFAR10_CLASSES
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's real cache."""
+    monkeypatch.setenv("CIFARBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def run_cli(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Result:
+    """Invoke the CLI in-process; stderr is kept apart from stdout."""
+    from cifarbench.cli import cli
+
+    runner = CliRunner()
+    return runner.invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+
+
+def class_pattern(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A learnable image: each class has its own colour and stripe direction, plus noise."""
+    hue = np.array([(label * 37) % 256, (label * 91 + 60) % 256, (label * 53 + 120) % 256], np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    stripes = ((xx if label % 2 else yy) // (2 + label % 4)) % 2
+    img = hue[None, None, :] * (0.6 + 0.4 * stripes[..., None]) + rng.normal(0, 12, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_tree(root: Path, per_class: int = 8, splits: tuple[str, ...] = ("train", "test"), seed: int = 0, ext: str = "png") -> Path:
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for label, name in enumerate(CIFAR10_CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(class_pattern(label, rng)).save(d / f"{i:04d}.{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/ (30 per class) and test/ (10 per class) of learnable synthetic images."""
+    root = tmp_path_factory.mktemp("synthetic")
+    make_tree(root, per_class=30, splits=("train",), seed=1)
+    make_tree(root, per_class=10, splits=("test",), seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path) -> Path:
+    """A small trained Keras model converted to every format: a directory with manifest.json."""
+    os.environ["CIFARBENCH_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "cache")
+    from cifarbench.convert import convert
+    from cifarbench.testing import build_tiny_keras_model
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    keras_path = build_tiny_keras_model(out / "src", synthetic_tree)
+    convert(keras_path, out / "model", calibration_data=str(synthetic_tree), calibration_size=300, parity_size=300)
+    return out / "model"
