@@ -156,6 +156,22 @@ def build_flagship(num_classes: int = 10, widths: tuple[int, int, int] = (64, 25
     return keras.Model(inputs, _head(keras, x), name="flagship")
 
 
+def build_tiny_cnn(num_classes: int = 10) -> Any:
+    """Seconds to train: for smoke tests, demos and CI, not for accuracy."""
+    import keras
+    from keras import layers as L
+
+    inputs, x = _stem(keras, num_classes)
+    for width in (8, 16):
+        x = L.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.ReLU()(x)
+        x = L.MaxPooling2D()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, _head(keras, x), name="tiny_cnn")
+
+
 def init_whitening(model: Any, images: np.ndarray, eps: float = 5e-4) -> None:
     """Set the 2x2 whitening conv from the PCA of training patches (airbench's trick).
 
@@ -189,6 +205,11 @@ register(Arch(
     "benchmark-cnn", build_benchmark_cnn,
     Recipe(epochs=50, batch_size=64, optimizer="adam", lr=1e-3),
     "double 3x3 convs 32/64/128 (valid padding) with BN, dropout 0.3/0.5/0.5, dense 128", "~82%",
+))
+register(Arch(
+    "tiny-cnn", build_tiny_cnn,
+    Recipe(epochs=5, batch_size=32, optimizer="adam", lr=1e-2),
+    "two conv-BN-ReLU-pool blocks 8/16, global average pooling", "smoke tests only",
 ))
 register(Arch(
     "flagship", build_flagship,

@@ -29,7 +29,7 @@ class KerasBackend:
                 pass
         import keras
 
-        from cifarbench.convert import load_keras_model
+        from cifarbench.kerasio import load_keras_model
 
         self.model = load_keras_model(path)
         self.name, self.device, self.threads = name, device, threads

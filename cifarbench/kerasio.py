@@ -1,0 +1,192 @@
+"""Loading Keras models of every vintage, and the ``--preprocess`` mini-language.
+
+Keras 3 refuses many files written by Keras 2 (``batch_input_shape`` in the config,
+old layer names), so those fall back to ``tf_keras``. Safe mode stays on unless the
+user passes ``--unsafe``: a Lambda layer is arbitrary code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifarbench.errors import ModelError, UsageError
+
+_UNSAFE_HINT = "it contains a Lambda or custom layer (arbitrary code); pass --unsafe only if you trust the file"
+
+
+def load_keras_model(path: str | os.PathLike[str], unsafe: bool = False) -> Any:
+    """A callable Keras model (Keras 3, tf_keras, or a SavedModel wrapped in a Keras layer)."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such file or directory")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if p.is_dir():
+        return _load_saved_model(p)
+    suffix = p.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        _check_h5(p)
+    elif suffix == ".keras":
+        if not zipfile.is_zipfile(p):
+            raise ModelError(f"{p}: not a readable .keras file (truncated or not a zip archive)")
+    else:
+        raise ModelError(f"{p}: unknown model file type {suffix!r} (expected .keras, .h5 or a SavedModel directory)")
+
+    import keras
+
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # Keras raises ValueError/TypeError/KeyError for config trouble
+        first = _first_line(exc)
+        if _is_unsafe_error(first):
+            raise ModelError(f"{p}: {_UNSAFE_HINT}") from None
+        keras3_error = first
+    # Keras 2 files: tf_keras reads its own formats.
+    try:
+        import tf_keras
+    except ImportError:
+        raise ModelError(f"{p}: Keras 3 cannot load it ({keras3_error}); install tf_keras for Keras 2 files") from None
+    try:
+        return tf_keras.models.load_model(p, compile=False, safe_mode=not unsafe)
+    except TypeError:  # older tf_keras without safe_mode for this format
+        try:
+            return tf_keras.models.load_model(p, compile=False)
+        except Exception as exc:
+            raise ModelError(f"{p}: cannot load ({keras3_error}; tf_keras: {_first_line(exc)})") from None
+    except Exception as exc:
+        msg = _first_line(exc)
+        if _is_unsafe_error(msg):
+            raise ModelError(f"{p}: {_UNSAFE_HINT}") from None
+        raise ModelError(f"{p}: cannot load with Keras 3 ({keras3_error}) nor tf_keras ({msg})") from None
+
+
+def _check_h5(p: Path) -> None:
+    try:
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            if "model_config" not in f.attrs:
+                raise ModelError(
+                    f"{p}: weights-only HDF5 file, the architecture is missing; save the full model "
+                    "(model.save) or build the architecture and load these weights into it"
+                )
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{p}: not a readable HDF5 file ({_first_line(exc)})") from None
+
+
+def _load_saved_model(p: Path) -> Any:
+    if not (p / "saved_model.pb").is_file():
+        raise ModelError(f"{p}: a directory but not a TensorFlow SavedModel (no saved_model.pb)")
+    import keras
+
+    try:
+        layer = keras.layers.TFSMLayer(str(p), call_endpoint="serving_default")
+    except Exception as exc:
+        raise ModelError(f"{p}: cannot load the SavedModel ({_first_line(exc)})") from None
+    return _SavedModelCallable(layer)
+
+
+class _SavedModelCallable:
+    """Calls a SavedModel's serving signature and returns its single output tensor."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        sig = layer._endpoint_signatures["serving_default"] if hasattr(layer, "_endpoint_signatures") else None
+        self.input_shape = (None, 32, 32, 3)
+        try:
+            spec = list(sig.structured_input_signature[1].values())[0]
+            self.input_shape = tuple(spec.shape)
+        except Exception:
+            pass
+
+    def __call__(self, x: Any, training: bool = False) -> Any:
+        out = self.layer(x)
+        if isinstance(out, dict):
+            if len(out) != 1:
+                raise ModelError(f"SavedModel has {len(out)} outputs; expected one class vector")
+            out = next(iter(out.values()))
+        return out
+
+    def save(self, path: Any) -> None:  # pragma: no cover - SavedModels are copied, not re-saved
+        raise ModelError("cannot re-save a SavedModel as .keras")
+
+
+def model_input_shape(model: Any) -> tuple:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):
+        if len(shape) != 1:
+            raise ModelError(f"model has {len(shape)} inputs; expected one image input")
+        shape = shape[0]
+    return tuple(shape) if shape is not None else (None, 32, 32, 3)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _is_unsafe_error(msg: str) -> bool:
+    m = msg.lower()
+    return "safe_mode" in m or "lambda" in m and "unsafe" in m or "arbitrary code" in m
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "scale" or "mean-std"
+    scale: float = 1.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+def parse_preprocess(spec: str | None) -> list[Step]:
+    """``none`` | ``scale:1/255`` | ``mean-std:R,G,B/R,G,B``; steps joined with ``+`` run in order."""
+    if not spec or spec.strip().lower() == "none":
+        return []
+    steps = []
+    for part in spec.split("+"):
+        kind, _, arg = part.strip().partition(":")
+        kind = kind.strip().lower()
+        try:
+            if kind == "scale":
+                steps.append(Step("scale", scale=_number(arg)))
+            elif kind == "mean-std":
+                mean_s, _, std_s = arg.partition("/")
+                mean = tuple(_number(v) for v in mean_s.split(","))
+                std = tuple(_number(v) for v in std_s.split(","))
+                if len(mean) not in (1, 3) or len(std) not in (1, 3) or any(s == 0 for s in std):
+                    raise ValueError("need 1 or 3 means and non-zero stds")
+                steps.append(Step("mean-std", mean=mean, std=std))
+            else:
+                raise ValueError(f"unknown step {kind!r}")
+        except ValueError as exc:
+            raise UsageError(
+                f"bad --preprocess {spec!r} ({exc}); use none, scale:1/255, mean-std:R,G,B/R,G,B, or steps joined by +"
+            ) from None
+    return steps
+
+
+def _number(text: str) -> float:
+    text = text.strip()
+    if re.fullmatch(r"[-+0-9.eE]+/[-+0-9.eE]+", text):
+        a, b = text.split("/")
+        return float(a) / float(b)
+    return float(text)
+
+
+def apply_preprocess(x: Any, steps: list[Step]) -> Any:
+    """Apply steps to float pixels; works on TF tensors and numpy arrays alike."""
+    for s in steps:
+        if s.kind == "scale":
+            x = x * s.scale
+        else:
+            x = (x - list(s.mean)) / list(s.std)
+    return x
