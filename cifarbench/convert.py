@@ -135,7 +135,7 @@ def convert(
 
     # 3. Export.
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(prior, src, out_dir, classes, model)
+    manifest = _start_manifest(prior, src, out_dir, classes, model, formats)
     manifest.input["preprocess_baked"] = preprocess or "none"
     exporters = {
         "tflite": lambda p: _to_tflite(tf, model, probs, p, None, cal_x),
@@ -225,7 +225,8 @@ def _default_calibration_source(prior: Manifest | None) -> str:
                      "--calibration-data SOURCE (a train-split source: never the test split)")
 
 
-def _start_manifest(prior: Manifest | None, src: Path, out_dir: Path, classes: list[str], model: Any) -> Manifest:
+def _start_manifest(prior: Manifest | None, src: Path, out_dir: Path, classes: list[str], model: Any,
+                    formats: Sequence[str]) -> Manifest:
     if prior is not None:
         m = Manifest.load(prior.directory)  # type: ignore[arg-type]
     else:
@@ -237,8 +238,8 @@ def _start_manifest(prior: Manifest | None, src: Path, out_dir: Path, classes: l
         m.training = {"source_file": str(src)}
     m.classes = classes
     m.directory = out_dir
-    keep = {k: v for k, v in m.artifacts.items() if k == "keras"}
-    m.artifacts = keep
+    # Artifacts this run does not rebuild stay listed, if their files are still there.
+    m.artifacts = {k: v for k, v in m.artifacts.items() if k not in formats and (out_dir / v.file).is_file()}
     keras_dst = out_dir / (src.name if not src.is_dir() else FORMAT_FILES["keras"])
     if not src.is_dir():
         if src.resolve() != keras_dst.resolve():

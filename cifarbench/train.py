@@ -143,8 +143,11 @@ def train(
     import tensorflow as tf
 
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:  # TensorFlow already started in this process: keep its pools
+            pass
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(seed)
