@@ -157,3 +157,27 @@ def test_manifest_records_versions_and_calibration(tiny_model: Path) -> None:
     assert onnx_int8["details"]["versions"]["onnxruntime"]
     assert onnx_int8["details"]["convert_seconds"] >= 0
     assert raw["metrics"]["parity"]["split"].startswith("train")
+
+
+def test_savedmodel_and_keras_backend_uses_baked_preprocess(tmp_path: Path, synthetic_tree: Path) -> None:
+    """A SavedModel directory converts; a foreign .keras with --preprocess runs identically on keras and onnx."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp)))
+    model = keras.Model(inp, out)
+    model.export(tmp_path / "sm", verbose=False)
+    r = run_cli("convert", tmp_path / "sm", "--out", tmp_path / "o1", "--calibration-data", synthetic_tree,
+                "--formats", "onnx", "--parity-size", "20", "--calibration-size", "20", "-q")
+    assert r.exit_code == 0, r.output
+
+    model.save(tmp_path / "f.keras")
+    r = run_cli("convert", tmp_path / "f.keras", "--out", tmp_path / "o2", "--calibration-data", synthetic_tree,
+                "--formats", "onnx", "--preprocess", "scale:1/255+mean-std:0.5,0.5,0.5/0.25,0.25,0.25",
+                "--parity-size", "20", "--calibration-size", "20", "-q")
+    assert r.exit_code == 0, r.output
+    from cifarbench.backends import load_backend
+
+    m = Manifest.load(tmp_path / "o2")
+    x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    np.testing.assert_allclose(load_backend("keras", m).predict(x), load_backend("onnx", m).predict(x), atol=1e-5)

@@ -12,7 +12,7 @@ from cifarbench.manifest import Manifest
 
 
 class KerasBackend:
-    def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
+    def __init__(self, name: str, path: str, device: str, threads: int | None, contract: dict, details: dict) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
@@ -29,12 +29,24 @@ class KerasBackend:
                 pass
         import keras
 
-        from cifarbench.kerasio import load_keras_model
+        from cifarbench.kerasio import apply_preprocess, load_keras_model, parse_preprocess
 
-        self.model = load_keras_model(path)
+        self.model = load_keras_model(path, unsafe=bool(details.get("unsafe")))
         self.name, self.device, self.threads = name, device, threads
         self.version = keras.__version__
-        self._fn = tf.function(lambda x: self.model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+        # A foreign model gets the same preprocessing, resize and softmax that convert baked into its artifacts.
+        steps = parse_preprocess(contract.get("preprocess_baked"))
+        size = contract.get("model_input_size")
+        softmax = bool(contract.get("softmax_added"))
+
+        def forward(x: Any) -> Any:
+            x = tf.cast(x, tf.float32)
+            if size:
+                x = tf.image.resize(x, size, method="bilinear")
+            y = tf.cast(self.model(apply_preprocess(x, steps), training=False), tf.float32)
+            return tf.nn.softmax(y) if softmax else y
+
+        self._fn = tf.function(forward, reduce_retracing=True)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._fn(np.ascontiguousarray(batch)), dtype=np.float32)
@@ -45,7 +57,8 @@ class KerasBackend:
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> KerasBackend:
     try:
-        return KerasBackend(spec.name, str(manifest.verify(spec.format)), device, threads)
+        return KerasBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input,
+                            manifest.artifacts[spec.format].details)
     except ModelError:
         raise
     except Exception as exc:
