@@ -71,7 +71,7 @@ def _print_table(manifest: "Manifest", quiet: bool) -> None:
     from cifarbench.cli.ui import stdout_console
 
     t = Table(title=f"{manifest.name}: parity on {manifest.metrics['parity']['images']} held-out train images")
-    for col in ("artifact", "file", "MB", "top-1 agree", "max |dp|", "accuracy", "Δ acc pp", "status"):
+    for col in ("artifact", "file", "MB", "top-1 agree", "max |dp|", "accuracy", "acc drop pp", "status"):
         t.add_column(col, justify="right" if col not in ("artifact", "file", "status") else "left")
     for fmt, art in manifest.artifacts.items():
         p = art.parity

@@ -15,7 +15,11 @@ def stderr_console() -> Console:
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Tables for data: when piped or captured, wide enough that columns are never truncated."""
+    con = Console(highlight=False, soft_wrap=True)
+    if not con.is_terminal:
+        con = Console(highlight=False, soft_wrap=True, width=200)
+    return con
 
 
 class _NoProgress:

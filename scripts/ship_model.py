@@ -1,0 +1,58 @@
+"""Copy a converted model directory into trained/<name>, keeping only the formats we ship.
+
+trained/ must stay near 25 MB; formats left out keep their parity record in the manifest
+(metrics.parity.not_shipped) and can be rebuilt offline with `cifarbench convert trained/<name> --out DIR`.
+
+    python scripts/ship_model.py RUN_DIR NAME --formats keras,onnx,tflite-int8,onnx-int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cifarbench.manifest import Manifest  # noqa: E402
+
+EXTRA_FILES = ("history.json", "report.txt", "curves.png", "confusion.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("name")
+    ap.add_argument("--formats", required=True)
+    args = ap.parse_args()
+    keep = args.formats.split(",")
+    m = Manifest.load(args.run_dir)
+    dst = REPO / "trained" / args.name
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    dropped = {}
+    for fmt, art in list(m.artifacts.items()):
+        if fmt in keep:
+            shutil.copy2(Path(args.run_dir) / art.file, dst / art.file)
+        else:
+            dropped[fmt] = {"file": art.file, "size": art.size, "sha256": art.sha256, "parity": art.parity}
+            del m.artifacts[fmt]
+    for name in EXTRA_FILES:
+        if (Path(args.run_dir) / name).is_file():
+            shutil.copy2(Path(args.run_dir) / name, dst / name)
+    m.name = args.name
+    m.metrics.setdefault("parity", {})["not_shipped"] = dropped
+    m.metrics["parity"]["not_shipped_reason"] = (
+        "left out of trained/ to keep the shipped models near 25 MB; rebuild with "
+        f"`cifarbench convert trained/{args.name} --out DIR --calibration-data ../shared/datasets/cifar10-jpeg.tar.xz`")
+    m.save(dst)
+    total = sum(p.stat().st_size for p in dst.iterdir())
+    print(f"{dst}: {', '.join(m.artifacts)}; {total / 1e6:.1f} MB", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
