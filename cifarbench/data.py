@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -126,13 +128,13 @@ def _load_uncached(path: Path, split: str, classes: tuple[str, ...]) -> Dataset:
                 return _from_archive_members(
                     ((i.filename, (lambda i=i: zf.read(i))) for i in zf.infolist() if not i.is_dir()), split, classes
                 )
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise DataError(f"{path}: not a readable zip archive ({exc})") from None
     if any(name.endswith(s) for s in ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
         try:
             with tarfile.open(path, "r:*") as tf:
                 return _from_archive_members(_tar_members(tf), split, classes)
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
             raise DataError(f"{path}: not a readable tar archive ({exc})") from None
     raise DataError(f"{path}: not a directory or archive; expected {describe_sources()}")
 
@@ -142,6 +144,11 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes]
         if m.isfile():
             data = tf.extractfile(m).read()  # type: ignore[union-attr]
             yield m.name, (lambda d=data: d)
+    # tarfile stops quietly at the first unreadable header after the first member; reading the rest
+    # checks the stream's CRC and that only end-of-archive padding was left, so corruption is an error.
+    while chunk := tf.fileobj.read(1 << 20):  # type: ignore[union-attr]
+        if chunk.count(0) != len(chunk):
+            raise tarfile.ReadError("data after the end-of-archive marker: the archive is corrupt")
 
 
 def _from_archive_members(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...]) -> Dataset:
@@ -173,7 +180,15 @@ def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, c
     index = {c: i for i, c in enumerate(classes)}
     images, labels, paths, skipped = [], [], [], []
     for parts, name, read in rows:
-        res = load_image(read())
+        try:
+            raw = read()
+        except PermissionError:
+            skipped.append((name, "permission denied"))
+            continue
+        except OSError as exc:  # vanished or unreadable member: a row-level problem, not a crash
+            skipped.append((name, f"unreadable: {exc.strerror or exc}"))
+            continue
+        res = load_image(raw)
         if not res.ok:
             skipped.append((name, res.error or "unreadable"))
             continue
@@ -191,9 +206,15 @@ def _from_pickles(read: Callable[[str], bytes], split: str, classes: tuple[str, 
             batch = _unpickle(read(n))
         except (KeyError, FileNotFoundError):
             raise DataError(f"CIFAR-10 batch {n!r} is missing from the cifar-10-batches-py source") from None
-        data = np.asarray(_get(batch, "data"), dtype=np.uint8)
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(_get(batch, "labels"), dtype=np.int64))
+        try:
+            data = np.asarray(_get(batch, "data"), dtype=np.uint8)
+            lab = np.asarray(_get(batch, "labels"), dtype=np.int64).reshape(-1)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"CIFAR-10 batch {n!r} is not in the cifar-10-batches-py layout ({exc})") from None
+        if len(lab) != len(images[-1]) or (len(lab) and (lab.min() < 0 or lab.max() >= len(classes))):
+            raise DataError(f"CIFAR-10 batch {n!r}: labels do not match the images or the {len(classes)} classes")
+        labels.append(lab)
     try:
         meta = _unpickle(read("batches.meta"))
         names_meta = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names"))
@@ -204,11 +225,36 @@ def _from_pickles(read: Callable[[str], bytes], split: str, classes: tuple[str, 
     return Dataset(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes, "", split, "")
 
 
+# Globals a CIFAR-10 batch may reference (numpy arrays, Python 2/3 bytes); anything else is refused,
+# so a crafted "batch" file cannot run code while loading.
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
 def _unpickle(raw: bytes) -> dict:
     try:
-        return pickle.loads(raw, encoding="bytes")
+        out = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:
         raise DataError(f"not a CIFAR-10 pickle batch: {exc}") from None
+    if not isinstance(out, dict):
+        raise DataError(f"not a CIFAR-10 pickle batch: a {type(out).__name__}, not a dict")
+    return out
 
 
 def _get(d: dict, key: str):
@@ -245,8 +291,11 @@ def _official_cifar10_dir() -> Path:
                 "bundled (test split), a cifar-10-batches-py directory, an image-folder tree or an archive "
                 "such as cifar10-jpeg.tar.xz"
             ) from None
-    with tarfile.open(archive, "r:gz") as tf:
-        tf.extractall(root, filter="data")
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            tf.extractall(root, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{archive}: broken CIFAR-10 download ({exc}); delete it and retry") from None
     return target
 
 

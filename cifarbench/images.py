@@ -7,21 +7,36 @@ whether it is classified, benchmarked or served. Failures come back as an
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import math
 import os
+import stat
+import threading
 import warnings
 from dataclasses import dataclass
-from typing import Union
+from typing import IO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-ImageSource = Union[str, "os.PathLike[str]", bytes]
+from cifarbench.errors import UsageError
+
+ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
 RESIZE_POLICIES = ("center-crop", "squash", "pad")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit (~0.25 GB of RGBA at 24 bit)
+PAD_COLOR = (255, 255, 255)  # same white that transparency is composited on
+_HIGH_BIT_MODES = frozenset(("I;16", "I;16B", "I;16L", "I;16N", "I", "F"))
+_ALPHA_MODES = frozenset(("RGBA", "LA", "RGBa", "La", "PA"))
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, even if another library flipped it
+
+# Corrupt files make Pillow's plugins warn ("Corrupt EXIF data", "Tag data larger than file")
+# on stderr; the loader already turns real failures into per-file reasons.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+logging.getLogger("PIL").addHandler(logging.NullHandler())  # no "lastResort" lines unless logging is set up
 
 try:  # optional HEIC/HEIF support through the `heif` extra
     import pillow_heif  # type: ignore
@@ -30,9 +45,14 @@ try:  # optional HEIC/HEIF support through the `heif` extra
 except Exception:  # pragma: no cover - optional dependency
     pass
 
+# Pillow's pixel limit is a module global; swapping it is serialised so threads (serve) never race.
+_LIMIT_LOCK = threading.RLock()
+
 
 @dataclass(frozen=True)
 class ImageResult:
+    """``array`` (uint8 [size, size, 3], RGB) on success, else ``error``: a one-line reason."""
+
     array: np.ndarray | None
     error: str | None = None
 
@@ -47,100 +67,190 @@ def load_image(
     resize: str = "center-crop",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ImageResult:
-    """Decode ``src`` to an RGB uint8 array of shape (size, size, 3)."""
+    """Decode ``src`` (a path or encoded bytes) to an RGB uint8 array of shape (size, size, 3).
+
+    ``resize``: ``center-crop`` (shorter side to ``size``, centre crop), ``squash`` (ignore aspect)
+    or ``pad`` (longer side to ``size``, white borders). ``max_pixels`` guards against
+    decompression bombs (``None`` disables it). Only a bad ``resize``/``size`` raises; every
+    per-file problem is returned as ``ImageResult(None, reason)``.
+    """
     if resize not in RESIZE_POLICIES:
-        raise ValueError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
+        raise UsageError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
+    if not isinstance(size, int) or size < 1:
+        raise UsageError(f"image size must be a positive integer, got {size!r}")
     try:
-        if isinstance(src, (bytes, bytearray, memoryview)):
-            if len(src) == 0:
-                return ImageResult(None, "empty file (0 bytes)")
-            fp: object = io.BytesIO(bytes(src))
-        else:
-            path = os.fspath(src)
-            if os.path.isdir(path):
-                return ImageResult(None, "is a directory, not an image")
-            if os.path.getsize(path) == 0:
-                return ImageResult(None, "empty file (0 bytes)")
-            fp = path
-        return ImageResult(_decode(fp, size, resize, max_pixels))
+        with _open_source(src) as fp:
+            if isinstance(fp, str):  # a reason, not a file
+                return ImageResult(None, fp)
+            return ImageResult(_decode(fp, size, resize, max_pixels))
     except Image.DecompressionBombError as exc:
-        return ImageResult(None, f"decompression bomb refused: {exc}")
+        return ImageResult(None, f"image too large, refused as a decompression bomb ({exc})")
     except Image.UnidentifiedImageError:
-        return ImageResult(None, "not an image Pillow can read")
+        return ImageResult(None, "not an image (no installed Pillow plugin recognises it)")
     except FileNotFoundError:
         return ImageResult(None, "file not found")
     except PermissionError:
         return ImageResult(None, "permission denied")
+    except IsADirectoryError:
+        return ImageResult(None, "is a directory, not an image")
     except OSError as exc:
-        msg = str(exc) or type(exc).__name__
-        if "truncated" in msg.lower() or "broken data stream" in msg.lower():
-            return ImageResult(None, f"truncated or corrupt image: {msg}")
-        return ImageResult(None, f"unreadable image: {msg}")
-    except (ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        return ImageResult(None, f"unreadable image: {type(exc).__name__}: {exc}")
+        msg = _one_line(exc)
+        low = msg.lower()
+        if "truncated" in low or "broken data stream" in low or "premature end" in low:
+            return ImageResult(None, f"truncated image ({msg})")
+        return ImageResult(None, f"corrupt or unreadable image ({msg})")
+    except MemoryError:
+        return ImageResult(None, "out of memory while decoding")
+    except Exception as exc:  # a corrupt file can make any plugin raise anything; never break the batch
+        return ImageResult(None, f"corrupt or unsupported image ({type(exc).__name__}: {_one_line(exc)})")
 
 
-def _decode(fp: object, size: int, resize: str, max_pixels: int | None) -> np.ndarray:
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+@contextlib.contextmanager
+def _open_source(src: ImageSource) -> Iterator[IO[bytes] | str]:
+    """A readable binary file object, or a string reason why there is none."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            yield "empty file (0 bytes)"
+        else:
+            yield io.BytesIO(src)
+        return
+    path = os.fspath(src)
+    st = os.stat(path)  # FileNotFoundError / PermissionError map to reasons in load_image
+    if stat.S_ISDIR(st.st_mode):
+        yield "is a directory, not an image"
+        return
+    if not stat.S_ISREG(st.st_mode):  # FIFOs and devices would block or never end
+        yield "not a regular file"
+        return
+    if st.st_size == 0:
+        yield "empty file (0 bytes)"
+        return
+    with open(path, "rb") as fh:
+        yield fh
+
+
+def _decode(fp: IO[bytes], size: int, resize: str, max_pixels: int | None) -> np.ndarray:
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is not None and (max_pixels is None or max_pixels > pillow_limit):
+        # A limit above Pillow's must also hold for the checks plugins make while loading
+        # (TIFF strips, GIF frames): rare, so the whole decode runs with the global lifted.
+        with _pillow_limit(None):
+            return _decode_unlocked(fp, size, resize, max_pixels)
+    return _decode_unlocked(fp, size, resize, max_pixels)
+
+
+def _decode_unlocked(fp: IO[bytes], size: int, resize: str, max_pixels: int | None) -> np.ndarray:
+    im = _open_checked(fp, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:  # type: ignore[arg-type]
-                if im.format == "JPEG" and max(im.size) > 2 * size:
-                    # Decode at the smallest DCT scale that still covers the target.
-                    im.draft("RGB", _draft_target(im.size, size, resize))
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                rgb = _to_rgb(im)
+        if im.format == "JPEG" and (im.width > size or im.height > size):
+            # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target.
+            im.draft(None, _draft_target(im.size, size, resize))
+        im.load()
+        if im.format != "JPEG" or "exif" in im.info or "xmp" in im.info:  # plain JPEGs skip the EXIF parse
+            _apply_exif_orientation(im)
+        rgb = _to_rgb(im)
+        out = _fit(rgb, size, resize)
+        return np.array(out, dtype=np.uint8)  # one copy, writeable, owned
     finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
-    return np.asarray(_fit(rgb, size, resize), dtype=np.uint8)
+        im.close()
+
+
+@contextlib.contextmanager
+def _pillow_limit(value: int | None) -> Iterator[None]:
+    with _LIMIT_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = value
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _open_checked(fp: IO[bytes], max_pixels: int | None) -> Image.Image:
+    """``Image.open`` under our own limit, with a clear message instead of Pillow's 2x-limit rule."""
+    with _pillow_limit(None):  # header parse only; the check below is exact and warning-free
+        im = Image.open(fp)
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        im.close()
+        raise Image.DecompressionBombError(f"{w}x{h} = {w * h:,} pixels, limit {max_pixels:,}")
+    if w < 1 or h < 1:
+        im.close()
+        raise ValueError(f"image has no pixels ({w}x{h})")
+    return im
 
 
 def _draft_target(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int]:
+    """The smallest decoded size from which ``_fit`` still downsamples (never upsamples)."""
     w, h = wh
-    if resize == "center-crop":
-        scale = size / min(w, h)
-    elif resize == "pad":
-        scale = size / max(w, h)
-    else:
+    if resize == "squash":
         return (size, size)
-    return (max(size, int(w * scale)), max(size, int(h * scale)))
+    scale = size / (min(w, h) if resize == "center-crop" else max(w, h))
+    return (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+
+
+def _apply_exif_orientation(im: Image.Image) -> None:
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # a malformed EXIF block must not cost the pixels: keep the stored orientation
+        pass
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Normalise every Pillow mode to RGB; transparency is composited on white."""
     mode = im.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in im.info:
         return im
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        if mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        elif mode == "I" and lo >= 0 and hi <= 65535:
-            lo, hi = 0.0, (255.0 if hi <= 255 else 65535.0)
-        elif mode == "F" and lo >= 0 and hi <= 1.0:
-            lo, hi = 0.0, 1.0
-        span = (hi - lo) or 1.0
-        arr8 = np.clip(np.rint((np.nan_to_num(arr, nan=lo) - lo) * (255.0 / span)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
-    if mode == "P" or mode == "PA":
-        im = im.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "RGBa", "La"):
+    if mode in _HIGH_BIT_MODES:
+        return Image.fromarray(_scale_to_u8(np.asarray(im), mode), "L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in im.info:  # P/L/RGB with tRNS, GIF transparency
         rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, PAD_COLOR + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, L, 1
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, L, P without transparency
+
+
+def _scale_to_u8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """High-bit-depth greyscale to 8 bit by scaling its nominal range, never by clipping.
+
+    16-bit modes map 0..65535; ``I`` data that fits 8 or 16 bits uses that range; ``F`` in 0..1
+    maps 0..1; anything else (negative or wider values) is min-max stretched.
+    """
+    a = arr.astype(np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        fill = float(a[finite].min()) if finite.any() else 0.0
+        a = np.where(finite, a, fill)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    elif mode == "I" and lo >= 0 and hi <= 65535:
+        lo, hi = 0.0, (255.0 if hi <= 255 else 65535.0)
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    span = (hi - lo) or 1.0
+    return np.clip(np.rint((a - lo) * (255.0 / span)), 0, 255).astype(np.uint8)
 
 
 def _fit(im: Image.Image, size: int, resize: str) -> Image.Image:
-    if im.size == (size, size):
+    """Resize with Lanczos (antialiased); ``reducing_gap`` box-reduces huge non-JPEG inputs first."""
+    w, h = im.size
+    if (w, h) == (size, size):
         return im
+    lanczos = Image.Resampling.LANCZOS
     if resize == "squash":
-        return im.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return im.resize((size, size), lanczos, reducing_gap=3.0)
     if resize == "pad":
-        return ImageOps.pad(im, (size, size), Image.Resampling.LANCZOS, color=(255, 255, 255))
-    return ImageOps.fit(im, (size, size), Image.Resampling.LANCZOS)
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size), PAD_COLOR)
+        canvas.paste(im.resize((nw, nh), lanczos, reducing_gap=3.0), ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    side = min(w, h)  # center-crop: the centred square, resampled straight from the source
+    left, top = (w - side) / 2, (h - side) / 2
+    return im.resize((size, size), lanczos, box=(left, top, left + side, top + side), reducing_gap=3.0)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,384 @@
+"""The image loader on tiny awkward fixtures generated here: every mode, format and failure."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, features
+
+from cifarbench import images
+from cifarbench.errors import UsageError
+from cifarbench.images import load_image
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def solid(color: tuple[int, ...], size: tuple[int, int] = (32, 32), mode: str = "RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def bands(colors: list[tuple[int, int, int]], band_w: int = 32, h: int = 32) -> Image.Image:
+    """Vertical colour bands, left to right."""
+    arr = np.concatenate([np.full((h, band_w, 3), c, np.uint8) for c in colors], axis=1)
+    return Image.fromarray(arr)
+
+
+def ok(res: images.ImageResult) -> np.ndarray:
+    assert res.ok, res.error
+    assert res.array is not None
+    assert res.array.shape == (32, 32, 3) and res.array.dtype == np.uint8
+    return res.array
+
+
+def near(arr: np.ndarray, color: tuple[int, int, int], tol: int) -> bool:
+    return bool(np.abs(arr.reshape(-1, 3).astype(int) - np.asarray(color)).max() <= tol)
+
+
+# ----------------------------------------------------------------------------- formats
+
+LOSSLESS = ["PNG", "BMP", "TIFF", "GIF", "PPM", "TGA", "ICO"]
+
+
+@pytest.mark.parametrize("fmt", LOSSLESS)
+def test_lossless_formats_round_trip_exactly(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    if fmt == "GIF":  # 256-colour palette: use few colours so the palette is exact
+        src = (src // 128) * 255
+    arr = ok(load_image(encode(Image.fromarray(src), fmt)))
+    np.testing.assert_array_equal(arr, src)
+
+
+@pytest.mark.parametrize(
+    "fmt, kw",
+    [
+        ("JPEG", {"quality": 95}),
+        ("WEBP", {"quality": 95}),
+        pytest.param("AVIF", {"quality": 95}, marks=pytest.mark.skipif(not features.check("avif"), reason="no AVIF")),
+        ("JPEG2000", {}),
+    ],
+)
+def test_lossy_formats_decode_close(fmt: str, kw: dict) -> None:
+    if fmt == "JPEG2000" and not features.check("jpg_2000"):
+        pytest.skip("no OpenJPEG")
+    arr = ok(load_image(encode(solid((200, 40, 90)), fmt, **kw)))
+    assert near(arr, (200, 40, 90), 8), arr.reshape(-1, 3).mean(0)
+
+
+def test_webp_lossless_is_exact() -> None:
+    src = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ok(load_image(encode(Image.fromarray(src), "WEBP", lossless=True))), src)
+
+
+def test_heic_when_extra_installed() -> None:
+    pytest.importorskip("pillow_heif")
+    data = encode(solid((30, 160, 220)), "HEIF", quality=95)
+    assert near(ok(load_image(data)), (30, 160, 220), 12)
+
+
+def test_gif_animation_uses_first_frame() -> None:
+    frames = [solid(RED), solid(BLUE), solid(GREEN)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    assert near(ok(load_image(data)), RED, 0)
+
+
+def test_accepts_path_bytes_bytearray_memoryview(tmp_path: Path) -> None:
+    data = encode(solid(GREEN), "PNG")
+    p = tmp_path / "g.png"
+    p.write_bytes(data)
+    for src in (p, str(p), data, bytearray(data), memoryview(data)):
+        assert near(ok(load_image(src)), GREEN, 0)
+
+
+def test_result_array_is_writeable_and_owned() -> None:
+    arr = ok(load_image(encode(solid(RED), "PNG")))
+    arr[0, 0] = 0  # callers may normalise in place
+    assert arr.flags.owndata or arr.base is not None
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def test_cmyk_jpeg_converted_to_rgb() -> None:
+    cmyk = solid((0, 255, 255, 0), mode="CMYK")  # no cyan, full magenta+yellow = red
+    data = encode(cmyk, "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    assert near(ok(load_image(data)), RED, 6)
+
+
+def test_palette_png_with_transparency_composites_on_white() -> None:
+    im = Image.new("P", (32, 32), 0)
+    im.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)  # 0: black (transparent), 1: blue
+    im.paste(1, (16, 0, 32, 32))
+    data = encode(im, "PNG", transparency=0)
+    reopened = Image.open(io.BytesIO(data))
+    assert reopened.mode == "P" and "transparency" in reopened.info
+    arr = ok(load_image(data))
+    assert near(arr[:, :16], WHITE, 0)  # transparent black shows the white background, not black
+    assert near(arr[:, 16:], BLUE, 0)
+
+
+def test_rgb_png_with_trns_colour_key() -> None:
+    im = bands([(0, 0, 0), RED], band_w=16)
+    data = encode(im, "PNG", transparency=(0, 0, 0))
+    arr = ok(load_image(data))
+    assert near(arr[:, :16], WHITE, 0) and near(arr[:, 16:], RED, 0)
+
+
+def test_pa_image_composited() -> None:
+    pa = Image.new("PA", (32, 32), (1, 0))  # palette index 1 (green), fully transparent
+    pa.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    pa.paste((1, 255), (16, 0, 32, 32))  # opaque right half
+    out = np.asarray(images._to_rgb(pa))  # Pillow cannot save PA; exercise the conversion directly
+    assert near(out[:, :16], WHITE, 0) and near(out[:, 16:], GREEN, 0)
+
+
+def test_la_and_rgba_composited_on_white() -> None:
+    la = np.zeros((32, 32, 2), np.uint8)
+    la[..., 1] = 0  # fully transparent black
+    la[:, 16:, 1] = 128  # half-transparent black
+    arr = ok(load_image(encode(Image.fromarray(la, "LA"), "PNG")))
+    assert near(arr[:, :16], WHITE, 0)
+    assert near(arr[:, 16:], (127, 127, 127), 1)
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[...] = (255, 0, 0, 128)
+    arr = ok(load_image(encode(Image.fromarray(rgba, "RGBA"), "PNG")))
+    assert near(arr, (255, 127, 127), 1)
+
+
+def test_one_bit_image() -> None:
+    arr1 = (np.indices((32, 32)).sum(0) % 2).astype(bool)
+    data = encode(Image.fromarray(arr1), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "1"
+    arr = ok(load_image(data))
+    np.testing.assert_array_equal(arr[..., 0], np.where(arr1, 255, 0))
+    assert (arr[..., 0] == arr[..., 2]).all()
+
+
+def test_16_bit_png_is_scaled_not_clipped() -> None:
+    g = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    data = encode(Image.fromarray(g), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    arr = ok(load_image(data))
+    expected = np.rint(g / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(arr[..., 1], expected)
+    assert len(np.unique(arr[..., 0])) > 200  # a full ramp, not a saturated block
+
+
+def test_mode_i_tiff_wide_range_and_negative() -> None:
+    g = np.linspace(0, 60000, 32 * 32).reshape(32, 32).astype(np.int32)
+    im = Image.fromarray(g, "I")
+    arr = ok(load_image(encode(im, "TIFF")))
+    np.testing.assert_array_equal(arr[..., 0], np.rint(g / 257.0).astype(np.uint8))  # 16-bit range
+    neg = (g - 30000).astype(np.int32)
+    arr = ok(load_image(encode(Image.fromarray(neg, "I"), "TIFF")))
+    assert arr[..., 0].min() == 0 and arr[..., 0].max() == 255  # min-max stretched
+    assert arr[0, 0, 0] == 0 and arr[-1, -1, 0] == 255
+
+
+def test_mode_i_holding_8_bit_values_keeps_them() -> None:
+    g = np.arange(32 * 32).reshape(32, 32).astype(np.int32) % 200
+    arr = ok(load_image(encode(Image.fromarray(g, "I"), "TIFF")))
+    np.testing.assert_array_equal(arr[..., 2], g.astype(np.uint8))
+
+
+def test_mode_f_tiff_unit_range_and_nan() -> None:
+    f = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    arr = ok(load_image(encode(Image.fromarray(f, "F"), "TIFF")))
+    np.testing.assert_array_equal(arr[..., 0], np.rint(f * 255).astype(np.uint8))
+    wide = f * 1000 - 500
+    wide[0, 0] = np.nan
+    wide[0, 1] = np.inf
+    arr = ok(load_image(encode(Image.fromarray(wide, "F"), "TIFF")))
+    assert arr[-1, -1, 0] == 255 and arr[0, 2, 0] <= 1  # finite range stretched; NaN/inf do not poison it
+
+
+# ----------------------------------------------------------------------------- EXIF, resize, draft
+
+
+def test_exif_orientation_is_applied() -> None:
+    im = bands([RED, BLUE])  # stored: 64 wide x 32 tall, red left, blue right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": left edge becomes the top
+    data = encode(im, "JPEG", quality=95, exif=exif.tobytes())
+    arr = ok(load_image(data, resize="squash"))
+    assert near(arr[:12], RED, 12), "top should be red after rotation"
+    assert near(arr[-12:], BLUE, 12), "bottom should be blue after rotation"
+    plain = ok(load_image(encode(im, "JPEG", quality=95), resize="squash"))
+    assert near(plain[:, :12], RED, 12) and near(plain[:, -12:], BLUE, 12)
+
+
+def test_malformed_exif_does_not_lose_the_image() -> None:
+    data = encode(solid(GREEN), "JPEG", quality=95, exif=b"Exif\x00\x00garbage-not-tiff")
+    assert near(ok(load_image(data)), GREEN, 8)
+
+
+def test_resize_policies() -> None:
+    im = bands([RED, GREEN, BLUE])  # 96 x 32
+    crop = ok(load_image(encode(im, "PNG")))
+    assert near(crop[:, 4:-4], GREEN, 0)  # centre third only
+    squash = ok(load_image(encode(im, "PNG"), resize="squash"))
+    assert near(squash[:, :8], RED, 2) and near(squash[:, 13:19], GREEN, 2) and near(squash[:, -8:], BLUE, 2)
+    pad = ok(load_image(encode(im, "PNG"), resize="pad"))
+    assert near(pad[:9], WHITE, 0) and near(pad[-9:], WHITE, 0)  # 96x32 -> 32x11 content, white borders
+    assert near(pad[12:20, :8], RED, 2) and near(pad[12:20, -8:], BLUE, 2)
+
+
+def test_other_sizes_and_upscaling() -> None:
+    res = load_image(encode(solid(RED, (8, 8)), "PNG"), size=16)
+    assert res.ok and res.array.shape == (16, 16, 3) and near(res.array, RED, 0)
+
+
+def test_bad_policy_or_size_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="resize policy"):
+        load_image(b"x", resize="stretch")
+    with pytest.raises(UsageError, match="size"):
+        load_image(b"x", size=0)
+
+
+def test_large_jpeg_uses_draft_and_matches_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    big = Image.fromarray(base).resize((1600, 1200), Image.Resampling.BICUBIC)  # smooth 2 MP photo
+    data = encode(big, "JPEG", quality=92)
+
+    decoded_sizes: list[tuple[int, int]] = []
+    from PIL import JpegImagePlugin
+
+    real_jpeg_load = JpegImagePlugin.JpegImageFile.load
+
+    def spy(self):  # type: ignore[no-untyped-def]
+        out = real_jpeg_load(self)
+        decoded_sizes.append(self.im.size)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
+    drafted = ok(load_image(data))
+    assert decoded_sizes and decoded_sizes[0] == (200, 150)  # 1/8 scale: shorter side 150 >= 32
+    monkeypatch.undo()
+
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    ref = np.asarray(images._fit(full, 32, "center-crop"))
+    assert np.abs(drafted.astype(int) - ref).mean() < 3.0  # draft + Lanczos ~ full decode + Lanczos
+
+
+@pytest.mark.parametrize("policy, wh, minimum", [("center-crop", (1000, 300), (107, 32)), ("pad", (1000, 300), (32, 10)), ("squash", (1000, 300), (32, 32))])
+def test_draft_target_never_upsamples(policy: str, wh: tuple[int, int], minimum: tuple[int, int]) -> None:
+    tw, th = images._draft_target(wh, 32, policy)
+    assert tw >= minimum[0] and th >= minimum[1]
+    scale = min(wh[0] // tw, wh[1] // th)  # what Pillow's JPEG draft does
+    assert wh[0] / scale >= minimum[0] - 1e-9 and wh[1] / scale >= minimum[1] - 1e-9
+
+
+# ----------------------------------------------------------------------------- failures are rows
+
+
+def test_truncated_jpeg_and_png() -> None:
+    big = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for fmt in ("JPEG", "PNG"):
+        data = encode(Image.fromarray(big), fmt)
+        res = load_image(data[: len(data) // 2])
+        assert not res.ok and res.array is None
+        assert "truncated" in res.error
+
+
+def test_empty_text_directory_missing_fifo(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a jpeg\n")
+    folder = tmp_path / "x.jpg"
+    folder.mkdir()
+    cases = {
+        empty: "empty file",
+        text: "not an image",
+        folder: "directory",
+        tmp_path / "missing.png": "not found",
+    }
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "pipe.png"
+        os.mkfifo(fifo)
+        cases[fifo] = "not a regular file"
+    for path, reason in cases.items():
+        res = load_image(path)
+        assert not res.ok and res.array is None and reason in res.error, (path, res.error)
+    assert "empty" in load_image(b"").error
+
+
+def test_unreadable_file_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "secret.png"
+    p.write_bytes(encode(solid(RED), "PNG"))
+
+    def denied(*a: object, **k: object) -> None:
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(images, "open", denied, raising=False)  # root ignores chmod; fake the OS answer
+    res = load_image(p)
+    assert not res.ok and res.error == "permission denied"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads chmod 000 files")
+def test_unreadable_file_permission_real(tmp_path: Path) -> None:
+    p = tmp_path / "secret.png"
+    p.write_bytes(encode(solid(RED), "PNG"))
+    p.chmod(0)
+    assert load_image(p).error == "permission denied"
+
+
+def test_decompression_bomb_limit_is_configurable() -> None:
+    data = encode(solid(RED, (40, 40)), "PNG")
+    res = load_image(data, max_pixels=1000)
+    assert not res.ok and "decompression bomb" in res.error and "1,600" in res.error
+    assert load_image(data, max_pixels=1600).ok  # exactly at the limit is allowed
+    assert load_image(data, max_pixels=None).ok
+
+
+def test_limit_above_pillows_global_is_honoured_and_global_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    data = encode(solid(BLUE, (40, 40)), "TIFF")  # TIFF checks the limit again while loading
+    assert load_image(data, max_pixels=10_000).ok
+    assert load_image(data, max_pixels=None).ok
+    assert Image.MAX_IMAGE_PIXELS == 100
+    assert "decompression bomb" in load_image(data, max_pixels=1000).error
+
+
+def test_never_raises_on_corrupted_bytes() -> None:
+    rng = np.random.default_rng(7)
+    src = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    seeds = [encode(src, f) for f in ("PNG", "GIF", "TIFF", "BMP", "JPEG", "WEBP")]
+    outcomes = {True: 0, False: 0}
+    for data in seeds:
+        for _ in range(25):
+            buf = bytearray(data)
+            for i in rng.integers(0, len(buf), size=6):
+                buf[i] = int(rng.integers(0, 256))
+            cut = int(rng.integers(len(buf) // 3, len(buf) + 1))
+            res = load_image(bytes(buf[:cut]))  # must return, never raise
+            assert res.ok == (res.array is not None) and res.ok == (res.error is None)
+            if not res.ok:
+                assert res.error and "\n" not in res.error
+            outcomes[res.ok] += 1
+    assert outcomes[False] > 0  # the corruption really produced failures
+
+
+def test_batch_loop_survives_every_bad_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    good.write_bytes(encode(solid(RED), "PNG"))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "dir.jpg").mkdir()
+    (tmp_path / "text.png").write_text("hello")
+    results = {p.name: load_image(p) for p in sorted(tmp_path.iterdir())}
+    assert [n for n, r in results.items() if r.ok] == ["good.png"]
+    assert all(r.error for n, r in results.items() if n != "good.png")
