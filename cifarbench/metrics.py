@@ -8,9 +8,18 @@ import numpy as np
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows are true classes, columns predicted classes."""
+    """Rows are true classes, columns predicted classes.
+
+    Labels outside ``[0, num_classes)`` raise: a -1 would otherwise wrap into the last class unnoticed.
+    """
+    t, p = np.asarray(y_true, np.int64).ravel(), np.asarray(y_pred, np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} labels, y_pred {p.size}")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} holds labels outside 0..{num_classes - 1}")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    np.add.at(cm, (t, p), 1)
     return cm
 
 

@@ -74,3 +74,26 @@ def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, label: str, p
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def plot_latency(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> bool:
+    """Horizontal bars at p50 with a whisker to p99, one per row (``label``, ``p50_ms``, ``p99_ms``); log x."""
+    plt = _pyplot()
+    if plt is None or not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    p50 = np.array([r["p50_ms"] for r in rows], dtype=float)
+    p99 = np.array([r["p99_ms"] for r in rows], dtype=float)
+    ax.barh(y, p50, color="tab:blue", label="p50")
+    ax.errorbar(p99, y, xerr=[p99 - p50, np.zeros_like(p99)], fmt="|", color="black", capsize=0, label="p99")
+    ax.set_yticks(y, [r["label"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency (ms, log scale)"), ax.grid(alpha=0.3, axis="x"), ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,291 @@
+"""Bench outputs: results.json (versioned schema), results.csv, report.md and plots, from one results document.
+
+The JSON document built by ``cifarbench.bench.run_bench`` is the single source; CSV, Markdown,
+plots and the CLI table are views of it, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from cifarbench import plots
+from cifarbench.atomic import atomic_write
+from cifarbench.bench import SCHEMA, SCHEMA_VERSION
+from cifarbench.errors import DataError
+
+_NUM = {"type": ["number", "null"]}
+_LATENCY = {"type": "object", "properties": {k: _NUM for k in (
+    "n", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "total_s")}}
+_THROUGHPUT = {"type": "object", "required": ["batch_size", "calls", "images", "seconds", "images_per_s"],
+               "properties": {"batch_size": {"type": "integer"}, "calls": {"type": "integer"},
+                              "images": {"type": "integer"}, "seconds": {"type": "number"}, "images_per_s": _NUM}}
+_ROW = {
+    "type": "object",
+    "required": ["model", "backend", "status", "reason", "size_bytes", "load_s", "first_call_ms", "latency",
+                 "throughput", "quality", "agreement", "speedup", "peak_rss_mb", "runtime", "warnings"],
+    "properties": {
+        "model": {"type": "string"}, "backend": {"type": "string"},
+        "status": {"enum": ["ok", "skipped", "failed"]}, "reason": {"type": ["string", "null"]},
+        "size_bytes": {"type": ["integer", "null"]}, "load_s": _NUM, "first_call_ms": _NUM,
+        "latency": _LATENCY, "throughput": {"type": "array", "items": _THROUGHPUT},
+        "quality": {"type": "object", "properties": {
+            "accuracy": {"type": "number"}, "support": {"type": "integer"},
+            "macro": {"type": "object", "required": ["precision", "recall", "f1"]},
+            "weighted": {"type": "object", "required": ["precision", "recall", "f1"]},
+            "per_class": {"type": "object"}, "confusion": {"type": "array", "items": {"type": "array"}}}},
+        "agreement": {"type": "object", "properties": {"reference": {"type": "string"}, "top1": {"type": "number"},
+                                                        "max_abs_dprob": {"type": "number"}}},
+        "speedup": _NUM, "accuracy_delta_pp": _NUM, "peak_rss_mb": _NUM, "rss_delta_mb": _NUM,
+        "runtime": {"type": "object"}, "warnings": {"type": "array", "items": {"type": "string"}},
+    },
+}
+RESULTS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": f"{SCHEMA} results, version {SCHEMA_VERSION}",
+    "type": "object",
+    "required": ["schema", "schema_version", "cifarbench_version", "created", "command", "config", "definitions",
+                 "environment", "data", "models", "results", "warnings"],
+    "properties": {
+        "schema": {"const": SCHEMA}, "schema_version": {"const": SCHEMA_VERSION},
+        "cifarbench_version": {"type": "string"}, "created": {"type": "string"}, "command": {"type": "string"},
+        "wall_s": {"type": "number"}, "config": {"type": "object"},
+        "definitions": {"type": "object", "required": ["throughput", "latency"]},
+        "environment": {"type": "object", "required": ["cpu", "versions", "command", "threads_requested"]},
+        "data": {"type": "object", "required": ["source", "images", "decode"]},
+        "models": {"type": "object"},
+        "results": {"type": "array", "items": _ROW},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_TYPES = {"object": dict, "array": list, "string": str, "number": (int, float), "integer": int, "boolean": bool, "null": type(None)}
+
+
+def validate(doc: Any, schema: dict[str, Any] = RESULTS_SCHEMA, where: str = "$") -> list[str]:
+    """Errors of ``doc`` against the JSON-Schema subset used here (type, const, enum, required, properties, items)."""
+    errs: list[str] = []
+    if "const" in schema and doc != schema["const"]:
+        errs.append(f"{where}: expected {schema['const']!r}, got {doc!r}")
+    if "enum" in schema and doc not in schema["enum"]:
+        errs.append(f"{where}: {doc!r} not one of {schema['enum']}")
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        ok = any(isinstance(doc, _TYPES[t]) and not (t in ("number", "integer") and isinstance(doc, bool)) for t in types)
+        if not ok:
+            return errs + [f"{where}: expected {'/'.join(types)}, got {type(doc).__name__}"]
+    if isinstance(doc, dict):
+        errs += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in doc]
+        for k, sub in schema.get("properties", {}).items():
+            if k in doc:
+                errs += validate(doc[k], sub, f"{where}.{k}")
+    if isinstance(doc, list) and "items" in schema:
+        for i, item in enumerate(doc):
+            errs += validate(item, schema["items"], f"{where}[{i}]")
+    return errs
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable results ({exc})") from None
+    errs = validate(doc)
+    if errs:
+        raise DataError(f"{path}: not {SCHEMA} version {SCHEMA_VERSION} results ({errs[0]})")
+    return doc
+
+
+# --------------------------------------------------------------------------- flat views
+
+
+def batch_sizes(doc: dict[str, Any]) -> list[int]:
+    return sorted({t["batch_size"] for r in doc["results"] for t in r["throughput"]})
+
+
+def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat dict per (model, backend): the CSV columns and the CLI table's source."""
+    sizes = batch_sizes(doc)
+    out = []
+    for r in doc["results"]:
+        q, lat, ag = r["quality"], r["latency"], r["agreement"]
+        tp = {t["batch_size"]: t["images_per_s"] for t in r["throughput"]}
+        row: dict[str, Any] = {
+            "model": r["model"], "backend": r["backend"], "status": r["status"], "reason": r["reason"],
+            "accuracy": q.get("accuracy"), "accuracy_delta_pp": r.get("accuracy_delta_pp"),
+            "macro_f1": q.get("macro", {}).get("f1"), "weighted_f1": q.get("weighted", {}).get("f1"),
+            "macro_precision": q.get("macro", {}).get("precision"), "macro_recall": q.get("macro", {}).get("recall"),
+            "reference": ag.get("reference"), "agreement_top1": ag.get("top1"), "max_abs_dprob": ag.get("max_abs_dprob"),
+            "first_call_ms": r["first_call_ms"], "latency_n": lat.get("n"),
+            **{f"{k}_ms": lat.get(f"{k}_ms") for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")},
+            **{f"img_per_s_b{b}": tp.get(b) for b in sizes},
+            "speedup": r["speedup"], "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
+            "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"], "rss_delta_mb": r.get("rss_delta_mb"),
+        }
+        out.append(row)
+    return out
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    rows = summary_rows(doc)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _f(v: Any, spec: str = ".3f", none: str = "–") -> str:
+    return none if v is None else format(v, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes: list[str] | None = None) -> str:
+    rows = summary_rows(doc)
+    ok = [r for r in rows if r["status"] == "ok"]
+    sizes = batch_sizes(doc)
+    big = sizes[-1] if sizes else None
+    d, env = doc["data"], doc["environment"]
+    lines = ["# cifarbench bench results", "",
+             f"- Command: `{doc['command']}`", f"- Created: {doc['created']} (wall time {_f(doc.get('wall_s'), '.0f')} s), "
+             f"cifarbench {doc['cifarbench_version']}, schema {doc['schema']}/{doc['schema_version']}",
+             f"- Data: `{d['source']}` test split, {d.get('subset') or d['images']} images", ""]
+    for w in doc["warnings"]:
+        lines.append(f"> **Warning:** {w}")
+    lines += ["", "## Summary", "",
+              f"Speed-up: images/s at batch {big} over the reference backend's (keras when measured, else onnx)."
+              " Δ acc: accuracy minus the reference's, in percentage points.", ""]
+    lines += _table(["model", "backend", "accuracy", "Δ acc (pp)", "macro F1", "top-1 agree", "max Δp", "p50 ms",
+                     "p99 ms", f"img/s @{big}", "speed-up", "size MB"],
+                    [[r["model"], r["backend"], _f(r["accuracy"], ".4f"), _f(r["accuracy_delta_pp"], "+.2f"),
+                      _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
+                      _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _f(r["speedup"], ".2f") + "×",
+                      _f(r["size_mb"], ".2f")] for r in ok])
+    other = [r for r in rows if r["status"] != "ok"]
+    if other:
+        lines += ["", "## Skipped and failed", ""]
+        lines += [f"- {r['model']} / {r['backend']}: **{r['status']}**: {r['reason']}" for r in other]
+    lines += ["", "## Latency at batch 1 (ms)", "", doc["definitions"]["latency"] + ".", ""]
+    lines += _table(["model", "backend", "n", "first call", "p50", "p90", "p95", "p99", "mean", "std", "min", "max"],
+                    [[r["model"], r["backend"], str(r["latency_n"]), _f(r["first_call_ms"])] +
+                     [_f(r[f"{k}_ms"]) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")] for r in ok])
+    lines += ["", "## Throughput (images/s)", "", "Definition: " + doc["definitions"]["throughput"] + ".", ""]
+    lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
+                    [[r["model"], r["backend"]] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
+    dec = d["decode"]
+    lines += ["", "## Decode and preprocess (not in the numbers above)", ""]
+    if dec.get("images"):
+        failed = f", {dec['failed']} failed" if dec.get("failed") else ""
+        lines.append(f"`load_image` on {dec['images']} encoded files of the source (mean {dec['mean_bytes']:.0f} bytes): "
+                     f"{dec['mean_ms']:.3f} ms per image, {dec['images_per_s']:,.0f} images/s on one thread"
+                     f"{failed}. Loading the whole data set took "
+                     f"{_f(d.get('load_s'), '.2f')} s (including any cache).")
+    else:
+        lines.append(dec.get("note", "not measured"))
+    lines += ["", "## Load time and memory", "", doc["definitions"]["peak_rss"] + ".", ""]
+    lines += _table(["model", "backend", "size MB", "load s", "RSS delta MB", "peak RSS MB"],
+                    [[r["model"], r["backend"], _f(r["size_mb"], ".2f"), _f(r["load_s"]), _f(r["rss_delta_mb"], ".0f"),
+                      _f(r["peak_rss_mb"], ".0f")] for r in ok])
+    for model in doc["models"]:
+        res = [x for x in doc["results"] if x["model"] == model and x["status"] == "ok"]
+        if not res:
+            continue
+        classes = list(res[0]["quality"]["per_class"])
+        lines += ["", f"## Per-class F1: {model}", ""]
+        lines += _table(["class", "support"] + [x["backend"] for x in res],
+                        [[c, str(res[0]["quality"]["per_class"][c]["support"])] +
+                         [_f(x["quality"]["per_class"][c]["f1"], ".4f") for x in res] for c in classes])
+    lines += ["", "## Environment", ""] + _environment_lines(doc)
+    if plot_files or notes:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plot_files or []] + [f"- {n}" for n in notes or []]
+    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}." for k, v in doc["definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _environment_lines(doc: dict[str, Any]) -> list[str]:
+    env = doc["environment"]
+    cpu = env["cpu"]
+    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    runtimes = {}
+    for r in doc["results"]:
+        if r["runtime"]:
+            runtimes[r["backend"]] = r["runtime"]
+    out = [f"- CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable of {cpu['cores']} cores",
+           f"- CPU speed flags present: {flags}", f"- Platform: {env.get('platform')}",
+           f"- GPUs: {', '.join(env.get('gpus') or []) or 'none'}; device requested: {env.get('device')}",
+           f"- Threads requested: {env['threads_requested'] or 'backend default'}",
+           f"- onnxruntime providers available: {', '.join(env.get('onnxruntime_providers') or []) or 'none'}",
+           f"- Versions: {versions}"]
+    if env.get("tensorflow_import_s") is not None:
+        out.append(f"- TensorFlow import (keras backend only): {env['tensorflow_import_s']:.2f} s")
+    if env.get("loadavg_start"):
+        out.append(f"- Load average (1/5/15 min) at start {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}, "
+                   f"at end {', '.join(f'{x:.2f}' for x in env['loadavg_end'] or [])}; nice {env.get('nice')}")
+    for name, rt in runtimes.items():
+        out.append(f"- Backend {name}: " + ", ".join(f"{k}={v}" for k, v in rt.items()))
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
+
+
+def write_plots(doc: dict[str, Any], out_dir: Path) -> tuple[list[str], list[str]]:
+    """Plot files written (names relative to ``out_dir``) and notes; matplotlib missing means notes only."""
+    if plots._pyplot() is None:
+        return [], ["plots skipped: matplotlib is not installed (pip install 'cifarbench[plot]')"]
+    written = []
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    for r in ok:
+        name = f"confusion_{_slug(r['model'])}_{_slug(r['backend'])}.png"
+        classes = list(r["quality"]["per_class"])
+        if plots.plot_confusion(r["quality"]["confusion"], classes, out_dir / name,
+                                title=f"{r['model']} / {r['backend']}: accuracy {r['quality']['accuracy']:.4f}"):
+            written.append(name)
+    points = [{"label": f"{r['model']}/{r['backend']}", "tp": r["throughput"][-1]["images_per_s"],
+               "acc": r["quality"]["accuracy"]} for r in ok if r["throughput"] and r["throughput"][-1]["images_per_s"]]
+    big = batch_sizes(doc)[-1] if ok else None
+    if plots.plot_scatter(points, "tp", "acc", "label", out_dir / "throughput_vs_accuracy.png",
+                          f"images/s at batch {big} (log scale)", "top-1 accuracy", logx=True):
+        written.append("throughput_vs_accuracy.png")
+    lat = [{"label": f"{r['model']}/{r['backend']}", "p50_ms": r["latency"]["p50_ms"], "p99_ms": r["latency"]["p99_ms"]}
+           for r in ok if r["latency"]]
+    if plots.plot_latency(lat, out_dir / "latency.png", title="batch-1 latency: bar p50, whisker p99"):
+        written.append("latency.png")
+    return written, []
+
+
+def write_outputs(doc: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
+    """results.json, results.csv, plots and report.md in ``out_dir``; each written atomically."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create output directory {out}: {exc}") from None
+    errs = validate(doc)
+    if errs:  # a bug, not user input: refuse to publish a document that breaks its own schema
+        raise ValueError(f"results do not match their schema: {errs[:3]}")
+    plot_files, notes = write_plots(doc, out)
+    files = {"results.json": to_json(doc), "results.csv": to_csv(doc), "report.md": to_markdown(doc, plot_files, notes)}
+    for name, text in files.items():
+        with atomic_write(out / name) as fh:
+            fh.write(text)
+    return [out / n for n in files] + [out / p for p in plot_files], notes

@@ -1,0 +1,89 @@
+"""Metrics against hand-computed confusion matrices and numpy's own percentiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cifarbench.metrics import classification_report, confusion_matrix, format_report, latency_stats
+
+# 3 classes; class "c" is never predicted. Hand-computed below.
+Y_TRUE = [0, 0, 1, 1, 1, 2]
+Y_PRED = [0, 1, 1, 1, 0, 1]
+NAMES = ["a", "b", "c"]
+
+
+def test_confusion_matrix_by_hand() -> None:
+    cm = confusion_matrix(Y_TRUE, Y_PRED, 3)
+    assert cm.tolist() == [[1, 1, 0], [1, 2, 0], [0, 1, 0]]
+    assert cm.dtype == np.int64
+
+
+def test_report_by_hand_with_a_class_never_predicted() -> None:
+    r = classification_report(confusion_matrix(Y_TRUE, Y_PRED, 3), NAMES)
+    # precision: tp / predicted = 1/2, 2/4, 0/0 -> 0 ; recall: tp / support = 1/2, 2/3, 0/1
+    pc = r["per_class"]
+    assert [pc[n]["precision"] for n in NAMES] == pytest.approx([0.5, 0.5, 0.0])
+    assert [pc[n]["recall"] for n in NAMES] == pytest.approx([0.5, 2 / 3, 0.0])
+    assert [pc[n]["f1"] for n in NAMES] == pytest.approx([0.5, 4 / 7, 0.0])
+    assert [pc[n]["support"] for n in NAMES] == [2, 3, 1]
+    assert not any(np.isnan(v) for c in pc.values() for v in c.values())
+    assert r["accuracy"] == pytest.approx(0.5)
+    assert r["support"] == 6
+    assert r["macro"] == pytest.approx({"precision": 1 / 3, "recall": 7 / 18, "f1": 5 / 14})
+    # weights 2/6, 3/6, 1/6; weighted recall always equals accuracy
+    assert r["weighted"] == pytest.approx({"precision": 5 / 12, "recall": 0.5, "f1": 19 / 42})
+
+
+def test_class_with_no_support_and_no_predictions() -> None:
+    r = classification_report(confusion_matrix([0, 1, 1], [0, 1, 0], 3), NAMES)
+    assert r["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert r["accuracy"] == pytest.approx(2 / 3)
+    assert r["macro"]["recall"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_perfect_and_empty() -> None:
+    r = classification_report(confusion_matrix([0, 1, 2], [0, 1, 2], 3), NAMES)
+    assert r["accuracy"] == 1.0 and r["macro"]["f1"] == 1.0 and r["weighted"]["f1"] == 1.0
+    empty = classification_report(confusion_matrix([], [], 3), NAMES)
+    assert empty["accuracy"] == 0.0 and empty["support"] == 0
+
+
+def test_confusion_matrix_matches_a_loop_on_random_labels() -> None:
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
+    expected = np.zeros((10, 10), int)
+    for a, b in zip(t, p):
+        expected[a, b] += 1
+    assert (confusion_matrix(t, p, 10) == expected).all()
+
+
+@pytest.mark.parametrize("t,p", [([0, -1], [0, 0]), ([0, 0], [0, 3]), ([0, 1], [0])])
+def test_bad_labels_raise_instead_of_wrapping(t: list[int], p: list[int]) -> None:
+    with pytest.raises(ValueError):
+        confusion_matrix(t, p, 3)
+
+
+def test_format_report_lists_every_class() -> None:
+    text = format_report(classification_report(confusion_matrix(Y_TRUE, Y_PRED, 3), NAMES))
+    assert all(f"{n} " in text for n in NAMES) and "macro avg" in text and "weighted avg" in text
+
+
+@pytest.mark.parametrize("n", [2, 7, 100, 1001])
+def test_latency_stats_match_numpy(n: int) -> None:
+    s = np.random.default_rng(n).lognormal(-7, 0.5, n)
+    st = latency_stats(list(s))
+    ms = s * 1000
+    for q in (50, 90, 95, 99):
+        assert st[f"p{q}_ms"] == pytest.approx(np.percentile(ms, q))
+    assert st["n"] == n
+    assert st["mean_ms"] == pytest.approx(ms.mean())
+    assert st["std_ms"] == pytest.approx(ms.std(ddof=1))
+    assert (st["min_ms"], st["max_ms"]) == pytest.approx((ms.min(), ms.max()))
+    assert st["min_ms"] <= st["p50_ms"] <= st["p90_ms"] <= st["p95_ms"] <= st["p99_ms"] <= st["max_ms"]
+
+
+def test_latency_stats_edge_cases() -> None:
+    assert latency_stats([]) == {}
+    one = latency_stats([0.002])
+    assert one["n"] == 1 and one["std_ms"] == 0.0 and one["p99_ms"] == pytest.approx(2.0)
