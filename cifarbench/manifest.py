@@ -90,9 +90,14 @@ class Manifest:
             raise ModelError(f"{p}: unreadable manifest ({exc})") from None
         if not isinstance(raw, dict) or "arch" not in raw:
             raise ModelError(f"{p}: not a cifarbench manifest")
-        arts = {k: Artifact(**v) for k, v in (raw.pop("artifacts", {}) or {}).items()}
-        known = {f.name for f in dataclasses.fields(cls)} - {"directory", "artifacts"}
-        m = cls(**{k: v for k, v in raw.items() if k in known}, artifacts=arts)
+        try:  # unknown keys (a newer cifarbench) are ignored; missing required ones are an error
+            art_known = {f.name for f in dataclasses.fields(Artifact)}
+            arts = {k: Artifact(**{f: x for f, x in v.items() if f in art_known})
+                    for k, v in (raw.pop("artifacts", {}) or {}).items()}
+            known = {f.name for f in dataclasses.fields(cls)} - {"directory", "artifacts"}
+            m = cls(**{k: v for k, v in raw.items() if k in known}, artifacts=arts)
+        except (TypeError, AttributeError) as exc:
+            raise ModelError(f"{p}: not a valid cifarbench manifest ({exc})") from None
         m.directory = p.parent
         return m
 

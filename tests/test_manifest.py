@@ -1,0 +1,98 @@
+"""The manifest: round trip, checksums, and clear errors for broken or foreign files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarbench import CIFAR10_CLASSES, __version__
+from cifarbench.errors import ModelError
+from cifarbench.manifest import FORMAT_FILES, FORMATS, MANIFEST_NAME, Manifest, sha256_file
+
+
+def make(tmp_path: Path) -> Manifest:
+    (tmp_path / "model.onnx").write_bytes(b"onnx-bytes")
+    (tmp_path / "model_int8.tflite").write_bytes(b"tflite-int8-bytes")
+    m = Manifest(name="m1", arch="tiny-cnn", params=np.int64(1234), metrics={"test": {"accuracy": np.float32(0.5)}})
+    m.directory = tmp_path
+    m.add_artifact("onnx", "model.onnx", details={"opset": 17, "dir": tmp_path})
+    m.add_artifact("tflite-int8", "model_int8.tflite", input_dtype="uint8", input_quantization={"scale": 1.0, "zero_point": 0})
+    m.save()
+    return m
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    m = make(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert raw["params"] == 1234 and raw["metrics"]["test"]["accuracy"] == 0.5  # numpy scalars serialised
+    assert raw["artifacts"]["onnx"]["details"]["dir"] == str(tmp_path)
+    assert raw["cifarbench_version"] == __version__ and "directory" not in raw
+    back = Manifest.load(tmp_path)
+    assert back.directory == tmp_path and back.classes == list(CIFAR10_CLASSES)
+    assert back.artifacts["tflite-int8"].input_quantization == {"scale": 1.0, "zero_point": 0}
+    assert back.artifacts["onnx"].sha256 == sha256_file(tmp_path / "model.onnx")
+    assert back.artifacts["onnx"].size == len(b"onnx-bytes")
+    assert Manifest.load(tmp_path / MANIFEST_NAME).name == "m1"  # the file itself works too
+    assert back.input["shape"] == [32, 32, 3] and back.input["dtype"] == "uint8"
+
+
+def test_verify_and_path_of(tmp_path: Path) -> None:
+    m = make(tmp_path)
+    assert m.verify("onnx") == tmp_path / "model.onnx"
+    with pytest.raises(ModelError, match="has no keras artifact .has: onnx, tflite-int8."):
+        m.path_of("keras")
+    (tmp_path / "model.onnx").write_bytes(b"onnx-bytez")  # same size, different content
+    with pytest.raises(ModelError, match="checksum"):
+        m.verify("onnx")
+    (tmp_path / "model_int8.tflite").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        m.verify("tflite-int8")
+
+
+def test_unknown_keys_are_ignored_for_forward_compatibility(tmp_path: Path) -> None:
+    make(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    raw["future_field"] = {"x": 1}
+    raw["artifacts"]["onnx"]["future_artifact_field"] = 3
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
+    m = Manifest.load(tmp_path)
+    assert m.name == "m1" and m.artifacts["onnx"].file == "model.onnx"
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "no manifest.json"),
+        ("{not json", "unreadable manifest"),
+        ("[1, 2]", "not a cifarbench manifest"),
+        ('{"name": "x"}', "not a cifarbench manifest"),
+        ('{"arch": "x"}', "manifest"),  # no name
+        ('{"arch": "x", "name": "n", "artifacts": {"onnx": {"file": "a"}}}', "manifest"),  # artifact lacks fields
+        ('{"arch": "x", "name": "n", "artifacts": ["onnx"]}', "manifest"),
+    ],
+)
+def test_broken_manifests_are_model_errors(tmp_path: Path, content: str | None, match: str) -> None:
+    if content is not None:
+        (tmp_path / MANIFEST_NAME).write_text(content)
+    with pytest.raises(ModelError, match=match):
+        Manifest.load(tmp_path)
+
+
+def test_save_needs_a_directory_and_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError):
+        Manifest(name="x", arch="y").save()
+    m = make(tmp_path)
+    before = (tmp_path / MANIFEST_NAME).read_bytes()
+    m.metrics["bad"] = object()  # not serialisable: the save fails half way
+    with pytest.raises(TypeError):
+        m.save()
+    assert (tmp_path / MANIFEST_NAME).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST_NAME, "model.onnx", "model_int8.tflite"])
+
+
+def test_format_table_is_complete() -> None:
+    assert set(FORMATS) == set(FORMAT_FILES)
+    assert len(set(FORMAT_FILES.values())) == len(FORMATS)
