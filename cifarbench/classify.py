@@ -1,0 +1,452 @@
+"""Batch classification of image files and folders: the library side of ``cifarbench classify``.
+
+The pipeline streams: files are discovered (sorted, hidden skipped, symlink loops cut), decoded by
+a bounded worker pool while the backend runs the previous batch, and each row is written as soon as
+every row before it is known. Only file names and one batch of 32x32 pixels are held at a time,
+so 100,000-file folders and 50-megapixel photos run in bounded memory.
+
+``--resume`` keeps rows of an earlier run whose file has the same path, size and mtime. Those three
+facts live in a sidecar ``<output>.state.json``, written after the output and tied to it by the
+output's SHA-256; if the pair does not match, or the model or options changed, every file is
+classified again, so a resumed run always equals a fresh one. Failed rows are always retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from cifarbench.atomic import atomic_write
+from cifarbench.errors import ExitStatus, ModelError, UsageError
+from cifarbench.images import RESIZE_POLICIES, load_image
+from cifarbench.writers import FORMATS, Row, RowWriter, display_text, make_writer
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .avif .heic .heif .jp2 .tga .ico".split()
+)
+STATE_SUFFIX = ".state.json"
+STATE_SCHEMA = 1
+POOLS = ("auto", "thread", "process", "inline")
+CHUNK = 32  # files per decode task: amortises the pool's per-task cost
+PROCESS_POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
+
+
+# --------------------------------------------------------------------------- discovery
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A file to classify; ``error`` is set when it is known to fail before decoding."""
+
+    path: str
+    size: int = -1
+    mtime_ns: int = -1
+    error: str | None = None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else type(exc).__name__
+
+
+def discover(paths: Sequence[str | os.PathLike[str]], recursive: bool = True, include: Sequence[str] = (),
+             exclude: Iterable[str | os.PathLike[str]] = ()) -> Iterator[FileEntry]:
+    """Files under ``paths`` in a deterministic order; each file once.
+
+    A named file is always taken. Inside directories: names starting with ``.`` are skipped,
+    entries are visited in code-point order of their names, a directory reached twice (symlink
+    loops) is walked once, and a file is taken if it has an image extension or, when ``include``
+    globs are given, if one matches its name (or its path under the argument, for globs with
+    ``/``), case-insensitively. ``exclude`` names files never to take (the output and its sidecars).
+    """
+    excluded = {os.path.abspath(os.fspath(p)) for p in exclude}
+    globs = [g.lower() for g in include]
+    seen: set[str] = set()
+    visited: set[tuple[int, int]] = set()
+
+    def wanted(name: str, rel: str) -> bool:
+        if not globs:
+            return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        return any(fnmatch.fnmatchcase((rel if "/" in g else name).lower(), g) for g in globs)
+
+    def take(path: str, de: os.DirEntry[str] | None) -> FileEntry | None:
+        if path in seen or (excluded and os.path.abspath(path) in excluded):
+            return None
+        seen.add(path)
+        try:
+            st = de.stat() if de is not None else os.stat(path)
+        except FileNotFoundError:
+            return FileEntry(path, error="broken symbolic link" if os.path.islink(path) else "file not found")
+        except OSError as exc:
+            return FileEntry(path, error=f"cannot stat file ({_reason(exc)})")
+        return FileEntry(path, st.st_size, st.st_mtime_ns)
+
+    for arg in (os.fspath(p) for p in paths):
+        try:
+            st = os.stat(arg)
+        except OSError as exc:
+            raise UsageError(f"{display_text(arg)}: {_reason(exc)}") from None
+        if not os.path.isdir(arg):
+            entry = take(arg, None)
+            if entry is not None:
+                yield entry
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
+        try:
+            stack.append(("", iter(_listdir(arg))))
+        except OSError as exc:
+            yield FileEntry(arg, error=f"cannot list directory ({_reason(exc)})")
+        while stack:
+            prefix, it = stack[-1]
+            de = next(it, None)
+            if de is None:
+                stack.pop()
+                continue
+            if de.name.startswith("."):
+                continue
+            rel = prefix + de.name
+            try:
+                is_dir = de.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not recursive:
+                    continue
+                try:
+                    dst = de.stat()
+                    key = (dst.st_dev, dst.st_ino)
+                    if key in visited:
+                        continue
+                    visited.add(key)
+                    stack.append((rel + "/", iter(_listdir(de.path))))
+                except OSError as exc:
+                    yield FileEntry(de.path, error=f"cannot list directory ({_reason(exc)})")
+            elif wanted(de.name, rel):
+                entry = take(de.path, de)
+                if entry is not None:
+                    yield entry
+
+
+def _listdir(path: str) -> list[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+# --------------------------------------------------------------------------- decoding
+def _decode_chunk(items: list[tuple[str, str | None]], size: int, resize: str) -> list[tuple[np.ndarray | None, str | None]]:
+    out: list[tuple[np.ndarray | None, str | None]] = []
+    for path, error in items:
+        if error is not None:
+            out.append((None, error))
+        else:
+            r = load_image(path, size=size, resize=resize)
+            out.append((r.array, r.error))
+    return out
+
+
+def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+
+
+def pick_pool(pool: str, workers: int, files: int) -> str:
+    """``auto``: processes for big runs (decoding is mostly Python, so threads share one core), else threads."""
+    if pool not in POOLS:
+        raise UsageError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
+    if workers == 0 or files <= CHUNK:
+        return "inline"
+    if pool == "auto":
+        return "process" if files >= PROCESS_POOL_MIN_FILES else "thread"
+    return pool
+
+
+def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto"
+                   ) -> Iterator[tuple[np.ndarray | None, str | None]]:
+    """(array, error) per entry, in order; at most ~2 chunks per worker are decoded ahead."""
+    kind = pick_pool(pool, workers, len(entries))
+    chunks = ([(e.path, e.error) for e in entries[i:i + CHUNK]] for i in range(0, len(entries), CHUNK))
+    if kind == "inline":
+        for items in chunks:
+            yield from _decode_chunk(items, size, resize)
+        return
+    ex: Executor
+    if kind == "process":
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["cifarbench.images"])
+        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+    else:
+        ex = ThreadPoolExecutor(workers, thread_name_prefix="cifarbench-decode")
+    inflight: deque[Future] = deque()
+    try:
+        for items in chunks:
+            inflight.append(ex.submit(_decode_chunk, items, size, resize))
+            if len(inflight) > 2 * workers:
+                yield from inflight.popleft().result()
+        while inflight:
+            yield from inflight.popleft().result()
+    finally:
+        for f in inflight:
+            f.cancel()
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- rows
+def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarray | None, str | None]],
+                 predict: Callable[[np.ndarray], np.ndarray], classes: Sequence[str], top_k: int,
+                 batch_size: int, size: int) -> Iterator[list[Row]]:
+    """Rows in input order, one list per model batch; failed files get rows without a model call."""
+    buf = np.empty((batch_size, size, size, 3), np.uint8)
+    pending: list[tuple[FileEntry, int, str | None]] = []  # (entry, slot in buf or -1, error)
+    filled = 0
+
+    def flush() -> list[Row]:
+        nonlocal filled
+        probs = _run(predict, buf[:filled]) if filled else np.empty((0, len(classes)), np.float32)
+        rows = [Row(e.path, error=err) if slot < 0 else _row(e.path, probs[slot], classes, top_k) for e, slot, err in pending]
+        pending.clear()
+        filled = 0
+        return rows
+
+    for entry, (arr, err) in zip(entries, decoded):
+        if arr is None:
+            if filled == 0:  # nothing waits on the model: emit at once
+                yield [Row(entry.path, error=err or "unknown error")]
+            else:
+                pending.append((entry, -1, err or "unknown error"))
+            continue
+        buf[filled] = arr
+        pending.append((entry, filled, None))
+        filled += 1
+        if filled == batch_size:
+            yield flush()
+    if pending:
+        yield flush()
+
+
+def _run(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+    try:
+        probs = np.asarray(predict(batch), dtype=np.float32)
+    except Exception as exc:  # runtimes raise their own types; one clear line instead
+        raise ModelError(f"inference failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    if probs.ndim != 2 or probs.shape[0] != len(batch):
+        raise ModelError(f"model returned shape {probs.shape} for a batch of {len(batch)}")
+    return probs
+
+
+def _row(path: str, p: np.ndarray, classes: Sequence[str], top_k: int) -> Row:
+    if not np.all(np.isfinite(p)):
+        return Row(path, error="model output is not finite")
+    order = np.argsort(-p, kind="stable")[:top_k]
+    labels = [classes[i] if i < len(classes) else str(i) for i in order]
+    first = int(order[0])
+    return Row(path, labels[0], first, float(p[first]),
+               [(labels[j], float(p[order[j]])) for j in range(1, len(order))])
+
+
+# --------------------------------------------------------------------------- resume state
+def state_path_for(output: str | os.PathLike[str]) -> Path:
+    o = Path(output)
+    return o.with_name(o.name + STATE_SUFFIX)
+
+
+def load_previous(output: Path, writer: RowWriter, fingerprint: dict[str, Any]) -> tuple[dict[tuple[str, int, int], str], str | None]:
+    """Reusable rows of an earlier run, keyed by (path, size, mtime_ns), and a note if none could be used."""
+    state_file = state_path_for(output)
+    if not output.exists():
+        return {}, None
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, f"no {state_file.name} beside {output.name}: classifying every file"
+    except (OSError, ValueError) as exc:
+        return {}, f"unreadable {state_file.name} ({exc}): classifying every file"
+    from cifarbench.manifest import sha256_file
+
+    if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA or state.get("output_sha256") != sha256_file(output):
+        return {}, f"{output.name} changed since {state_file.name} was written: classifying every file"
+    if state.get("fingerprint") != fingerprint:
+        return {}, "model or options changed since the last run: classifying every file"
+    files = state.get("files") or []
+    kept: dict[tuple[str, int, int], str] = {}
+    try:
+        with open(output, encoding="utf-8", newline="") as fh:
+            rows = list(writer.read(fh))
+        if len(rows) != len(files):
+            raise ValueError("row count differs from the state")
+        for (path, size, mtime_ns), row in zip(files, rows):
+            if row.path != display_text(path):
+                raise ValueError("rows are not in the recorded order")
+            if not row.failed:
+                kept[(path, int(size), int(mtime_ns))] = row.text
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        return {}, f"cannot reuse {output.name} ({exc}): classifying every file"
+    return kept, None
+
+
+def _write_state(output: Path, entries: Sequence[FileEntry], fingerprint: dict[str, Any]) -> None:
+    from cifarbench.manifest import sha256_file
+
+    state = {"schema": STATE_SCHEMA, "tool": "cifarbench classify", "fingerprint": fingerprint,
+             "output_sha256": sha256_file(output), "files": [[e.path, e.size, e.mtime_ns] for e in entries]}
+    with atomic_write(state_path_for(output)) as fh:
+        json.dump(state, fh, ensure_ascii=True, separators=(",", ":"))  # ASCII: names with any bytes survive
+        fh.write("\n")
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class ClassifyReport:
+    """What a run did; ``exit_status`` is the code the CLI exits with."""
+
+    files: int = 0
+    classified: int = 0  # rows computed in this run (failed ones included)
+    reused: int = 0  # rows kept from the previous output (--resume)
+    failed: int = 0
+    seconds: float = 0.0  # decode + inference + writing, model load excluded
+    load_seconds: float = 0.0
+    backend: str = ""
+    device: str = ""
+    model: str = ""
+    output: str | None = None
+    notes: list[str] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.PARTIAL if self.failed else ExitStatus.OK
+
+    def summary(self) -> str:
+        parts = [f"{self.files} files", f"{self.failed} failed"]
+        if self.reused:
+            parts.append(f"{self.reused} reused")
+        parts += [f"{self.images_per_second:.0f} img/s", f"backend {self.backend} ({self.device})", f"model {self.model}"]
+        return "classify: " + ", ".join(parts) + (f" -> {display_text(self.output)}" if self.output else "")
+
+
+def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLike[str] | None = None,
+             backend: str | None = None, device: str = "cpu", threads: int | None = None, batch_size: int = 256,
+             workers: int | None = None, top_k: int = 1, output: str | os.PathLike[str] | None = None,
+             stream: IO[str] | None = None, fmt: str = "csv", recursive: bool = True, include: Sequence[str] = (),
+             resize: str = "center-crop", resume: bool = False, pool: str = "auto",
+             on_start: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
+             on_note: Callable[[str], None] | None = None) -> ClassifyReport:
+    """Classify ``paths`` into ``output`` (atomic file + lock) or ``stream``; see the module doc."""
+    from cifarbench import backends
+    from cifarbench.lock import OutputLock
+    from cifarbench.models import resolve_model
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if resize not in RESIZE_POLICIES:
+        raise UsageError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
+    if batch_size < 1 or top_k < 1 or (threads is not None and threads < 1) or (workers is not None and workers < 0):
+        raise UsageError("--batch-size, --top-k and --threads must be >= 1, --workers >= 0")
+    if device not in backends.DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(backends.DEVICES)}")
+    if (output is None) == (stream is None):
+        raise UsageError("give exactly one of an output file or a stream")
+    if resume and output is None:
+        raise UsageError("--resume needs --output FILE (it reuses that file's rows)")
+    out_path = Path(output) if output is not None else None
+    if out_path is not None and out_path.is_dir():
+        raise UsageError(f"--output {display_text(str(out_path))} is a directory")
+
+    manifest = resolve_model(model)
+    name = backend or backends.default_backend(manifest, device)
+    spec = backends.get_spec(name)
+    reason = backends.unavailable_reason(name, manifest, "cpu" if device == "auto" else device)
+    if reason:
+        raise backends.BackendUnavailable(f"backend {name} unavailable: {reason}")
+    classes = list(manifest.classes)
+    if top_k > len(classes):
+        raise UsageError(f"--top-k {top_k} is more than the model's {len(classes)} classes")
+    size = int(manifest.input.get("shape", [32])[0])
+    writer = make_writer(fmt, top_k)
+    workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) if workers is None else workers
+    report = ClassifyReport(backend=name, device="cpu" if device == "auto" else device, model=manifest.name,
+                            output=str(out_path) if out_path is not None else None)
+    note = on_note or (lambda msg: None)
+
+    with contextlib.ExitStack() as stack:
+        if out_path is not None:
+            stack.enter_context(OutputLock(out_path))
+            excludes = [out_path, state_path_for(out_path), Path(str(out_path) + ".lock")]
+        else:
+            excludes = []
+        entries = list(discover(paths, recursive=recursive, include=include, exclude=excludes))
+        report.files = len(entries)
+        if on_start:
+            on_start(len(entries))
+        fingerprint = {"model": manifest.name, "artifact_sha256": manifest.artifacts[spec.format].sha256,
+                       "backend": name, "top_k": top_k, "resize": resize, "format": fmt, "classes": classes}
+        kept: dict[tuple[str, int, int], str] = {}
+        if resume and out_path is not None:
+            kept, msg = load_previous(out_path, writer, fingerprint)
+            if msg:
+                note(msg)
+                report.notes.append(msg)
+        reuse = [kept.get((e.path, e.size, e.mtime_ns)) if e.error is None else None for e in entries]
+        kept.clear()
+        todo = [e for e, r in zip(entries, reuse) if r is None]
+
+        predict: Callable[[np.ndarray], np.ndarray] = _no_model
+        if todo:
+            t0 = time.perf_counter()
+            be = backends.load_backend(name, manifest, device, threads)
+            report.load_seconds = time.perf_counter() - t0
+            report.device, report.runtime, predict = be.device, be.describe(), be.predict
+
+        fh = stack.enter_context(atomic_write(out_path, "w", newline="")) if out_path is not None else stream
+        assert fh is not None
+        t0 = time.perf_counter()
+        fh.write(writer.header())
+        decoded = decode_ordered(todo, size, resize, workers, pool)
+        stack.callback(getattr(decoded, "close"))
+        batches = predict_rows(todo, decoded, predict, classes, top_k, batch_size, size)
+        i = 0
+        for rows in batches:
+            for row in rows:
+                while reuse[i] is not None:  # kept rows that come before this one
+                    fh.write(reuse[i])
+                    reuse[i] = None
+                    i += 1
+                    report.reused += 1
+                fh.write(writer.format(row))
+                i += 1
+                report.classified += 1
+                report.failed += row.error is not None
+            if out_path is None:
+                fh.flush()
+            if on_progress:
+                on_progress(i)
+        for j in range(i, len(reuse)):
+            fh.write(reuse[j])  # type: ignore[arg-type]
+            report.reused += 1
+        fh.flush()
+        report.seconds = time.perf_counter() - t0
+    if resume and out_path is not None:
+        _write_state(out_path, entries, fingerprint)
+    if on_progress:
+        on_progress(len(entries))
+    return report
+
+
+def _no_model(batch: np.ndarray) -> np.ndarray:  # pragma: no cover - only called if todo is empty
+    raise ModelError("no backend loaded")

@@ -1,0 +1,118 @@
+"""`cifarbench classify`."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import click
+
+from cifarbench.errors import ExitStatus
+
+BACKEND_NAMES = ("keras", "tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
+
+EPILOG = f"""\b
+Output: one row per file, in input order. CSV (RFC 4180, UTF-8) columns:
+  path,label,class_index,confidence[,label_2,confidence_2 ... label_K,confidence_K],error
+JSONL: the same keys, one object per line. A file that cannot be classified gets
+empty prediction fields (null in JSONL) and its reason in `error`. Bytes of a file
+name that are not UTF-8 are written as \\xNN.
+
+\b
+Exit codes:
+  {int(ExitStatus.OK):>3}  every file classified
+  {int(ExitStatus.PARTIAL):>3}  some files failed (their rows were still written)
+  {int(ExitStatus.USAGE):>3}  usage error (bad option or PATH)
+  {int(ExitStatus.DATA):>3}  model file missing, corrupt or not a model
+  {int(ExitStatus.LOCKED):>3}  another run is writing the same --output (lock held)
+  {int(ExitStatus.UNAVAILABLE):>3}  backend, device or runtime not available here
+  {int(ExitStatus.ERROR):>3}  unexpected error
+  {int(ExitStatus.INTERRUPTED):>3}  interrupted (Ctrl-C); a previous --output file is left intact
+
+\b
+Cron (no flock needed: the run locks <output>.lock itself):
+  */15 * * * *  cifarbench classify /srv/photos --output /srv/labels.csv --resume --quiet
+"""
+
+
+@click.command("classify", epilog=EPILOG)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--model", "-m", help="Shipped model name, a directory with manifest.json, or one artifact file "
+              "(default: the shipped flagship).")
+@click.option("--backend", "-b", type=click.Choice(BACKEND_NAMES),
+              help="Runtime (default: the fastest available int8 one for the model).")
+@click.option("--device", type=click.Choice(("cpu", "gpu", "auto")), default="cpu", show_default=True,
+              help="gpu: onnxruntime CUDA or TensorFlow GPU; fails clearly when absent. TFLite is CPU only.")
+@click.option("--threads", type=click.IntRange(1), help="Runtime threads (default: all usable cores).")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(0), help="Decode workers (default: all usable cores; 0 decodes inline).")
+@click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels per row.")
+@click.option("--output", "-o", default="-", show_default=True,
+              help="Output file, written atomically (a killed run leaves the old file intact); - streams to stdout.")
+@click.option("--format", "fmt", type=click.Choice(("csv", "jsonl")),
+              help="Default: jsonl for a .jsonl/.ndjson output, else csv.")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subdirectories.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Take files matching GLOB (case-insensitive; a GLOB with / matches the path under PATH). "
+              "Repeatable. Default: common image extensions.")
+@click.option("--resize", type=click.Choice(("center-crop", "squash", "pad")), default="center-crop", show_default=True,
+              help="How non-square images become 32x32.")
+@click.option("--resume", is_flag=True, help="Reuse rows of --output FILE for files whose path, size and mtime are "
+              "unchanged (state in FILE.state.json); the result equals a fresh run.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
+def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
+            batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
+            include: tuple[str, ...], resize: str, resume: bool, quiet: bool) -> None:
+    """Classify image files and folders (PATH...) into CSV or JSONL rows.
+
+    Folders are walked recursively in sorted order; hidden files and folders are skipped and
+    symlink loops are cut. Decoding runs in a worker pool while the model runs, in batches.
+    """
+    from cifarbench.classify import classify
+    from cifarbench.cli.ui import progress_bar
+    from cifarbench.writers import format_for
+
+    to_stdout = output == "-"
+    fmt = fmt or format_for(None if to_stdout else output)
+    stream = None
+    if to_stdout:
+        stream = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="", write_through=True)
+
+    def note(msg: str) -> None:
+        if not quiet:
+            click.echo(f"classify: {msg}", err=True)
+
+    try:
+        with progress_bar(None, "classify", quiet=quiet) as bar:
+            report = classify(
+                list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
+                workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
+                recursive=recursive, include=include, resize=resize, resume=resume,
+                on_start=lambda n: bar.update(total=n), on_progress=lambda n: bar.update(completed=n), on_note=note)
+    except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback
+        _silence_stdout()
+        sys.exit(int(ExitStatus.ERROR))
+    finally:
+        if stream is not None:
+            try:
+                stream.flush()
+                stream.detach()  # leave the real stdout open
+            except (BrokenPipeError, ValueError):
+                _silence_stdout()
+
+    if report.files == 0:
+        note("no image files found (see --include)")
+    if report.failed and quiet:
+        click.echo(f"classify: {report.failed} of {report.files} files failed; see the error column", err=True)
+    elif not quiet:
+        click.echo(report.summary(), err=True)
+    click.get_current_context().exit(int(report.exit_status))
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass

@@ -1,0 +1,293 @@
+"""`cifarbench classify`: discovery, CSV/JSONL contract, error rows, exit codes, atomic output, resume, lock."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarbench import CIFAR10_CLASSES
+from cifarbench import classify as core
+from cifarbench.errors import ExitStatus
+from cifarbench.lock import OutputLock, lock_path_for
+from cifarbench.writers import columns, display_text
+from conftest import class_pattern, run_cli
+
+pytestmark = pytest.mark.slow  # the tiny_model fixture trains and converts a model once per session
+pytest.importorskip("tensorflow")
+
+LATIN1 = os.fsdecode(b"caf\xe9.png")  # a name that is not UTF-8
+
+
+def _img(path: Path | str, label: int, seed: int = 0, fmt: str = "PNG") -> None:
+    Image.fromarray(class_pattern(label, np.random.default_rng(seed))).save(path, fmt)
+
+
+def _tree(root: Path) -> tuple[Path, list[str], set[str]]:
+    """Good, awkward and ignored files; returns (root, expected row paths in order, the ones that fail)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "b").mkdir()
+    (root / "a").mkdir()
+    for i, name in enumerate(["b/2.png", "b/10.png", "a/x.jpg", "with,comma.png", 'with"quote.png', "new\nline.png"]):
+        _img(root / name, i % 10, seed=i, fmt="JPEG" if name.endswith("jpg") else "PNG")
+    _img(os.path.join(os.fsencode(root), os.fsencode(LATIN1)), 3)
+    Image.fromarray(np.full((1500, 2000, 3), 200, np.uint8)).save(root / "big.jpg", quality=80)  # 3 MP photo
+    (root / "empty.jpg").write_bytes(b"")
+    good = (root / "a" / "x.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "text.png").write_text("not an image")
+    (root / "notes.txt").write_text("skipped: not an image extension")
+    (root / ".hidden.png").write_bytes(good)
+    (root / ".cache").mkdir()
+    _img(root / ".cache" / "h.png", 1)
+    os.symlink("..", root / "a" / "loop")  # a symlink loop back to root
+    names = sorted(["a/x.jpg", "b/10.png", "b/2.png", "big.jpg", "empty.jpg", "new\nline.png", "text.png",
+                    "truncated.jpg", "with,comma.png", 'with"quote.png', LATIN1], key=lambda n: n.split("/"))
+    expected = [os.path.join(str(root), n) for n in names]
+    failing = {os.path.join(str(root), n) for n in ("empty.jpg", "text.png", "truncated.jpg")}
+    return root, expected, failing
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> tuple[Path, list[str], set[str]]:
+    return _tree(tmp_path / "photos")
+
+
+def _csv(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text, newline=""), strict=True))
+
+
+# --------------------------------------------------------------------------- discovery
+def test_discover_order_hidden_loops_and_filters(tree: tuple[Path, list[str], set[str]]) -> None:
+    root, expected, _ = tree
+    assert [e.path for e in core.discover([root])] == expected
+    assert [e.path for e in core.discover([root], recursive=False)] == [p for p in expected if "/a/" not in p and "/b/" not in p]
+    assert [os.path.basename(e.path) for e in core.discover([root], include=["*.JPG"])] == ["x.jpg", "big.jpg", "empty.jpg", "truncated.jpg"]
+    assert [e.path for e in core.discover([root], include=["b/*"])] == [str(root / "b/10.png"), str(root / "b/2.png")]
+    hidden = root / ".hidden.png"
+    assert [e.path for e in core.discover([hidden, root / "b"], exclude=[root / "b" / "2.png"])] == [str(hidden), str(root / "b/10.png")]
+    assert len(list(core.discover([root, root, root / "b"]))) == len(expected)  # each file once
+    sizes = {e.path: e.size for e in core.discover([root])}
+    assert sizes[str(root / "empty.jpg")] == 0
+
+
+def test_discover_reports_broken_links_and_refuses_missing_paths(tmp_path: Path) -> None:
+    os.symlink("nowhere.png", tmp_path / "dangling.png")
+    (entry,) = core.discover([tmp_path])
+    assert entry.error == "broken symbolic link"
+    with pytest.raises(core.UsageError):
+        list(core.discover([tmp_path / "missing"]))
+
+
+def test_decode_pool_is_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def fake(items: list[tuple[str, str | None]], size: int, resize: str) -> list[tuple[None, str]]:
+        calls.append(len(items))
+        return [(None, p) for p, _ in items]
+
+    monkeypatch.setattr(core, "_decode_chunk", fake)
+    entries = [core.FileEntry(f"f{i}") for i in range(100 * core.CHUNK)]
+    it = core.decode_ordered(entries, 32, "center-crop", workers=2, pool="thread")
+    assert next(it) == (None, "f0")
+    time.sleep(0.2)
+    assert len(calls) <= 2 * 2 + 1  # never the whole folder ahead
+    assert [e for _, e in it] == [f"f{i}" for i in range(1, len(entries))]
+
+
+# --------------------------------------------------------------------------- output contract
+def test_csv_schema_quoting_and_error_rows(tiny_model: Path, tree: tuple[Path, list[str], set[str]], tmp_path: Path) -> None:
+    root, expected, failing = tree
+    r = run_cli("classify", root, "--model", tiny_model, "--backend", "onnx", "--top-k", "3")
+    assert r.exit_code == ExitStatus.PARTIAL, r.stderr
+    raw = r.stdout_bytes
+    raw.decode("utf-8")  # strict UTF-8 even with a non-UTF-8 file name
+    rows = _csv(raw.decode())
+    assert rows[0] == columns(3) and raw.startswith(b"path,label,class_index,confidence,label_2,")
+    assert [row[0] for row in rows[1:]] == [display_text(p) for p in expected]
+    assert display_text(str(root / LATIN1)).endswith("caf\\xe9.png")
+    for row, path in zip(rows[1:], expected):
+        if path in failing:
+            assert row[1:-1] == [""] * 7 and row[-1], row
+            continue
+        assert row[-1] == "", row
+        label, idx, confs = row[1], int(row[2]), [float(row[3]), float(row[5]), float(row[7])]
+        assert CIFAR10_CLASSES[idx] == label and len({label, row[4], row[6]}) == 3
+        assert 0 <= confs[2] <= confs[1] <= confs[0] <= 1
+    errors = {row[0]: row[-1] for row in rows[1:] if row[-1]}
+    assert "empty" in errors[display_text(str(root / "empty.jpg"))]
+    assert "truncated" in errors[display_text(str(root / "truncated.jpg"))]
+    assert "not an image" in errors[display_text(str(root / "text.png"))]
+    assert "11 files, 3 failed" in r.stderr and "backend onnx" in r.stderr
+
+
+def test_jsonl_matches_csv(tiny_model: Path, tree: tuple[Path, list[str], set[str]], tmp_path: Path) -> None:
+    root, expected, failing = tree
+    out_csv, out_jsonl = tmp_path / "o.csv", tmp_path / "o.jsonl"
+    assert run_cli("classify", root, "-m", tiny_model, "-b", "onnx", "-o", out_csv, "--top-k", "2").exit_code == 3
+    assert run_cli("classify", root, "-m", tiny_model, "-b", "onnx", "-o", out_jsonl, "--top-k", "2", "-q").exit_code == 3
+    objs = [json.loads(line) for line in out_jsonl.read_text(encoding="utf-8").splitlines()]
+    rows = _csv(out_csv.read_text(encoding="utf-8"))
+    assert all(list(o) == rows[0] for o in objs)
+    for o, row in zip(objs, rows[1:]):
+        assert o["path"] == row[0] and (o["label"] or "") == row[1]
+        assert (o["error"] is None) == (row[-1] == "") and (o["path"] in {display_text(p) for p in failing}) == (o["error"] is not None)
+        if o["error"] is None:
+            assert o["confidence"] == pytest.approx(float(row[3]), abs=1e-6) and o["class_index"] == int(row[2])
+    assert len(objs) == len(expected)
+
+
+def test_all_good_is_exit_0_and_quiet_is_silent(tiny_model: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        _img(tmp_path / f"{i}.png", i)
+    r = run_cli("classify", tmp_path, "-m", tiny_model, "-b", "tflite-int8", "-q")
+    assert r.exit_code == ExitStatus.OK and r.stderr == ""
+    assert len(_csv(r.stdout)) == 4
+    r = run_cli("classify", tmp_path / "0.png", "-m", tiny_model, "-b", "onnx-int8", "--resize", "pad")
+    assert r.exit_code == 0 and r.stderr.count("\n") == 1 and "1 files, 0 failed" in r.stderr  # no progress bar off a TTY
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--resume"], ExitStatus.USAGE, "--resume needs --output"),
+    (["--top-k", "11"], ExitStatus.USAGE, "more than the model's 10 classes"),
+    (["--batch-size", "0"], ExitStatus.USAGE, ""),
+    (["-b", "tflite", "--device", "gpu"], ExitStatus.UNAVAILABLE, "CPU only"),
+])
+def test_exit_codes(tiny_model: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    _img(tmp_path / "a.png", 1)
+    r = run_cli("classify", tmp_path, "-m", tiny_model, *args)
+    assert r.exit_code == code and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_path_and_model_are_clear(tiny_model: Path, tmp_path: Path) -> None:
+    r = run_cli("classify", tmp_path / "nope", "-m", tiny_model)
+    assert r.exit_code == ExitStatus.USAGE
+    r = run_cli("classify", tmp_path, "-m", tmp_path / "nomodel")
+    assert r.exit_code == ExitStatus.DATA and "not found" in r.stderr
+
+
+def test_help_documents_exit_codes() -> None:
+    r = run_cli("classify", "--help")
+    for code in ("0  every file", "3  some files failed", "2  usage", "5  another run", "130  interrupted"):
+        assert code in r.stdout
+    assert "--resume --quiet" in r.stdout
+
+
+def test_threads_reach_the_runtime(tiny_model: Path, tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    for backend in ("onnx", "tflite-int8"):
+        rep = core.classify([tmp_path], model=tiny_model, backend=backend, threads=1, stream=io.StringIO())
+        assert rep.runtime["threads"] == 1 and rep.exit_status == ExitStatus.OK
+
+
+# --------------------------------------------------------------------------- atomic output, resume, lock
+def test_interrupted_run_leaves_previous_output_intact(tiny_model: Path, tree: tuple[Path, list[str], set[str]],
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _, _ = tree
+    out = tmp_path / "labels.csv"
+    out.write_text("previous results\n")
+    from cifarbench import writers
+
+    real, calls = writers.CsvRowWriter.format, []
+
+    def crash_after_some_rows(self, row):  # type: ignore[no-untyped-def]
+        calls.append(row)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C halfway through writing
+        return real(self, row)
+
+    monkeypatch.setattr(writers.CsvRowWriter, "format", crash_after_some_rows)
+    r = run_cli("classify", root, "-m", tiny_model, "-b", "onnx", "-o", out, "--batch-size", "2")
+    assert r.exit_code == ExitStatus.INTERRUPTED
+    assert out.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "photos"]  # no temp file, no lock left
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_resume_equals_fresh_run(tiny_model: Path, tmp_path: Path, fmt: str) -> None:
+    root, _, _ = _tree(tmp_path / "photos")
+    out, fresh = tmp_path / f"labels.{fmt}", tmp_path / f"fresh.{fmt}"
+    base = ["classify", root, "-m", tiny_model, "-b", "onnx", "--top-k", "2"]
+    first = run_cli(*base, "-o", out, "--resume")
+    assert first.exit_code == 3 and Path(str(out) + ".state.json").is_file()
+    # the folder changes: one file added, one removed, one rewritten, one broken file repaired
+    _img(root / "b" / "new.png", 7)
+    (root / "b" / "10.png").unlink()
+    _img(root / "with,comma.png", 9, seed=42)
+    os.utime(root / "with,comma.png", ns=(1, 1))
+    _img(root / "text.png", 5)
+    second = run_cli(*base, "-o", out, "--resume")
+    assert second.exit_code == 3, second.stderr
+    assert "reused" in second.stderr
+    reused = int(second.stderr.split(" reused")[0].rsplit(", ", 1)[1])
+    assert reused == 6  # unchanged good files only; failed rows are always retried
+    assert run_cli(*base, "-o", fresh).exit_code == 3
+    assert out.read_bytes() == fresh.read_bytes()
+    # nothing changed: everything reused, no model needed, same bytes
+    third = run_cli(*base, "-o", out, "--resume")
+    assert out.read_bytes() == fresh.read_bytes() and "2 failed" in third.stderr
+
+
+def test_resume_ignores_a_mismatched_state(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    for i in range(4):
+        _img(root / f"{i}.png", i)
+    out = tmp_path / "labels.csv"
+    base = ["classify", root, "-m", tiny_model, "-b", "onnx", "-o", out, "--resume"]
+    assert run_cli(*base).exit_code == 0
+    good = out.read_bytes()
+    out.write_bytes(good.replace(b"0.", b"9.", 1))  # someone edited the output
+    r = run_cli(*base)
+    assert "changed since" in r.stderr and out.read_bytes() == good
+    r = run_cli(*base, "--top-k", "2")  # other options: all rows computed again
+    assert "options changed" in r.stderr and len(_csv(out.read_text())[0]) == 7
+    Path(str(out) + ".state.json").write_text("{not json")
+    r = run_cli(*base, "--top-k", "2")
+    assert r.exit_code == 0 and "unreadable" in r.stderr
+
+
+def test_lock_held_exits_5_and_stale_lock_is_ignored(tiny_model: Path, tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    out = tmp_path / "out" / "labels.csv"
+    with OutputLock(out):
+        r = run_cli("classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", out)
+    assert r.exit_code == ExitStatus.LOCKED and "lock" in r.stderr and not out.exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_path_for(out).write_text(json.dumps({"pid": dead.pid}))
+    r = run_cli("classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", out)
+    assert r.exit_code == 0 and out.is_file() and not lock_path_for(out).exists()
+
+
+# --------------------------------------------------------------------------- lazy imports
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8", "tflite", "tflite-int8"])
+def test_onnx_and_tflite_never_import_tensorflow(tiny_model: Path, tmp_path: Path, backend: str) -> None:
+    _img(tmp_path / "a.png", 1)
+    code = textwrap.dedent("""
+        import json, sys
+        from cifarbench.cli import cli
+        try:
+            cli.main(sys.argv[1:], prog_name="cifarbench")
+        except SystemExit as exc:
+            status = exc.code
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "tf2onnx"))
+        print(json.dumps({"status": status, "heavy": heavy}))
+    """)
+    out = tmp_path / "o.csv"
+    p = subprocess.run([sys.executable, "-c", code, "classify", str(tmp_path), "-m", str(tiny_model), "-b", backend,
+                        "-o", str(out), "-q"], capture_output=True, text=True, timeout=120)
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got == {"status": 0, "heavy": []}, p.stderr
+    assert p.stderr == ""  # --quiet: nothing at all, not even runtime logs

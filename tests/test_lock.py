@@ -1,0 +1,87 @@
+"""The output lock: held -> LockHeld (exit 5); released or stale -> free; works without flock too."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cifarbench import lock as lockmod
+from cifarbench.errors import ExitStatus, LockHeld
+from cifarbench.lock import OutputLock, lock_path_for
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_lock_file_lives_beside_the_output_and_goes_away(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "labels.csv"
+    with OutputLock(out) as lk:
+        assert lk.path == lock_path_for(out) == tmp_path / "sub" / "labels.csv.lock"
+        info = json.loads(lk.path.read_text())
+        assert info["pid"] == os.getpid()
+    assert not lk.path.exists()
+
+
+def test_second_holder_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    with OutputLock(out):
+        with pytest.raises(LockHeld) as exc:
+            OutputLock(out).acquire()
+        assert exc.value.exit_status == ExitStatus.LOCKED
+        assert f"pid {os.getpid()}" in str(exc.value) and "labels.csv.lock" in str(exc.value)
+    OutputLock(out).acquire()  # free again once released
+
+
+def test_lock_held_by_another_process(tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    code = textwrap.dedent(f"""
+        import sys, time
+        from cifarbench.lock import OutputLock
+        with OutputLock({str(out)!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        with pytest.raises(LockHeld, match=f"pid {child.pid}"):
+            OutputLock(out).acquire()
+    finally:
+        child.communicate("\n", timeout=30)
+    with OutputLock(out):
+        pass
+
+
+def test_stale_lock_from_dead_process_does_not_block(tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    lock_path_for(out).write_text(json.dumps({"pid": _dead_pid(), "started": "yesterday"}))
+    with OutputLock(out) as lk:
+        assert json.loads(lk.path.read_text())["pid"] == os.getpid()
+    assert not lock_path_for(out).exists()
+
+
+def test_without_flock_the_pid_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lockmod.fcntl, "flock", no_flock)
+    out = tmp_path / "labels.csv"
+    lock_path_for(out).write_text(json.dumps({"pid": os.getppid()}))  # a live process that is not us
+    with pytest.raises(LockHeld, match=f"pid {os.getppid()}"):
+        OutputLock(out).acquire()
+    lock_path_for(out).write_text(json.dumps({"pid": _dead_pid()}))
+    with OutputLock(out):
+        pass
+    lock_path_for(out).write_text("garbage")
+    with OutputLock(out):
+        pass

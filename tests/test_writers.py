@@ -1,0 +1,98 @@
+"""Row writers: RFC 4180 CSV and JSONL, awkward names, top-k columns, and reading rows back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+
+from cifarbench.errors import UsageError
+from cifarbench.writers import Row, columns, display_text, format_for, make_writer
+
+AWKWARD = ["plain.jpg", "with,comma.jpg", 'with"quote".jpg', "new\nline.jpg", "cr\rreturn.jpg", " lead space.jpg",
+           "ünïcødé 猫.jpg", os.fsdecode(b"caf\xe9-latin1.jpg"), os.fsdecode(b"\xff\xfe.png")]
+
+
+def _rows() -> list[Row]:
+    rows = [Row(p, "cat", 3, 0.9, [("dog", 0.05), ("frog", 0.01)]) for p in AWKWARD]
+    rows.append(Row("bad.jpg", error="truncated image (image file is truncated)\nsecond line"))
+    return rows
+
+
+def test_columns_for_top_k() -> None:
+    assert columns(1) == ["path", "label", "class_index", "confidence", "error"]
+    assert columns(3) == ["path", "label", "class_index", "confidence", "label_2", "confidence_2",
+                          "label_3", "confidence_3", "error"]
+
+
+def test_display_text_keeps_distinct_names_distinct() -> None:
+    assert display_text(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert display_text("ünï.jpg") == "ünï.jpg"
+    assert display_text("\udcff\ud800") .encode("utf-8")  # any str becomes encodable UTF-8
+    assert display_text(os.fsdecode(b"a\xe9")) != display_text(os.fsdecode(b"a\xe8"))
+
+
+def test_csv_is_rfc4180_and_parses_back() -> None:
+    w = make_writer("csv", top_k=3)
+    text = w.header() + "".join(w.format(r) for r in _rows())
+    text.encode("utf-8")  # valid UTF-8 throughout
+    assert text.startswith("path,label,class_index,confidence,label_2,confidence_2,label_3,confidence_3,error\r\n")
+    assert '"with,comma.jpg"' in text and '"with""quote"".jpg"' in text and '"new\nline.jpg"' in text
+    parsed = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    assert parsed[0] == w.columns
+    assert [r[0] for r in parsed[1:]] == [display_text(p) for p in AWKWARD] + ["bad.jpg"]
+    assert parsed[1][1:] == ["cat", "3", "0.900000", "dog", "0.050000", "frog", "0.010000", ""]
+    assert parsed[-1][1:-1] == [""] * 7  # no prediction fields on a failed row
+    assert parsed[-1][-1] == "truncated image (image file is truncated) second line"  # one line
+    assert "caf\\xe9-latin1.jpg" in [r[0] for r in parsed]
+
+
+def test_jsonl_has_the_csv_keys_and_nulls() -> None:
+    w = make_writer("jsonl", top_k=2)
+    lines = [w.format(r) for r in _rows()]
+    assert w.header() == ""
+    objs = [json.loads(line) for line in lines]
+    assert all(line.count("\n") == 1 and line.endswith("\n") for line in lines)
+    assert all(list(o) == columns(2) for o in objs)
+    assert objs[0] == {"path": "plain.jpg", "label": "cat", "class_index": 3, "confidence": 0.9,
+                       "label_2": "dog", "confidence_2": 0.05, "error": None}
+    assert objs[3]["path"] == "new\nline.jpg"
+    assert objs[-1]["label"] is None and objs[-1]["confidence"] is None and objs[-1]["error"].startswith("truncated")
+
+
+def test_missing_alternatives_are_empty_and_nan_is_not_written() -> None:
+    w = make_writer("jsonl", top_k=3)
+    o = json.loads(w.format(Row("x.png", "cat", 3, float("nan"), [("dog", 0.1)])))
+    assert o["confidence"] is None and o["label_2"] == "dog" and o["label_3"] is None and o["confidence_3"] is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_read_returns_the_exact_text(fmt: str) -> None:
+    w = make_writer(fmt, top_k=2)
+    rows = _rows()
+    text = w.header() + "".join(w.format(r) for r in rows)
+    back = list(w.read(io.StringIO(text, newline="")))
+    assert [b.path for b in back] == [display_text(r.path) for r in rows]
+    assert [b.failed for b in back] == [r.error is not None for r in rows]
+    assert w.header() + "".join(b.text for b in back) == text
+
+
+def test_read_refuses_other_options() -> None:
+    text = make_writer("csv", top_k=2).header()
+    with pytest.raises(ValueError):
+        list(make_writer("csv", top_k=1).read(io.StringIO(text, newline="")))
+    line = make_writer("jsonl", top_k=2).format(Row("a.png", "cat", 3, 0.5, [("dog", 0.4)]))
+    with pytest.raises(ValueError):
+        list(make_writer("jsonl", top_k=1).read(io.StringIO(line)))
+
+
+def test_bad_options_are_usage_errors() -> None:
+    with pytest.raises(UsageError):
+        make_writer("xml")
+    with pytest.raises(UsageError):
+        make_writer("csv", top_k=0)
+    assert format_for("out.JSONL") == "jsonl" and format_for("x.ndjson") == "jsonl"
+    assert format_for("out.csv") == "csv" and format_for(None) == "csv"
