@@ -6,8 +6,10 @@ The interpreter is resized to each batch size it sees, once.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -22,6 +24,8 @@ class TFLiteBackend:
         self.threads = threads or len(os.sched_getaffinity(0))
         try:
             self.interpreter = Interpreter(model_path=path, num_threads=self.threads)
+            with _native_stderr_silenced():  # LiteRT prints "INFO: Created ... XNNPACK delegate" on first allocation
+                self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelError(f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
         self.name, self.device = name, "cpu"
@@ -61,6 +65,25 @@ class TFLiteBackend:
 
         return {"runtime": "ai-edge-litert", "version": importlib.metadata.version("ai-edge-litert"),
                 "delegates": ["XNNPACK (default CPU)"], "threads": self.threads, "device": "cpu"}
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point fd 2 at /dev/null for a native call that logs unconditionally (keeps --quiet quiet)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> TFLiteBackend:
