@@ -321,13 +321,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                     row.reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
             gc.collect()
             say(_one_line(row), True)
-    _compare(manifests, rows, probs)
+    compare_notes = _compare(manifests, rows, probs)
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     env = environment()
     env.update(threads_requested=config.threads, device=config.device, command=config.command,
                loadavg_start=load_start, loadavg_end=load_end, nice=os.nice(0) if hasattr(os, "nice") else None,
                tensorflow_import_s=tf_import_s)
-    warnings = _global_warnings(env)
+    warnings = _global_warnings(env) + compare_notes
     first_data = next(iter(data_cache.values()), None)
     data = {"source": config.data, "split": "test", "images": int(len(first_data[0])) if first_data else 0,
             "subset": first_data[2] if first_data else None,
@@ -389,11 +389,16 @@ def _reference(model: str, rows: dict[tuple[str, str], Row]) -> str | None:
     return None
 
 
-def _compare(manifests: list[Manifest], rows: dict[tuple[str, str], Row], probs: dict[tuple[str, str], np.ndarray]) -> None:
+def _compare(manifests: list[Manifest], rows: dict[tuple[str, str], Row],
+             probs: dict[tuple[str, str], np.ndarray]) -> list[str]:
     """Agreement, accuracy delta and speed-up of each row against its model's reference backend."""
+    notes = []
     for m in manifests:
         ref = _reference(m.name, rows)
         if ref is None:
+            if any(r.status == "ok" for (model, _), r in rows.items() if model == m.name):
+                notes.append(f"{m.name}: no reference backend measured ({' or '.join(REFERENCE_ORDER)}), "
+                             "so agreement, accuracy delta and speed-up are blank")
             continue
         ref_row, ref_p = rows[(m.name, ref)], probs[(m.name, ref)]
         ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
@@ -404,6 +409,7 @@ def _compare(manifests: list[Manifest], rows: dict[tuple[str, str], Row], probs:
             row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
             tp = row.throughput[-1]["images_per_s"] if row.throughput else None
             row.speedup = tp / ref_tp if tp and ref_tp else None
+    return notes
 
 
 def _global_warnings(env: dict[str, Any]) -> list[str]:

@@ -203,3 +203,14 @@ def test_onnx_and_tflite_rows_never_import_tensorflow(tiny_model: Path, syntheti
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_without_a_reference_the_comparisons_are_blank_and_said_so(tiny_model: Path, synthetic_tree: Path,
+                                                                   tmp_path: Path) -> None:
+    res, doc = _bench(tmp_path, "--model", str(tiny_model), "--backend", "tflite-int8", "--data", str(synthetic_tree),
+                      "--limit", "10", *FAST)
+    assert res.exit_code == 0
+    row = doc["results"][0]
+    assert row["status"] == "ok" and row["speedup"] is None and row["agreement"] == {}
+    assert any("no reference backend measured" in w for w in doc["warnings"])
+    assert "no reference backend measured" in res.stderr
