@@ -59,7 +59,20 @@ class CheckFailed(CifarbenchError):
     exit_status = ExitStatus.CHECK_FAILED
 
 
+EXIT_CODE_MEANINGS: dict[ExitStatus, str] = {
+    ExitStatus.OK: "success",
+    ExitStatus.ERROR: "unexpected failure (details with --traceback)",
+    ExitStatus.USAGE: "bad option or argument",
+    ExitStatus.PARTIAL: "some inputs failed; their rows were still written",
+    ExitStatus.DATA: "dataset, image or model file missing or invalid",
+    ExitStatus.LOCKED: "another run holds the output lock",
+    ExitStatus.CHECK_FAILED: "a parity or quality check did not pass",
+    ExitStatus.UNAVAILABLE: "a backend, device or optional dependency is missing",
+    ExitStatus.INTERRUPTED: "interrupted (Ctrl-C); finished outputs are kept",
+}
+
+# One line per code: number, name, meaning. The CLI shows it
+# verbatim (a Click \b paragraph) in `cifarbench --help`; the README repeats it.
 EXIT_CODE_HELP = "\n".join(
-    f"  {int(s):>3}  {s.name.lower()}"
-    for s in ExitStatus
+    f"{int(s):>5}  {s.name.lower():<14}{EXIT_CODE_MEANINGS.get(s, '')}".rstrip() for s in ExitStatus
 )

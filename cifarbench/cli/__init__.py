@@ -33,7 +33,9 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module = importlib.import_module(COMMANDS[name][0])
-        return getattr(module, "command")
+        command: click.Command = getattr(module, "command")
+        _envvars_from_flags(command, name)
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
@@ -58,10 +60,23 @@ class LazyGroup(click.Group):
 import importlib.util  # noqa: E402  (used by LazyGroup.list_commands)
 
 
+def _envvars_from_flags(command: click.Command, name: str) -> None:
+    """CIFARBENCH_<COMMAND>_<LONG FLAG>, even where the Python parameter is named differently.
+
+    Click's ``auto_envvar_prefix`` would use the parameter name (``--format`` stored as ``fmt``
+    gives CIFARBENCH_CLASSIFY_FMT); the documented name follows the flag the user types.
+    """
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar is None:
+            longs = [o for o in param.opts if o.startswith("--")]
+            if longs:
+                param.envvar = f"CIFARBENCH_{name}_{longs[0][2:]}".upper().replace("-", "_")
+
+
 @click.group(
     cls=LazyGroup,
     context_settings={"auto_envvar_prefix": "CIFARBENCH", "help_option_names": ["-h", "--help"]},
-    epilog="Exit codes:\n\n" + EXIT_CODE_HELP.replace("\n", "\n\n"),
+    epilog="\b\nExit codes:\n" + EXIT_CODE_HELP,  # \b: Click keeps the table's lines as written
 )
 @click.version_option(__version__, "--version", prog_name="cifarbench")
 @click.option("--traceback", is_flag=True, help="Show the full Python traceback on errors.")
