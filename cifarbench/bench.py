@@ -88,6 +88,7 @@ class Row:
     quality: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
     speedup: float | None = None
+    speedup_by_batch: dict[str, float] = field(default_factory=dict)  # str(batch size) -> ratio, for JSON keys
     accuracy_delta_pp: float | None = None
     peak_rss_mb: float | None = None
     rss_delta_mb: float | None = None
@@ -269,7 +270,7 @@ def _subset(ds: Dataset, limit: int | None, seed: int) -> tuple[np.ndarray, np.n
         return ds.images, ds.labels, f"all {len(ds)} images"
     # A seeded random subset: the sources list images class by class, so the first N would be one class.
     idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:limit])
-    return np.ascontiguousarray(ds.images[idx]), ds.labels[idx], f"random {limit} of {len(ds)} (seed {seed})"
+    return np.ascontiguousarray(ds.images[idx]), ds.labels[idx], f"random {limit} of {len(ds)} images (seed {seed})"
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None) -> dict[str, Any]:
@@ -409,6 +410,9 @@ def _compare(manifests: list[Manifest], rows: dict[tuple[str, str], Row],
             row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
             tp = row.throughput[-1]["images_per_s"] if row.throughput else None
             row.speedup = tp / ref_tp if tp and ref_tp else None
+            ref_by = {t["batch_size"]: t["images_per_s"] for t in ref_row.throughput}
+            row.speedup_by_batch = {str(t["batch_size"]): t["images_per_s"] / ref_by[t["batch_size"]]
+                                    for t in row.throughput if t["images_per_s"] and ref_by.get(t["batch_size"])}
     return notes
 
 

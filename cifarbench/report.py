@@ -41,7 +41,8 @@ _ROW = {
             "per_class": {"type": "object"}, "confusion": {"type": "array", "items": {"type": "array"}}}},
         "agreement": {"type": "object", "properties": {"reference": {"type": "string"}, "top1": {"type": "number"},
                                                         "max_abs_dprob": {"type": "number"}}},
-        "speedup": _NUM, "accuracy_delta_pp": _NUM, "peak_rss_mb": _NUM, "rss_delta_mb": _NUM,
+        "speedup": _NUM, "speedup_by_batch": {"type": "object"}, "accuracy_delta_pp": _NUM,
+        "peak_rss_mb": _NUM, "rss_delta_mb": _NUM,
         "runtime": {"type": "object"}, "warnings": {"type": "array", "items": {"type": "string"}},
     },
 }
@@ -123,7 +124,9 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "first_call_ms": r["first_call_ms"], "latency_n": lat.get("n"),
             **{f"{k}_ms": lat.get(f"{k}_ms") for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")},
             **{f"img_per_s_b{b}": tp.get(b) for b in sizes},
-            "speedup": r["speedup"], "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
+            "speedup": r["speedup"],
+            **{f"speedup_b{b}": (r.get("speedup_by_batch") or {}).get(str(b)) for b in sizes},
+            "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
             "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"], "rss_delta_mb": r.get("rss_delta_mb"),
         }
         out.append(row)
@@ -186,6 +189,13 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     lines += ["", "## Throughput (images/s)", "", "Definition: " + doc["definitions"]["throughput"] + ".", ""]
     lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
                     [[r["model"], r["backend"]] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
+    by = {(x["model"], x["backend"]): x.get("speedup_by_batch") or {} for x in doc["results"]}
+    if any(by.values()):
+        lines += ["", "Speed-up over the reference backend at each batch size (images/s ratio):", ""]
+        lines += _table(["model", "backend", "reference"] + [f"batch {b}" for b in sizes],
+                        [[r["model"], r["backend"], r["reference"] or "–"] +
+                         [_f(by[(r["model"], r["backend"])].get(str(b)), ".2f") + "×" for b in sizes]
+                         for r in ok if r["reference"]])
     dec = d["decode"]
     lines += ["", "## Decode and preprocess (not in the numbers above)", ""]
     if dec.get("images"):

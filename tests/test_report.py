@@ -73,6 +73,10 @@ def test_fake_rows_compare_with_the_onnx_reference(doc: dict[str, Any]) -> None:
     assert doc["models"]["fake"]["reference"] == "onnx"
     assert rows["tflite-int8"]["agreement"]["max_abs_dprob"] == pytest.approx(0.05, abs=1e-6)
     assert rows["onnx"]["agreement"] == {"reference": "onnx", "top1": 1.0, "max_abs_dprob": 0.0}
+    tp = {t["batch_size"]: t["images_per_s"] for t in rows["tflite-int8"]["throughput"]}
+    ref = {t["batch_size"]: t["images_per_s"] for t in rows["onnx"]["throughput"]}
+    assert rows["tflite-int8"]["speedup_by_batch"] == pytest.approx({str(b): tp[b] / ref[b] for b in (1, 4)})
+    assert rows["tflite-int8"]["speedup"] == pytest.approx(tp[4] / ref[4])
     assert rows["onnx"]["size_bytes"] == 1000 and rows["onnx"]["runtime"]["runtime"] == "fake"
 
 
@@ -106,7 +110,9 @@ def test_csv_one_row_per_model_and_backend(doc: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(report.to_csv(doc))))
     assert len(rows) == len(backends.BACKENDS)
     ok = next(r for r in rows if r["backend"] == "onnx")
-    assert float(ok["accuracy"]) == pytest.approx(doc["results"][[r["backend"] for r in doc["results"]].index("onnx")]["quality"]["accuracy"])
+    onnx = next(r for r in doc["results"] if r["backend"] == "onnx")
+    assert float(ok["accuracy"]) == pytest.approx(onnx["quality"]["accuracy"])
+    assert float(ok["speedup_b4"]) == pytest.approx(1.0)
     assert {"img_per_s_b1", "img_per_s_b4", "p99_ms", "speedup", "size_mb", "peak_rss_mb"} <= set(ok)
     skipped = next(r for r in rows if r["backend"] == "keras")
     assert skipped["status"] == "skipped" and skipped["reason"] == "no artifact (fake)" and skipped["accuracy"] == ""
@@ -116,6 +122,7 @@ def test_markdown_report_sections(doc: dict[str, Any]) -> None:
     md = report.to_markdown(doc)
     for needle in ("## Summary", "## Latency at batch 1", "## Throughput", "## Decode and preprocess",
                    "## Environment", "## Per-class F1: fake", "no artifact (fake)", "`cifarbench bench --test`",
+                   "Speed-up over the reference backend at each batch size",
                    doc["definitions"]["throughput"]):
         assert needle in md, needle
 

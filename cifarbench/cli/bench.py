@@ -48,7 +48,8 @@ def _default_output_dir() -> Path:
 @click.option("--batch-sizes", default="1,32,256", show_default=True, callback=_batch_sizes,
               help="Comma-separated batch sizes for throughput; the largest also runs the accuracy pass.")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads per backend (default: each runtime's own).")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="gpu: CUDA for onnx/keras rows; backends that cannot use it are listed as skipped.")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
               help="Untimed batch-1 calls before latency is measured.")
 @click.option("--min-time", type=click.FloatRange(0), default=2.0, show_default=True,
@@ -118,7 +119,7 @@ def _print_table(doc: dict[str, Any]) -> None:
 
     sizes = batch_sizes(doc)
     big = sizes[-1] if sizes else "-"
-    t = Table(title=f"cifarbench bench: {doc['data']['source']}, {doc['data']['subset'] or doc['data']['images']} images")
+    t = Table(title=f"cifarbench bench: {doc['data']['source']}, {doc['data']['subset'] or str(doc['data']['images']) + ' images'}")
     for name in ("model", "backend", "accuracy", "macro F1", "p50 ms", "p99 ms", f"img/s @{big}", "speed-up", "size MB"):
         t.add_column(name, justify="left" if name in ("model", "backend") else "right")
     f = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
