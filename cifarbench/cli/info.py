@@ -27,6 +27,11 @@ def collect() -> dict:
     env["shipped_models"] = shipped_models()
     env["trained_dir"] = str(trained_dir())
     env["bundled_test_data"] = str(BUNDLED_TEST_ARCHIVE) if BUNDLED_TEST_ARCHIVE.is_file() else None
+    env["warnings"] = []
+    if env["versions"].get("onnxruntime") and env["versions"].get("onnxruntime-gpu"):
+        env["warnings"].append("both onnxruntime and onnxruntime-gpu are installed; they share one module and the "
+                               "last installed wins: pip uninstall -y onnxruntime onnxruntime-gpu && "
+                               "pip install onnxruntime-gpu")
     return env
 
 
@@ -61,3 +66,5 @@ def command(as_json: bool) -> None:
     t.add_row("shipped models", ", ".join(info["shipped_models"]) or "none")
     t.add_row("bundled test data", info["bundled_test_data"] or "[red]missing[/red]")
     con.print(t)
+    for w in info["warnings"]:
+        click.echo(f"warning: {w}", err=True)
