@@ -133,6 +133,11 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def all_warnings(doc: dict[str, Any]) -> list[str]:
+    """The run's warnings, then each row's (e.g. too few latency samples for p99), prefixed with the row."""
+    return list(doc["warnings"]) + [f"{r['model']}/{r['backend']}: {w}" for r in doc["results"] for w in r["warnings"]]
+
+
 def to_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, default=str) + "\n"
 
@@ -167,7 +172,7 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
              f"- Command: `{doc['command']}`", f"- Created: {doc['created']} (wall time {_f(doc.get('wall_s'), '.0f')} s), "
              f"cifarbench {doc['cifarbench_version']}, schema {doc['schema']}/{doc['schema_version']}",
              f"- Data: `{d['source']}` test split, {d.get('subset') or d['images']} images", ""]
-    for w in doc["warnings"]:
+    for w in all_warnings(doc):
         lines.append(f"> **Warning:** {w}")
     lines += ["", "## Summary", "",
               f"Speed-up: images/s at batch {big} over the reference backend's (keras when measured, else onnx)."

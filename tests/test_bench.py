@@ -136,6 +136,7 @@ def test_all_with_keras_unavailable(tiny_model: Path, synthetic_tree: Path, tmp_
     assert load_results(out / "results.json")["results"] == doc["results"]
     md = (out / "report.md").read_text()
     assert "skipped" in md and "not installed (test)" in md and "wall time of" in md
+    assert "onnx: p99 rests on only" in md and "onnx: p99 rests on only" in res.stderr
     assert len((out / "results.csv").read_text().splitlines()) == 1 + len(backends.BACKENDS)
 
 

@@ -91,7 +91,7 @@ def command(models: tuple[str, ...], all_backends: bool, backend_names: tuple[st
         doc = bench.run_bench(config, on_progress)
     out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)
-    for w in doc["warnings"]:
+    for w in report.all_warnings(doc):
         err.print(f"warning: {w}", markup=False, soft_wrap=True)
     for n in notes:
         err.print(f"note: {n}", markup=False, soft_wrap=True)
