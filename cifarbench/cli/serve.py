@@ -1,0 +1,131 @@
+"""`cifarbench serve`: the HTTP API and upload page (Starlette on uvicorn)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+
+import click
+
+from cifarbench.backends import BACKENDS, DEVICES
+from cifarbench.errors import BackendUnavailable, UsageError
+
+
+@click.command("serve")
+@click.option("--model", "-m", default=None, help="Shipped model name, model directory or artifact file [default: flagship].")
+@click.option("--backend", "-b", type=click.Choice(list(BACKENDS)), default=None,
+              help="Runtime [default: the fastest available int8 backend].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: pick a free one).")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=10.0, show_default=True, help="Largest request body.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
+              help="Largest image (width x height), checked before decoding: the decompression-bomb guard.")
+@click.option("--max-images", type=click.IntRange(min=1), default=128, show_default=True, help="Most images in one request.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds one request may take (upload, decode, inference).")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Default number of labels per image.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most images the micro-batcher sends to the backend at once.")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most connections served at once per process; more get 503 (bounds memory: this x --max-upload-mb).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes, each with its own copy of the model.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Backend threads per process [default: runtime's choice].")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="uvicorn log level (logs go to stderr).")
+def command(model: str | None, backend: str | None, host: str, port: int, max_upload_mb: float, max_pixels: int,
+            max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, workers: int, threads: int | None,
+            device: str, log_level: str) -> None:
+    """Serve a model over HTTP: GET / (upload page), GET /health, GET /v1/model, POST /v1/classify.
+
+    \b
+    curl -F file=@cat.jpg -F file=@dog.png http://127.0.0.1:8000/v1/classify
+    curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/v1/classify?top_k=3'
+    """
+    try:
+        import uvicorn
+
+        from cifarbench.serve.app import ENV_CONFIG, ServeLimits, create_app
+    except ImportError as exc:
+        raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
+    from cifarbench.backends import default_backend, load_backend, unavailable_reason
+    from cifarbench.models import resolve_model
+
+    if workers > 1 and port == 0:
+        raise UsageError("--port 0 cannot be shared by several --workers; name a port")
+    limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
+                         max_images=max_images, timeout_s=timeout)
+    manifest = resolve_model(model)
+    name = backend or default_backend(manifest, device)
+    reason = unavailable_reason(name, manifest, "cpu" if device == "auto" else device)
+    if reason:
+        raise BackendUnavailable(f"backend {name} unavailable: {reason}")
+    sock = _bind(host, port)
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"http://{url_host}:{sock.getsockname()[1]}/"
+    if not _is_loopback(host):
+        click.echo(f"warning: listening on {host}: anyone who can reach this machine can use the server "
+                   "(no authentication, no TLS; put a reverse proxy in front)", err=True)
+    common = dict(log_level=log_level, timeout_keep_alive=5, server_header=False, limit_concurrency=max_concurrency)
+
+    if workers == 1:
+        app = create_app(manifest, load_backend(name, manifest, device, threads), backend_name=name, top_k=top_k,
+                         limits=limits, max_batch=max_batch)
+        click.echo(f"serving {manifest.name} with {name} on {url}  (Ctrl-C to stop)", err=True)
+        uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])  # type: ignore[arg-type]
+        return
+
+    # Several processes: each worker builds its own app from a JSON config (uvicorn imports the factory).
+    os.environ[ENV_CONFIG] = json.dumps({
+        "model": os.path.abspath(model) if model and os.path.exists(model) else model, "backend": name,
+        "device": device, "threads": threads, "top_k": top_k, "max_batch": max_batch,
+        "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": max_pixels,
+                   "max_images": max_images, "timeout_s": timeout},
+    })
+    click.echo(f"serving {manifest.name} with {name} on {url} in {workers} worker processes  (Ctrl-C to stop)", err=True)
+    config = uvicorn.Config("cifarbench.serve.app:app_from_env", factory=True, workers=workers, **common)
+    _run_workers(config, sock)
+
+
+def _run_workers(config: "uvicorn.Config", sock: socket.socket) -> None:
+    """uvicorn's supervisor on our socket (uvicorn's own bind loses TCP_NODELAY: Kludex/uvicorn#3149)."""
+    import inspect
+
+    from uvicorn.supervisors import Multiprocess
+
+    if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn releases
+        import uvicorn
+
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()  # type: ignore[call-arg]
+    else:
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before loading anything heavy, so a busy port is a one-line error, not a uvicorn log.
+
+    ``IPPROTO_TCP`` explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose
+    protocol says TCP, and without it every keep-alive request waits ~40 ms for a delayed ACK.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --host or --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,261 @@
+"""The HTTP app: ``create_app(manifest, backend)`` -> a Starlette ASGI application.
+
+Routes: ``GET /health``, ``GET /v1/model``, ``POST /v1/classify`` (multipart files or one
+raw image body), ``GET /`` (the upload page) and ``/static/*``. Uploads are read into
+memory under a byte limit and decoded from bytes by the one loader, so nothing a
+client sends is ever opened or written by name. Decoding runs in a bounded thread
+pool; inference runs in the micro-batcher's thread, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cifarbench import __version__
+from cifarbench.images import ImageResult
+from cifarbench.manifest import Manifest
+from cifarbench.serve.batching import BatcherClosed, MicroBatcher
+from cifarbench.serve.uploads import ServeLimits, decode_guarded, read_uploads
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class _App:
+    """Request handlers bound to one model, one backend and one batcher."""
+
+    def __init__(self, manifest: Manifest, backend: Any, backend_name: str, top_k: int, limits: ServeLimits,
+                 max_batch: int, max_wait_s: float, resize: str) -> None:
+        self.manifest, self.backend, self.backend_name = manifest, backend, backend_name
+        self.classes = list(manifest.classes)
+        self.top_k = max(1, min(int(top_k), len(self.classes)))
+        self.limits = limits
+        self.size = int((manifest.input or {}).get("shape", [32])[0])
+        self.resize = resize
+        self.batcher = MicroBatcher(backend.predict, max_batch=max_batch, max_wait_s=max_wait_s)
+        self.decode_limiter = anyio.CapacityLimiter(max(2, len(os.sched_getaffinity(0))))
+
+    # ------------------------------------------------------------------ GET
+    async def health(self, request: Request) -> Response:
+        closed = self.batcher.closed
+        return JSONResponse({"status": "closed" if closed else "ok", "model": self.manifest.name,
+                             "backend": self.backend_name, "queued": self.batcher.queued(),
+                             "batcher": self.batcher.stats.as_dict()}, status_code=503 if closed else 200)
+
+    async def model(self, request: Request) -> Response:
+        m = self.manifest
+        return JSONResponse({
+            "name": m.name, "arch": m.arch, "classes": self.classes, "input": m.input, "params": m.params,
+            "macs": m.macs, "metrics": _scalars(m.metrics), "artifacts": sorted(m.artifacts), "created": m.created,
+            "backend": {"name": self.backend_name, **_jsonable(self.backend.describe())},
+            "serving": {"top_k": self.top_k, "resize": self.resize, "max_batch": self.batcher.max_batch,
+                        **asdict(self.limits), "cifarbench_version": __version__},
+        })
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    # ------------------------------------------------------------------ POST /v1/classify
+    async def classify(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        phase = "upload"
+        try:
+            with anyio.fail_after(self.limits.timeout_s):
+                uploads, form_k = await read_uploads(request, self.limits)
+                top_k = self._top_k(request.query_params.get("top_k", form_k))
+                if not uploads:
+                    raise HTTPException(400, "no images in the request: send multipart/form-data file fields "
+                                             "or one raw image body (Content-Type: image/* or application/octet-stream)")
+                phase = "decode"
+                t1 = time.perf_counter()
+                decoded = await anyio.to_thread.run_sync(self._decode_all, [b for _, b in uploads],
+                                                         limiter=self.decode_limiter)
+                t2 = time.perf_counter()
+                phase = "inference"
+                good = [i for i, r in enumerate(decoded) if r.ok]
+                probs = np.zeros((0, len(self.classes)), np.float32)
+                if good:
+                    batch = np.stack([decoded[i].array for i in good])  # type: ignore[misc]
+                    probs = await asyncio.wrap_future(self.batcher.submit(batch))
+                t3 = time.perf_counter()
+        except TimeoutError:
+            if phase == "upload":
+                raise HTTPException(408, f"request body not received within {self.limits.timeout_s:g} s") from None
+            raise HTTPException(504, f"classification did not finish within {self.limits.timeout_s:g} s") from None
+        except BatcherClosed:
+            raise HTTPException(503, "server is shutting down") from None
+        except ClientDisconnect:
+            return Response(status_code=400)
+
+        rows = iter(probs)
+        results = []
+        for i, ((name, _), res) in enumerate(zip(uploads, decoded)):
+            entry: dict[str, Any] = {"index": i, "name": name, "ok": res.ok}
+            if res.ok:
+                entry.update(self._top(next(rows), top_k))
+            else:
+                entry["error"] = res.error
+            results.append(entry)
+        body: dict[str, Any] = {
+            "model": self.manifest.name, "backend": self.backend_name, "top_k": top_k, "results": results,
+            "timing_ms": {"upload": _ms(t1 - t0), "decode": _ms(t2 - t1), "inference": _ms(t3 - t2)},
+        }
+        if not good:
+            body["error"] = "no image could be decoded" if len(results) > 1 else f"not a usable image: {results[0]['error']}"
+            return JSONResponse(body, status_code=422)
+        return JSONResponse(body)
+
+    def _decode_all(self, blobs: list[bytes]) -> list[ImageResult]:
+        return [decode_guarded(b, self.size, self.resize, self.limits.max_pixels) for b in blobs]
+
+    def _top_k(self, raw: str | None) -> int:
+        if raw in (None, ""):
+            return self.top_k
+        try:
+            k = int(raw)  # type: ignore[arg-type]
+        except ValueError:
+            raise HTTPException(400, f"top_k must be an integer, got {str(raw)[:40]!r}") from None
+        if k < 1:
+            raise HTTPException(400, "top_k must be >= 1")
+        return min(k, len(self.classes))
+
+    def _top(self, p: np.ndarray, k: int) -> dict[str, Any]:
+        order = np.argsort(-p, kind="stable")[:k]
+        top = [{"label": self.classes[j], "class_id": int(j), "probability": round(float(p[j]), 6)} for j in order]
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top": top}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _scalars(d: Any, depth: int = 0) -> Any:
+    """Metrics without bulky arrays (confusion matrices, curves): a summary for /v1/model."""
+    if isinstance(d, dict) and depth < 3:
+        out = {k: _scalars(v, depth + 1) for k, v in d.items()}
+        return {k: v for k, v in out.items() if v is not None}
+    if isinstance(d, (int, float, str, bool)):
+        return d
+    return None
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}", "status": 500}, status_code=500)
+
+
+class _SecurityHeaders:
+    """Everything is served locally, so the page can forbid any other origin outright."""
+
+    CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", self.CSP)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(
+    manifest: Manifest,
+    backend: Any,
+    *,
+    backend_name: str | None = None,
+    top_k: int = 5,
+    limits: ServeLimits | None = None,
+    max_batch: int = 64,
+    max_wait_ms: float = 0.0,
+    resize: str = "center-crop",
+) -> Starlette:
+    """An ASGI app serving ``backend`` (anything with ``predict`` and ``describe``) for ``manifest``.
+
+    ``app.state.handlers.batcher`` is closed on lifespan shutdown (or call ``close_app``).
+    """
+    h = _App(manifest, backend, backend_name or getattr(backend, "name", "unknown"), top_k, limits or ServeLimits(),
+             max_batch, max_wait_ms / 1000.0, resize)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            h.batcher.close()
+
+    routes = [
+        Route("/", h.index, methods=["GET"]),
+        Route("/health", h.health, methods=["GET"]),
+        Route("/v1/model", h.model, methods=["GET"]),
+        Route("/v1/classify", h.classify, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)],
+                    exception_handlers={HTTPException: _http_error, 500: _server_error})
+    app.state.handlers = h
+    return app
+
+
+def close_app(app: Starlette) -> None:
+    """Stop the batcher thread of an app whose lifespan never ran (tests, embedding)."""
+    app.state.handlers.batcher.close()
+
+
+def load_app(model: str | None = None, backend: str | None = None, device: str = "cpu", threads: int | None = None,
+             **kwargs: Any) -> Starlette:
+    """Resolve a model, load its backend and build the app: what ``cifarbench serve`` runs."""
+    from cifarbench.backends import default_backend, load_backend
+    from cifarbench.models import resolve_model
+
+    manifest = resolve_model(model)
+    name = backend or default_backend(manifest, device)
+    return create_app(manifest, load_backend(name, manifest, device, threads), backend_name=name, **kwargs)
+
+
+ENV_CONFIG = "CIFARBENCH_SERVE_CONFIG"
+
+
+def app_from_env() -> Starlette:
+    """Factory for ``--workers N``: each worker process loads its own backend from a JSON config."""
+    cfg = json.loads(os.environ[ENV_CONFIG])
+    limits = ServeLimits(**cfg.pop("limits", {}))
+    return load_app(**cfg, limits=limits)

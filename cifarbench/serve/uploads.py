@@ -1,0 +1,103 @@
+"""Request bodies to images, under limits: the part of serving that faces untrusted input.
+
+Bodies are counted while they stream in (a missing or lying Content-Length does not
+help), multipart parts stay in memory (never spooled to a temporary file), client
+file names are only echoed back, and every image's pixel count is checked from its
+header before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional
+
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from cifarbench.images import ImageResult, load_image
+
+RAW_TYPES = ("application/octet-stream", "")  # plus any image/*
+MAX_NAME = 200
+
+Upload = tuple[Optional[str], bytes]  # (client's file name, bytes)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may cost; every limit answers with a JSON 4xx, never a crash."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 50_000_000  # per image, checked from the header before decoding
+    max_images: int = 128  # per request
+    timeout_s: float = 30.0  # upload + decode + inference of one request
+
+
+async def read_uploads(request: Request, limits: ServeLimits) -> tuple[list[Upload], str | None]:
+    """(client name, bytes) per image, read into memory under the body limit; plus a form ``top_k``."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        parser = MultiPartParser(request.headers, limited_stream(request, limits.max_upload_bytes),
+                                 max_files=limits.max_images, max_fields=16, max_part_size=4096)
+        parser.spool_max_size = limits.max_upload_bytes + 1  # keep every part in memory, never on disk
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise HTTPException(400, f"bad multipart body: {exc.message}") from None
+        uploads: list[Upload] = []
+        form_k: str | None = None
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    uploads.append(((value.filename or key)[:MAX_NAME], await value.read()))
+                elif key == "top_k":
+                    form_k = value
+        finally:
+            await form.close()
+        return uploads, form_k
+    if ctype.startswith("image/") or ctype in RAW_TYPES:
+        body = b"".join([c async for c in limited_stream(request, limits.max_upload_bytes)])
+        return ([(None, body)] if body else []), None
+    raise HTTPException(415, f"unsupported Content-Type {ctype!r}: send multipart/form-data, image/* "
+                             "or application/octet-stream")
+
+
+async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise too_large(limit)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise too_large(limit)
+        yield chunk
+
+
+def too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"request body exceeds the limit of {limit} bytes ({limit / 2**20:g} MiB)")
+
+
+def decode_guarded(data: bytes, size: int, resize: str, max_pixels: int) -> ImageResult:
+    """Refuse oversized images from their header alone, then decode with the shared loader.
+
+    The explicit check does not depend on Pillow's process-wide limit, so concurrent
+    decodes cannot weaken it.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as exc:
+        return ImageResult(None, f"decompression bomb refused: {exc}")
+    except Exception:
+        w = h = 0  # not an image: load_image words the reason
+    if w * h > max_pixels:
+        return ImageResult(None, f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    return load_image(data, size=size, resize=resize, max_pixels=max_pixels)
