@@ -14,7 +14,6 @@ classified again, so a resumed run always equals a fresh one. Failed rows are al
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import os
 import time
@@ -27,119 +26,16 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from cifarbench.atomic import atomic_write
+from cifarbench.discover import FileEntry, discover
 from cifarbench.errors import ExitStatus, ModelError, UsageError
 from cifarbench.images import RESIZE_POLICIES, load_image
 from cifarbench.writers import FORMATS, Row, RowWriter, display_text, make_writer
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .avif .heic .heif .jp2 .tga .ico".split()
-)
 STATE_SUFFIX = ".state.json"
 STATE_SCHEMA = 1
 POOLS = ("auto", "thread", "process", "inline")
 CHUNK = 32  # files per decode task: amortises the pool's per-task cost
 PROCESS_POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
-
-
-# --------------------------------------------------------------------------- discovery
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """A file to classify; ``error`` is set when it is known to fail before decoding."""
-
-    path: str
-    size: int = -1
-    mtime_ns: int = -1
-    error: str | None = None
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror.lower() if exc.strerror else type(exc).__name__
-
-
-def discover(paths: Sequence[str | os.PathLike[str]], recursive: bool = True, include: Sequence[str] = (),
-             exclude: Iterable[str | os.PathLike[str]] = ()) -> Iterator[FileEntry]:
-    """Files under ``paths`` in a deterministic order; each file once.
-
-    A named file is always taken. Inside directories: names starting with ``.`` are skipped,
-    entries are visited in code-point order of their names, a directory reached twice (symlink
-    loops) is walked once, and a file is taken if it has an image extension or, when ``include``
-    globs are given, if one matches its name (or its path under the argument, for globs with
-    ``/``), case-insensitively. ``exclude`` names files never to take (the output and its sidecars).
-    """
-    excluded = {os.path.abspath(os.fspath(p)) for p in exclude}
-    globs = [g.lower() for g in include]
-    seen: set[str] = set()
-    visited: set[tuple[int, int]] = set()
-
-    def wanted(name: str, rel: str) -> bool:
-        if not globs:
-            return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        return any(fnmatch.fnmatchcase((rel if "/" in g else name).lower(), g) for g in globs)
-
-    def take(path: str, de: os.DirEntry[str] | None) -> FileEntry | None:
-        if path in seen or (excluded and os.path.abspath(path) in excluded):
-            return None
-        seen.add(path)
-        try:
-            st = de.stat() if de is not None else os.stat(path)
-        except FileNotFoundError:
-            return FileEntry(path, error="broken symbolic link" if os.path.islink(path) else "file not found")
-        except OSError as exc:
-            return FileEntry(path, error=f"cannot stat file ({_reason(exc)})")
-        return FileEntry(path, st.st_size, st.st_mtime_ns)
-
-    for arg in (os.fspath(p) for p in paths):
-        try:
-            st = os.stat(arg)
-        except OSError as exc:
-            raise UsageError(f"{display_text(arg)}: {_reason(exc)}") from None
-        if not os.path.isdir(arg):
-            entry = take(arg, None)
-            if entry is not None:
-                yield entry
-            continue
-        if (st.st_dev, st.st_ino) in visited:
-            continue
-        visited.add((st.st_dev, st.st_ino))
-        stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
-        try:
-            stack.append(("", iter(_listdir(arg))))
-        except OSError as exc:
-            yield FileEntry(arg, error=f"cannot list directory ({_reason(exc)})")
-        while stack:
-            prefix, it = stack[-1]
-            de = next(it, None)
-            if de is None:
-                stack.pop()
-                continue
-            if de.name.startswith("."):
-                continue
-            rel = prefix + de.name
-            try:
-                is_dir = de.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not recursive:
-                    continue
-                try:
-                    dst = de.stat()
-                    key = (dst.st_dev, dst.st_ino)
-                    if key in visited:
-                        continue
-                    visited.add(key)
-                    stack.append((rel + "/", iter(_listdir(de.path))))
-                except OSError as exc:
-                    yield FileEntry(de.path, error=f"cannot list directory ({_reason(exc)})")
-            elif wanted(de.name, rel):
-                entry = take(de.path, de)
-                if entry is not None:
-                    yield entry
-
-
-def _listdir(path: str) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -171,9 +67,12 @@ def pick_pool(pool: str, workers: int, files: int) -> str:
     return pool
 
 
-def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto"
-                   ) -> Iterator[tuple[np.ndarray | None, str | None]]:
-    """(array, error) per entry, in order; at most ~2 chunks per worker are decoded ahead."""
+def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto",
+                   ahead: int = 256) -> Iterator[tuple[np.ndarray | None, str | None]]:
+    """(array, error) per entry, in order, decoded at most ``ahead`` files + 2 chunks per worker in advance.
+
+    ``ahead`` is a model batch: the pool keeps decoding the next batch while the model runs this one.
+    """
     kind = pick_pool(pool, workers, len(entries))
     chunks = ([(e.path, e.error) for e in entries[i:i + CHUNK]] for i in range(0, len(entries), CHUNK))
     if kind == "inline":
@@ -190,10 +89,11 @@ def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers
     else:
         ex = ThreadPoolExecutor(workers, thread_name_prefix="cifarbench-decode")
     inflight: deque[Future] = deque()
+    max_inflight = 2 * workers + -(-ahead // CHUNK)
     try:
         for items in chunks:
             inflight.append(ex.submit(_decode_chunk, items, size, resize))
-            if len(inflight) > 2 * workers:
+            if len(inflight) > max_inflight:
                 yield from inflight.popleft().result()
         while inflight:
             yield from inflight.popleft().result()
@@ -214,8 +114,11 @@ def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarra
 
     def flush() -> list[Row]:
         nonlocal filled
-        probs = _run(predict, buf[:filled]) if filled else np.empty((0, len(classes)), np.float32)
-        rows = [Row(e.path, error=err) if slot < 0 else _row(e.path, probs[slot], classes, top_k) for e, slot, err in pending]
+        if filled:
+            done = iter(_rows(probs_of(predict, buf[:filled]), [e.path for e, slot, _ in pending if slot >= 0], classes, top_k))
+            rows = [Row(e.path, error=err) if slot < 0 else next(done) for e, slot, err in pending]
+        else:
+            rows = [Row(e.path, error=err) for e, _, err in pending]
         pending.clear()
         filled = 0
         return rows
@@ -236,24 +139,32 @@ def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarra
         yield flush()
 
 
-def _run(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+def probs_of(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+    """The backend's (n, classes) scores, with any runtime failure as one clear ModelError."""
     try:
         probs = np.asarray(predict(batch), dtype=np.float32)
-    except Exception as exc:  # runtimes raise their own types; one clear line instead
-        raise ModelError(f"inference failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    except Exception as exc:  # runtimes raise their own types
+        msg = str(exc).strip()
+        raise ModelError(f"inference failed: {msg.splitlines()[0] if msg else type(exc).__name__}") from None
     if probs.ndim != 2 or probs.shape[0] != len(batch):
         raise ModelError(f"model returned shape {probs.shape} for a batch of {len(batch)}")
     return probs
 
 
-def _row(path: str, p: np.ndarray, classes: Sequence[str], top_k: int) -> Row:
-    if not np.all(np.isfinite(p)):
-        return Row(path, error="model output is not finite")
-    order = np.argsort(-p, kind="stable")[:top_k]
-    labels = [classes[i] if i < len(classes) else str(i) for i in order]
-    first = int(order[0])
-    return Row(path, labels[0], first, float(p[first]),
-               [(labels[j], float(p[order[j]])) for j in range(1, len(order))])
+def _rows(probs: np.ndarray, paths: list[str], classes: Sequence[str], top_k: int) -> list[Row]:
+    """Top-k rows for a batch, vectorised: one argsort and one tolist per batch, not per file."""
+    k = min(top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(probs, order, axis=1)
+    finite = np.isfinite(probs).all(axis=1).tolist()
+    names = [classes[i] if i < len(classes) else str(i) for i in range(probs.shape[1])]
+    rows = []
+    for path, idx, conf, ok in zip(paths, order.tolist(), top.tolist(), finite):
+        if not ok:
+            rows.append(Row(path, error="model output is not finite"))
+        else:
+            rows.append(Row(path, names[idx[0]], idx[0], conf[0], [(names[i], c) for i, c in zip(idx[1:], conf[1:])]))
+    return rows
 
 
 # --------------------------------------------------------------------------- resume state
@@ -336,7 +247,9 @@ class ClassifyReport:
         parts = [f"{self.files} files", f"{self.failed} failed"]
         if self.reused:
             parts.append(f"{self.reused} reused")
-        parts += [f"{self.images_per_second:.0f} img/s", f"backend {self.backend} ({self.device})", f"model {self.model}"]
+        rate = self.images_per_second
+        parts += [f"{rate:.0f} img/s" if rate >= 10 or rate == 0 else f"{rate:.2f} img/s",
+                  f"backend {self.backend} ({self.device})", f"model {self.model}"]
         return "classify: " + ", ".join(parts) + (f" -> {display_text(self.output)}" if self.output else "")
 
 
@@ -417,21 +330,23 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         assert fh is not None
         t0 = time.perf_counter()
         fh.write(writer.header())
-        decoded = decode_ordered(todo, size, resize, workers, pool)
+        decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size)
         stack.callback(getattr(decoded, "close"))
         batches = predict_rows(todo, decoded, predict, classes, top_k, batch_size, size)
         i = 0
         for rows in batches:
+            parts = []
             for row in rows:
                 while reuse[i] is not None:  # kept rows that come before this one
-                    fh.write(reuse[i])
+                    parts.append(reuse[i])
                     reuse[i] = None
                     i += 1
                     report.reused += 1
-                fh.write(writer.format(row))
+                parts.append(writer.format(row))
                 i += 1
                 report.classified += 1
                 report.failed += row.error is not None
+            fh.write("".join(parts))
             if out_path is None:
                 fh.flush()
             if on_progress:

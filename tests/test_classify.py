@@ -1,4 +1,4 @@
-"""`cifarbench classify`: discovery, CSV/JSONL contract, error rows, exit codes, atomic output, resume, lock."""
+"""`cifarbench classify`: decode pool, CSV/JSONL contract, error rows, exit codes, atomic output, resume, lock."""
 
 from __future__ import annotations
 
@@ -6,57 +6,24 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench import classify as core
 from cifarbench.errors import ExitStatus
 from cifarbench.lock import OutputLock, lock_path_for
 from cifarbench.writers import columns, display_text
-from conftest import class_pattern, run_cli
+from conftest import run_cli
+from test_discover import LATIN1, _img, _tree
 
 pytestmark = pytest.mark.slow  # the tiny_model fixture trains and converts a model once per session
 pytest.importorskip("tensorflow")
-
-LATIN1 = os.fsdecode(b"caf\xe9.png")  # a name that is not UTF-8
-
-
-def _img(path: Path | str, label: int, seed: int = 0, fmt: str = "PNG") -> None:
-    Image.fromarray(class_pattern(label, np.random.default_rng(seed))).save(path, fmt)
-
-
-def _tree(root: Path) -> tuple[Path, list[str], set[str]]:
-    """Good, awkward and ignored files; returns (root, expected row paths in order, the ones that fail)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "b").mkdir()
-    (root / "a").mkdir()
-    for i, name in enumerate(["b/2.png", "b/10.png", "a/x.jpg", "with,comma.png", 'with"quote.png', "new\nline.png"]):
-        _img(root / name, i % 10, seed=i, fmt="JPEG" if name.endswith("jpg") else "PNG")
-    _img(os.path.join(os.fsencode(root), os.fsencode(LATIN1)), 3)
-    Image.fromarray(np.full((1500, 2000, 3), 200, np.uint8)).save(root / "big.jpg", quality=80)  # 3 MP photo
-    (root / "empty.jpg").write_bytes(b"")
-    good = (root / "a" / "x.jpg").read_bytes()
-    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    (root / "text.png").write_text("not an image")
-    (root / "notes.txt").write_text("skipped: not an image extension")
-    (root / ".hidden.png").write_bytes(good)
-    (root / ".cache").mkdir()
-    _img(root / ".cache" / "h.png", 1)
-    os.symlink("..", root / "a" / "loop")  # a symlink loop back to root
-    names = sorted(["a/x.jpg", "b/10.png", "b/2.png", "big.jpg", "empty.jpg", "new\nline.png", "text.png",
-                    "truncated.jpg", "with,comma.png", 'with"quote.png', LATIN1], key=lambda n: n.split("/"))
-    expected = [os.path.join(str(root), n) for n in names]
-    failing = {os.path.join(str(root), n) for n in ("empty.jpg", "text.png", "truncated.jpg")}
-    return root, expected, failing
 
 
 @pytest.fixture()
@@ -68,28 +35,7 @@ def _csv(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), strict=True))
 
 
-# --------------------------------------------------------------------------- discovery
-def test_discover_order_hidden_loops_and_filters(tree: tuple[Path, list[str], set[str]]) -> None:
-    root, expected, _ = tree
-    assert [e.path for e in core.discover([root])] == expected
-    assert [e.path for e in core.discover([root], recursive=False)] == [p for p in expected if "/a/" not in p and "/b/" not in p]
-    assert [os.path.basename(e.path) for e in core.discover([root], include=["*.JPG"])] == ["x.jpg", "big.jpg", "empty.jpg", "truncated.jpg"]
-    assert [e.path for e in core.discover([root], include=["b/*"])] == [str(root / "b/10.png"), str(root / "b/2.png")]
-    hidden = root / ".hidden.png"
-    assert [e.path for e in core.discover([hidden, root / "b"], exclude=[root / "b" / "2.png"])] == [str(hidden), str(root / "b/10.png")]
-    assert len(list(core.discover([root, root, root / "b"]))) == len(expected)  # each file once
-    sizes = {e.path: e.size for e in core.discover([root])}
-    assert sizes[str(root / "empty.jpg")] == 0
-
-
-def test_discover_reports_broken_links_and_refuses_missing_paths(tmp_path: Path) -> None:
-    os.symlink("nowhere.png", tmp_path / "dangling.png")
-    (entry,) = core.discover([tmp_path])
-    assert entry.error == "broken symbolic link"
-    with pytest.raises(core.UsageError):
-        list(core.discover([tmp_path / "missing"]))
-
-
+# --------------------------------------------------------------------------- pipeline
 def test_decode_pool_is_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
@@ -99,10 +45,10 @@ def test_decode_pool_is_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(core, "_decode_chunk", fake)
     entries = [core.FileEntry(f"f{i}") for i in range(100 * core.CHUNK)]
-    it = core.decode_ordered(entries, 32, "center-crop", workers=2, pool="thread")
+    it = core.decode_ordered(entries, 32, "center-crop", workers=2, pool="thread", ahead=4 * core.CHUNK)
     assert next(it) == (None, "f0")
     time.sleep(0.2)
-    assert len(calls) <= 2 * 2 + 1  # never the whole folder ahead
+    assert len(calls) <= 2 * 2 + 4 + 1  # a batch and two chunks per worker ahead, never the whole folder
     assert [e for _, e in it] == [f"f{i}" for i in range(1, len(entries))]
 
 
