@@ -27,7 +27,7 @@ import numpy as np
 
 from cifarbench.atomic import atomic_write
 from cifarbench.discover import FileEntry, discover
-from cifarbench.errors import ExitStatus, ModelError, UsageError
+from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError
 from cifarbench.images import RESIZE_POLICIES, load_image
 from cifarbench.writers import FORMATS, Row, RowWriter, display_text, make_writer
 
@@ -248,8 +248,9 @@ class ClassifyReport:
         if self.reused:
             parts.append(f"{self.reused} reused")
         rate = self.images_per_second
-        parts += [f"{rate:.0f} img/s" if rate >= 10 or rate == 0 else f"{rate:.2f} img/s",
-                  f"backend {self.backend} ({self.device})", f"model {self.model}"]
+        if self.classified:
+            parts.append(f"{rate:.0f} img/s" if rate >= 10 else f"{rate:.2f} img/s")
+        parts += [f"backend {self.backend} ({self.device})", f"model {self.model}"]
         return "classify: " + ", ".join(parts) + (f" -> {display_text(self.output)}" if self.output else "")
 
 
@@ -262,7 +263,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
              on_note: Callable[[str], None] | None = None) -> ClassifyReport:
     """Classify ``paths`` into ``output`` (atomic file + lock) or ``stream``; see the module doc."""
     from cifarbench import backends
-    from cifarbench.lock import OutputLock
+    from cifarbench.lock import OutputLock, lock_path_for
     from cifarbench.models import resolve_model
 
     if fmt not in FORMATS:
@@ -298,11 +299,11 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
     note = on_note or (lambda msg: None)
 
     with contextlib.ExitStack() as stack:
+        excludes: list[Path] = []
         if out_path is not None:
-            stack.enter_context(OutputLock(out_path))
-            excludes = [out_path, state_path_for(out_path), Path(str(out_path) + ".lock")]
-        else:
-            excludes = []
+            with _writing(out_path):
+                stack.enter_context(OutputLock(out_path))
+            excludes = [out_path, state_path_for(out_path), lock_path_for(out_path)]
         entries = list(discover(paths, recursive=recursive, include=include, exclude=excludes))
         report.files = len(entries)
         if on_start:
@@ -326,41 +327,67 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
             report.load_seconds = time.perf_counter() - t0
             report.device, report.runtime, predict = be.device, be.describe(), be.predict
 
-        fh = stack.enter_context(atomic_write(out_path, "w", newline="")) if out_path is not None else stream
-        assert fh is not None
-        t0 = time.perf_counter()
-        fh.write(writer.header())
-        decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size)
-        stack.callback(getattr(decoded, "close"))
-        batches = predict_rows(todo, decoded, predict, classes, top_k, batch_size, size)
-        i = 0
-        for rows in batches:
-            parts = []
-            for row in rows:
-                while reuse[i] is not None:  # kept rows that come before this one
-                    parts.append(reuse[i])
-                    reuse[i] = None
-                    i += 1
-                    report.reused += 1
-                parts.append(writer.format(row))
-                i += 1
-                report.classified += 1
-                report.failed += row.error is not None
-            fh.write("".join(parts))
-            if out_path is None:
-                fh.flush()
-            if on_progress:
-                on_progress(i)
-        for j in range(i, len(reuse)):
-            fh.write(reuse[j])  # type: ignore[arg-type]
-            report.reused += 1
-        fh.flush()
-        report.seconds = time.perf_counter() - t0
-    if resume and out_path is not None:
-        _write_state(out_path, entries, fingerprint)
+        def emit(fh: IO[str]) -> None:
+            t0 = time.perf_counter()
+            fh.write(writer.header())
+            decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size)
+            try:
+                _emit_rows(fh, writer, reuse, predict_rows(todo, decoded, predict, classes, top_k, batch_size, size),
+                           report, flush_each=out_path is None, on_progress=on_progress)
+            finally:
+                decoded.close()  # stops the decode pool, also on Ctrl-C
+            fh.flush()
+            report.seconds = time.perf_counter() - t0
+
+        if out_path is None:
+            assert stream is not None
+            emit(stream)
+        else:
+            with _writing(out_path), atomic_write(out_path, "w", newline="") as fh:
+                emit(fh)
+            if resume:
+                with _writing(state_path_for(out_path)):
+                    _write_state(out_path, entries, fingerprint)
     if on_progress:
         on_progress(len(entries))
     return report
+
+
+def _emit_rows(fh: IO[str], writer: RowWriter, reuse: list[str | None], batches: Iterable[list[Row]],
+               report: ClassifyReport, flush_each: bool, on_progress: Callable[[int], None] | None) -> None:
+    """Interleave kept rows (``reuse[i]`` set) with computed ones, in input order, one write per batch."""
+    i = 0
+    for rows in batches:
+        parts = []
+        for row in rows:
+            while reuse[i] is not None:  # kept rows that come before this one
+                parts.append(reuse[i])  # type: ignore[arg-type]
+                reuse[i] = None
+                i += 1
+                report.reused += 1
+            parts.append(writer.format(row))
+            i += 1
+            report.classified += 1
+            report.failed += row.error is not None
+        fh.write("".join(parts))
+        if flush_each:
+            fh.flush()
+        if on_progress:
+            on_progress(i)
+    tail = [r for r in reuse[i:] if r is not None]
+    report.reused += len(tail)
+    fh.write("".join(tail))
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing the output (read-only folder, disk full) as one clear error, exit 1."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CifarbenchError(f"cannot write {display_text(str(path))}: {exc.strerror or exc}") from None
 
 
 def _no_model(batch: np.ndarray) -> np.ndarray:  # pragma: no cover - only called if todo is empty

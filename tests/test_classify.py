@@ -123,6 +123,13 @@ def test_missing_path_and_model_are_clear(tiny_model: Path, tmp_path: Path) -> N
     assert r.exit_code == ExitStatus.DATA and "not found" in r.stderr
 
 
+def test_unwritable_output_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    (tmp_path / "file").write_text("x")
+    r = run_cli("classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", tmp_path / "file" / "out.csv")
+    assert r.exit_code == ExitStatus.ERROR and r.stderr.startswith("error: cannot write") and r.stderr.count("\n") == 1
+
+
 def test_help_documents_exit_codes() -> None:
     r = run_cli("classify", "--help")
     for code in ("0  every file", "3  some files failed", "2  usage", "5  another run", "130  interrupted"):

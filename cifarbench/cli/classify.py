@@ -22,12 +22,12 @@ name that are not UTF-8 are written as \\xNN.
 \b
 Exit codes:
   {int(ExitStatus.OK):>3}  every file classified
-  {int(ExitStatus.PARTIAL):>3}  some files failed (their rows were still written)
+  {int(ExitStatus.ERROR):>3}  output not writable, or an unexpected error (cifarbench --traceback classify ...)
   {int(ExitStatus.USAGE):>3}  usage error (bad option or PATH)
+  {int(ExitStatus.PARTIAL):>3}  some files failed (their rows were still written)
   {int(ExitStatus.DATA):>3}  model file missing, corrupt or not a model
   {int(ExitStatus.LOCKED):>3}  another run is writing the same --output (lock held)
   {int(ExitStatus.UNAVAILABLE):>3}  backend, device or runtime not available here
-  {int(ExitStatus.ERROR):>3}  unexpected error
   {int(ExitStatus.INTERRUPTED):>3}  interrupted (Ctrl-C); a previous --output file is left intact
 
 \b
@@ -45,8 +45,9 @@ Cron (no flock needed: the run locks <output>.lock itself):
 @click.option("--device", type=click.Choice(("cpu", "gpu", "auto")), default="cpu", show_default=True,
               help="gpu: onnxruntime CUDA or TensorFlow GPU; fails clearly when absent. TFLite is CPU only.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads (default: all usable cores).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="Decode workers (default: all usable cores; 0 decodes inline).")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Images per model call.")
+@click.option("--workers", type=click.IntRange(0), help="Decode workers: processes for big runs, threads for small ones (default: all usable cores; "
+              "0 decodes inline).")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels per row.")
 @click.option("--output", "-o", default="-", show_default=True,
               help="Output file, written atomically (a killed run leaves the old file intact); - streams to stdout.")
@@ -92,6 +93,9 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
                 on_start=lambda n: bar.update(total=n), on_progress=lambda n: bar.update(completed=n), on_note=note)
     except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback
         _silence_stdout()
+        sys.exit(int(ExitStatus.ERROR))
+    except OSError as exc:  # the library wraps the ones it expects; never a traceback for the rest
+        click.echo(f"error: {exc}", err=True)
         sys.exit(int(ExitStatus.ERROR))
     finally:
         if stream is not None:
