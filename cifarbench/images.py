@@ -11,12 +11,13 @@ import contextlib
 import io
 import logging
 import math
+import operator
 import os
 import stat
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import IO, Iterator, Union
+from typing import IO, BinaryIO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -79,13 +80,22 @@ def load_image(
     """
     if resize not in RESIZE_POLICIES:
         raise UsageError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
-    if not isinstance(size, int) or size < 1:
+    try:
+        n = operator.index(size)  # numpy integers too
+    except TypeError:
+        n = 0
+    if n < 1:
         raise UsageError(f"image size must be a positive integer, got {size!r}")
+    size = n
     try:
         data = _read_source(src)
         if isinstance(data, str):  # a reason, not bytes
             return ImageResult(None, data)
-        return ImageResult(_decode(io.BytesIO(data), size, resize, max_pixels, draft))
+        fp = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        try:
+            return ImageResult(_decode(fp, size, resize, max_pixels, draft))
+        finally:
+            fp.close()
     except Image.DecompressionBombError as exc:
         return ImageResult(None, f"image too large, refused as a decompression bomb ({exc})")
     except Image.UnidentifiedImageError:
@@ -109,10 +119,11 @@ def load_image(
 
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_READ_WHOLE_MAX = 32 << 20  # larger files are streamed: a video renamed .jpg is refused from its header
 
 
-def _read_source(src: ImageSource) -> bytes | bytearray | memoryview | str:
-    """The encoded bytes, or a string reason why there are none.
+def _read_source(src: ImageSource) -> bytes | bytearray | memoryview | BinaryIO | str:
+    """The encoded bytes (or, for big files, an open file), or a string reason why there are none.
 
     One open + fstat + read: O_NONBLOCK so a FIFO named like an image cannot hang the batch,
     and the whole file in one read (faster than Pillow's many small reads for 32x32 JPEGs).
@@ -126,10 +137,17 @@ def _read_source(src: ImageSource) -> bytes | bytearray | memoryview | str:
             return "is a directory, not an image"
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
+        if st.st_size == 0:
+            return "empty file (0 bytes)"
+        if st.st_size > _READ_WHOLE_MAX:
+            fh = os.fdopen(fd, "rb")
+            fd = -1  # now owned by fh, closed by the caller
+            return fh
         with open(fd, "rb", buffering=0, closefd=False) as raw:
             data = raw.readall()
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     return data if data else "empty file (0 bytes)"
 
 

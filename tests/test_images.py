@@ -238,8 +238,22 @@ def test_resize_policies() -> None:
 
 
 def test_other_sizes_and_upscaling() -> None:
-    res = load_image(encode(solid(RED, (8, 8)), "PNG"), size=16)
+    res = load_image(encode(solid(RED, (8, 8)), "PNG"), size=np.int64(16))  # numpy ints, e.g. from a shape
     assert res.ok and res.array.shape == (16, 16, 3) and near(res.array, RED, 0)
+
+
+def test_big_files_are_streamed_not_slurped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "_READ_WHOLE_MAX", 100)  # pretend anything over 100 bytes is huge
+    p = tmp_path / "photo.jpg"
+    big = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
+    p.write_bytes(big)
+    assert len(big) > 100 and ok(load_image(p)).mean() > 50
+    p2 = tmp_path / "movie.jpg"
+    p2.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4096))
+    assert "not an image" in load_image(p2).error
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(big[: len(big) // 2])
+    assert "truncated" in load_image(truncated).error
 
 
 def test_bad_policy_or_size_is_a_usage_error() -> None:
@@ -247,6 +261,8 @@ def test_bad_policy_or_size_is_a_usage_error() -> None:
         load_image(b"x", resize="stretch")
     with pytest.raises(UsageError, match="size"):
         load_image(b"x", size=0)
+    with pytest.raises(UsageError, match="size"):
+        load_image(b"x", size=32.0)  # type: ignore[arg-type]
 
 
 def test_large_jpeg_uses_draft_and_matches_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
