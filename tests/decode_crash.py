@@ -1,0 +1,19 @@
+"""Decode functions that misbehave inside a worker process (imported by the worker, so not a test module)."""
+
+from __future__ import annotations
+
+import os
+
+
+def crash_on_marker(items, size, resize):  # type: ignore[no-untyped-def]
+    """Like the real chunk decoder, but the worker process dies on a file named *CRASH*."""
+    from cifarbench.classify import _decode_chunk
+
+    if any("CRASH" in os.path.basename(path) for path, _ in items):
+        os._exit(3)  # what the OOM killer or a segfaulting decoder looks like to the pool
+    return _decode_chunk(items, size, resize)
+
+
+def failing_init() -> None:
+    """A worker that cannot start (as with a script lacking its ``__main__`` guard)."""
+    raise RuntimeError("worker processes cannot start here")
