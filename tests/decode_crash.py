@@ -7,7 +7,7 @@ import os
 
 def crash_on_marker(items, size, resize):  # type: ignore[no-untyped-def]
     """Like the real chunk decoder, but the worker process dies on a file named *CRASH*."""
-    from cifarbench.classify import _decode_chunk
+    from cifarbench.decode_pool import _decode_chunk
 
     if any("CRASH" in os.path.basename(path) for path, _ in items):
         os._exit(3)  # what the OOM killer or a segfaulting decoder looks like to the pool

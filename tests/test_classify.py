@@ -1,4 +1,4 @@
-"""`cifarbench classify`: decode pool, CSV/JSONL contract, error rows, exit codes, atomic output, resume, lock."""
+"""`cifarbench classify`: CSV/JSONL contract, error rows, exit codes, atomic output, resume, lock."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cifarbench import CIFAR10_CLASSES
@@ -34,60 +32,6 @@ def tree(tmp_path: Path) -> tuple[Path, list[str], set[str]]:
 
 def _csv(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), strict=True))
-
-
-# --------------------------------------------------------------------------- pipeline
-def test_decode_pool_is_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-
-    def fake(items: list[tuple[str, str | None]], size: int, resize: str) -> list[tuple[None, str]]:
-        calls.append(len(items))
-        return [(None, p) for p, _ in items]
-
-    monkeypatch.setattr(core, "_decode_chunk", fake)
-    entries = [core.FileEntry(f"f{i}") for i in range(100 * core.CHUNK)]
-    it = core.decode_ordered(entries, 32, "center-crop", workers=2, pool="thread", ahead=4 * core.CHUNK)
-    assert next(it) == (None, "f0")
-    time.sleep(0.2)
-    assert len(calls) <= 2 * 2 + 4 + 1  # a batch and two chunks per worker ahead, never the whole folder
-    assert [e for _, e in it] == [f"f{i}" for i in range(1, len(entries))]
-
-
-def test_every_pool_decodes_the_same(tmp_path: Path) -> None:
-    for i in range(core.CHUNK * 2 + 5):
-        _img(tmp_path / f"{i:03d}.png", i % 10, seed=i)
-    (tmp_path / "000.png").write_bytes(b"")
-    entries = list(core.discover([tmp_path])) + [core.FileEntry("gone.png", error="file not found")]
-    ref = list(core.decode_ordered(entries, 32, "center-crop", workers=0))
-    assert ref[0] == (None, "empty file (0 bytes)") and ref[-1] == (None, "file not found")
-    for pool in ("thread", "process"):
-        got = list(core.decode_ordered(entries, 32, "center-crop", workers=2, pool=pool))
-        assert [e for _, e in got] == [e for _, e in ref]
-        assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got[1:-1], ref[1:-1]))
-
-
-def test_a_dying_decoder_process_costs_only_its_file(tmp_path: Path) -> None:
-    import decode_crash
-
-    for i in range(core.CHUNK + 8):
-        _img(tmp_path / f"{i:03d}.png", i % 10, seed=i)
-    _img(tmp_path / "010-CRASH.png", 1)
-    entries = list(core.discover([tmp_path]))
-    got = list(core.decode_ordered(entries, 32, "center-crop", workers=2, pool="process",
-                                   decode_fn=decode_crash.crash_on_marker))
-    errors = {os.path.basename(e.path): err for e, (_, err) in zip(entries, got)}
-    assert errors.pop("010-CRASH.png") == core.CRASHED
-    assert set(errors.values()) == {None} and len(got) == len(entries)
-
-
-def test_without_worker_processes_decoding_goes_on_in_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import decode_crash
-
-    monkeypatch.setattr(core, "_worker_init", decode_crash.failing_init)
-    for i in range(core.CHUNK + 3):
-        _img(tmp_path / f"{i:03d}.png", i % 10, seed=i)
-    got = list(core.decode_ordered(list(core.discover([tmp_path])), 32, "center-crop", workers=2, pool="process"))
-    assert len(got) == core.CHUNK + 3 and all(a is not None and a.shape == (32, 32, 3) for a, _ in got)
 
 
 # --------------------------------------------------------------------------- output contract

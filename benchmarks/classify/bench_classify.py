@@ -35,7 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cifarbench.classify import FileEntry, classify, decode_ordered, discover, pick_pool  # noqa: E402
+from cifarbench.classify import classify  # noqa: E402
+from cifarbench.decode_pool import decode_ordered, pick_pool  # noqa: E402
+from cifarbench.discover import FileEntry, discover  # noqa: E402
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

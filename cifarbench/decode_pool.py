@@ -1,0 +1,162 @@
+"""The decode worker pool of ``classify``: files -> 32x32 arrays, in order, a bounded distance ahead.
+
+Decoding small JPEGs is mostly Python work inside Pillow, so big runs decode in worker processes
+(threads would share one core through the GIL); small runs use threads, which start at once.
+The pool decodes about one model batch ahead, so it works while the backend runs the batch before,
+and never holds more than that: memory does not grow with the folder.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from cifarbench.discover import FileEntry
+from cifarbench.errors import UsageError
+from cifarbench.images import load_image
+
+POOLS = ("auto", "thread", "process", "inline")
+CHUNK = 32  # files per decode task: amortises the pool's per-task cost
+PROCESS_POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
+
+
+def _decode_chunk(items: list[tuple[str, str | None]], size: int, resize: str) -> list[tuple[np.ndarray | None, str | None]]:
+    out: list[tuple[np.ndarray | None, str | None]] = []
+    for path, error in items:
+        if error is not None:
+            out.append((None, error))
+        else:
+            r = load_image(path, size=size, resize=resize)
+            out.append((r.array, r.error))
+    return out
+
+
+def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+
+
+def pick_pool(pool: str, workers: int, files: int) -> str:
+    """``auto``: processes for big runs (decoding is mostly Python, so threads share one core), else threads."""
+    if pool not in POOLS:
+        raise UsageError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
+    if workers == 0 or files <= CHUNK:
+        return "inline"
+    if pool == "auto":
+        return "process" if files >= PROCESS_POOL_MIN_FILES else "thread"
+    return pool
+
+
+DecodeFn = Callable[[list[tuple[str, "str | None"]], int, str], list[tuple["np.ndarray | None", "str | None"]]]
+CRASHED = "decoder process died (out of memory, or a crash inside an image decoder)"
+
+
+class _Pool:
+    """A decode pool that survives a dying worker process.
+
+    A worker killed by the OOM killer or a crashing decoder breaks a ``ProcessPoolExecutor``. The
+    pool is then rebuilt and the chunk that was running is decoded again one file per task, so only
+    the culprit gets an error row. If worker processes cannot run at all here (no ``__main__``
+    guard in a calling script, no semaphores), decoding carries on in threads.
+    """
+
+    def __init__(self, kind: str, workers: int, fn: DecodeFn, size: int, resize: str) -> None:
+        self.kind, self.workers, self.fn, self.args = kind, workers, fn, (size, resize)
+        self.ex: Executor | None = None
+        self.proven = False  # a process pool has completed a task
+
+    def _make(self) -> Executor:
+        if self.kind == "thread":
+            return ThreadPoolExecutor(self.workers, thread_name_prefix="cifarbench-decode")
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")  # fork is unsafe once a runtime has started threads
+        ctx.set_forkserver_preload(["cifarbench.images"])
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init)
+
+    def submit(self, items: list[tuple[str, str | None]]) -> Future:
+        for _ in range(2):
+            if self.ex is None:
+                self.ex = self._make()
+            try:
+                return self.ex.submit(self.fn, items, *self.args)
+            except (BrokenProcessPool, RuntimeError):  # broken, or shut down under us
+                self.reset()
+        return self.ex.submit(self.fn, items, *self.args)  # type: ignore[union-attr]
+
+    def result(self, items: list[tuple[str, str | None]], fut: Future) -> tuple[list, bool]:
+        """The chunk's results, and whether the pool broke (other in-flight futures are then lost)."""
+        try:
+            out = fut.result()
+            self.proven = True
+            return out, False
+        except BrokenProcessPool:
+            self.reset()
+        if not self.proven and not self._processes_work():
+            self.kind = "thread"
+            return self.submit(items).result(), True
+        out = []
+        for item in items:  # find the culprit: one file per task
+            try:
+                out += self.submit([item]).result()
+            except BrokenProcessPool:
+                self.reset()
+                out.append((None, CRASHED))
+        return out, True
+
+    def _processes_work(self) -> bool:
+        try:
+            self.submit([]).result(timeout=120)
+            return True
+        except Exception:
+            self.reset()
+            return False
+
+    def reset(self) -> None:
+        if self.ex is not None:
+            self.ex.shutdown(wait=False, cancel_futures=True)
+            self.ex = None
+
+
+def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto",
+                   ahead: int = 256, decode_fn: DecodeFn | None = None) -> Iterator[tuple[np.ndarray | None, str | None]]:
+    """(array, error) per entry, in order, decoded at most ``ahead`` files + 2 chunks per worker in advance.
+
+    ``ahead`` is a model batch: the pool keeps decoding the next batch while the model runs this one.
+    ``decode_fn`` replaces the chunk decoder (module-level, so a worker process can import it).
+    """
+    kind = pick_pool(pool, workers, len(entries))
+    fn = decode_fn or _decode_chunk
+    chunks = ([(e.path, e.error) for e in entries[i:i + CHUNK]] for i in range(0, len(entries), CHUNK))
+    if kind == "inline":
+        for items in chunks:
+            yield from fn(items, size, resize)
+        return
+    p = _Pool(kind, workers, fn, size, resize)
+    inflight: deque[tuple[list, Future]] = deque()
+    max_inflight = 2 * workers + -(-ahead // CHUNK)
+
+    def next_done() -> list:
+        items, fut = inflight.popleft()
+        out, broke = p.result(items, fut)
+        if broke:  # every future of the old pool is lost: submit those chunks again
+            for k, (its, _) in enumerate(inflight):
+                inflight[k] = (its, p.submit(its))
+        return out
+
+    try:
+        for items in chunks:
+            inflight.append((items, p.submit(items)))
+            if len(inflight) > max_inflight:
+                yield from next_done()
+        while inflight:
+            yield from next_done()
+    finally:
+        for _, f in inflight:
+            f.cancel()
+        p.reset()
