@@ -55,6 +55,19 @@ class LazyGroup(click.Group):
                 raise
             click.echo("interrupted", err=True)
             ctx.exit(int(ExitStatus.INTERRUPTED))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:  # disk full, permission denied on an output path, ...
+            if ctx.find_root().params.get("traceback"):
+                raise
+            click.echo(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", err=True)
+            ctx.exit(int(ExitStatus.ERROR))
+        except Exception as exc:  # a bug: one line by default, the traceback on request
+            if ctx.find_root().params.get("traceback"):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                       "(run with --traceback for details and please report it)", err=True)
+            ctx.exit(int(ExitStatus.ERROR))
 
 
 import importlib.util  # noqa: E402  (used by LazyGroup.list_commands)
