@@ -171,7 +171,7 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     lines = ["# cifarbench bench results", "",
              f"- Command: `{doc['command']}`", f"- Created: {doc['created']} (wall time {_f(doc.get('wall_s'), '.0f')} s), "
              f"cifarbench {doc['cifarbench_version']}, schema {doc['schema']}/{doc['schema_version']}",
-             f"- Data: `{d['source']}` test split, {d.get('subset') or d['images']} images", ""]
+             f"- Data: `{d['source']}` test split, {d.get('subset') or str(d['images']) + ' images'}", ""]
     for w in all_warnings(doc):
         lines.append(f"> **Warning:** {w}")
     lines += ["", "## Summary", "",

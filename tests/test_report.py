@@ -122,7 +122,7 @@ def test_markdown_report_sections(doc: dict[str, Any]) -> None:
     md = report.to_markdown(doc)
     for needle in ("## Summary", "## Latency at batch 1", "## Throughput", "## Decode and preprocess",
                    "## Environment", "## Per-class F1: fake", "no artifact (fake)", "`cifarbench bench --test`",
-                   "Speed-up over the reference backend at each batch size",
+                   "Speed-up over the reference backend at each batch size", "test split, all 30 images\n",
                    doc["definitions"]["throughput"]):
         assert needle in md, needle
 
