@@ -293,7 +293,14 @@ def _official_cifar10_dir() -> Path:
             ) from None
     try:
         with tarfile.open(archive, "r:gz") as tf:
-            tf.extractall(root, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12
+                tf.extractall(root, filter="data")
+            else:  # older Pythons: refuse absolute paths, '..' and links ourselves
+                members = tf.getmembers()
+                for m in members:
+                    if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+                        raise DataError(f"{archive}: unsafe member {m.name!r} in the CIFAR-10 archive")
+                tf.extractall(root, members=members)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{archive}: broken CIFAR-10 download ({exc}); delete it and retry") from None
     return target
