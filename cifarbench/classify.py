@@ -14,6 +14,7 @@ classified again, so a resumed run always equals a fresh one. Failed rows are al
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import time
@@ -117,7 +118,11 @@ def load_previous(output: Path, writer: RowWriter, fingerprint: dict[str, Any]) 
         return {}, f"unreadable {state_file.name} ({exc}): classifying every file"
     from cifarbench.manifest import sha256_file
 
-    if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA or state.get("output_sha256") != sha256_file(output):
+    try:
+        digest = sha256_file(output)
+    except OSError as exc:
+        return {}, f"cannot read {output.name} ({exc.strerror or exc}): classifying every file"
+    if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA or state.get("output_sha256") != digest:
         return {}, f"{output.name} changed since {state_file.name} was written: classifying every file"
     if state.get("fingerprint") != fingerprint:
         return {}, "model or options changed since the last run: classifying every file"
@@ -236,13 +241,15 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         if out_path is not None:
             with _writing(out_path):
                 stack.enter_context(OutputLock(out_path))
+            _remove_stale_temps(out_path)
             excludes = [out_path, state_path_for(out_path), lock_path_for(out_path)]
         entries = list(discover(paths, recursive=recursive, include=include, exclude=excludes))
         report.files = len(entries)
         if on_start:
             on_start(len(entries))
         fingerprint = {"model": manifest.name, "artifact_sha256": manifest.artifacts[spec.format].sha256,
-                       "backend": name, "top_k": top_k, "resize": resize, "format": fmt, "classes": classes}
+                       "backend": name, "device": device, "threads": threads, "top_k": top_k, "resize": resize,
+                       "format": fmt, "classes": classes}
         kept: dict[tuple[str, int, int], str] = {}
         if resume and out_path is not None:
             kept, msg = load_previous(out_path, writer, fingerprint)
@@ -310,6 +317,19 @@ def _emit_rows(fh: IO[str], writer: RowWriter, reuse: list[str | None], batches:
     tail = [r for r in reuse[i:] if r is not None]
     report.reused += len(tail)
     fh.write("".join(tail))
+
+
+def _remove_stale_temps(output: Path) -> None:
+    """Temp files of earlier runs that were killed (SIGKILL, power loss) before their rename.
+
+    Called under the output lock, so no live run owns them. Only the atomic writer's own pattern
+    ``.<name>.<random>.tmp`` (and that of the state sidecar) is touched.
+    """
+    with contextlib.suppress(OSError):
+        for p in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+            if p.is_file() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 @contextlib.contextmanager

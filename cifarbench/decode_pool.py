@@ -8,6 +8,7 @@ and never holds more than that: memory does not grow with the folder.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,10 +36,37 @@ def _decode_chunk(items: list[tuple[str, str | None]], size: int, resize: str) -
     return out
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
+    """In each worker process: leave Ctrl-C to the parent, and die with it.
+
+    A pool worker blocks on its queue forever if the parent is killed (SIGKILL, OOM killer), and
+    keeps the forkserver alive too; a watchdog thread ends it as soon as the parent is gone.
+    """
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    if parent:
+        threading.Thread(target=_exit_with, args=(parent,), name="cifarbench-parent-watch", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    import select
+    import time
+
+    try:
+        fd = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has exited
+        select.select([fd], [], [])
+    except (AttributeError, OSError):
+        while True:  # elsewhere: poll
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+    os._exit(0)
 
 
 def pick_pool(pool: str, workers: int, files: int) -> str:
@@ -77,7 +105,7 @@ class _Pool:
 
         ctx = multiprocessing.get_context("forkserver")  # fork is unsafe once a runtime has started threads
         ctx.set_forkserver_preload(["cifarbench.images"])
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init)
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
 
     def submit(self, items: list[tuple[str, str | None]]) -> Future:
         for _ in range(2):

@@ -14,6 +14,6 @@ def crash_on_marker(items, size, resize):  # type: ignore[no-untyped-def]
     return _decode_chunk(items, size, resize)
 
 
-def failing_init() -> None:
+def failing_init(*args: object) -> None:
     """A worker that cannot start (as with a script lacking its ``__main__`` guard)."""
     raise RuntimeError("worker processes cannot start here")

@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -127,8 +129,9 @@ def test_threads_reach_the_runtime(tiny_model: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- atomic output, resume, lock
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupted_run_leaves_previous_output_intact(tiny_model: Path, tree: tuple[Path, list[str], set[str]],
-                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     root, _, _ = tree
     out = tmp_path / "labels.csv"
     out.write_text("previous results\n")
@@ -138,15 +141,21 @@ def test_interrupted_run_leaves_previous_output_intact(tiny_model: Path, tree: t
 
     def crash_after_some_rows(self, row):  # type: ignore[no-untyped-def]
         calls.append(row)
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # Ctrl-C halfway through writing
+        if len(calls) == 5:  # halfway through writing
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler interrupts this sleep
+            raise KeyboardInterrupt
         return real(self, row)
 
     monkeypatch.setattr(writers.CsvRowWriter, "format", crash_after_some_rows)
+    before = signal.getsignal(signal.SIGTERM)
+    t0 = time.monotonic()
     r = run_cli("classify", root, "-m", tiny_model, "-b", "onnx", "-o", out, "--batch-size", "2")
-    assert r.exit_code == ExitStatus.INTERRUPTED
+    assert r.exit_code == ExitStatus.INTERRUPTED and time.monotonic() - t0 < 5
     assert out.read_text() == "previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "photos"]  # no temp file, no lock left
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
@@ -191,6 +200,18 @@ def test_resume_ignores_a_mismatched_state(tiny_model: Path, tmp_path: Path) -> 
     Path(str(out) + ".state.json").write_text("{not json")
     r = run_cli(*base, "--top-k", "2")
     assert r.exit_code == 0 and "unreadable" in r.stderr
+
+
+def test_temp_files_of_killed_runs_are_cleaned_up(tiny_model: Path, tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    out = tmp_path / "out" / "labels.csv"
+    out.parent.mkdir()
+    stale = [out.parent / ".labels.csv.k2j3h4.tmp", out.parent / ".labels.csv.state.json.x8y9.tmp"]
+    keep = [out.parent / ".other.csv.k2j3h4.tmp", out.parent / "labels.csv.tmp"]
+    for p in stale + keep:
+        p.write_text("left by a run killed with SIGKILL")
+    assert run_cli("classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", out).exit_code == 0
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
 
 
 def test_lock_held_exits_5_and_stale_lock_is_ignored(tiny_model: Path, tmp_path: Path) -> None:

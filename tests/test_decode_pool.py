@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -65,3 +69,35 @@ def test_without_worker_processes_decoding_goes_on_in_threads(tmp_path: Path, mo
         _img(tmp_path / f"{i:03d}.png", i % 10, seed=i)
     got = list(dp.decode_ordered(list(discover([tmp_path])), 32, "center-crop", workers=2, pool="process"))
     assert len(got) == dp.CHUNK + 3 and all(a is not None and a.shape == (32, 32, 3) for a, _ in got)
+
+
+def test_workers_die_with_a_killed_parent() -> None:
+    code = textwrap.dedent("""
+        import json, time
+        from cifarbench import decode_pool as dp
+        if __name__ == "__main__":
+            p = dp._Pool("process", 2, dp._decode_chunk, 32, "center-crop")
+            p.submit([]).result()
+            print(json.dumps(list(p.ex._processes)), flush=True)
+            time.sleep(120)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        workers = json.loads(child.stdout.readline())
+        assert workers and all(_alive(pid) for pid in workers)
+    finally:
+        child.kill()  # SIGKILL: no cleanup code runs in the parent
+        child.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
 import click
 
@@ -28,7 +32,7 @@ Exit codes:
   {int(ExitStatus.DATA):>3}  model file missing, corrupt or not a model
   {int(ExitStatus.LOCKED):>3}  another run is writing the same --output (lock held)
   {int(ExitStatus.UNAVAILABLE):>3}  backend, device or runtime not available here
-  {int(ExitStatus.INTERRUPTED):>3}  interrupted (Ctrl-C); a previous --output file is left intact
+  {int(ExitStatus.INTERRUPTED):>3}  interrupted (Ctrl-C or SIGTERM); a previous --output file is left intact
 
 \b
 Cron (no flock needed: the run locks <output>.lock itself):
@@ -85,7 +89,7 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
             click.echo(f"classify: {msg}", err=True)
 
     try:
-        with progress_bar(None, "classify", quiet=quiet) as bar:
+        with _sigterm_as_interrupt(), progress_bar(None, "classify", quiet=quiet) as bar:
             report = classify(
                 list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
                 workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
@@ -112,6 +116,24 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
     elif not quiet:
         click.echo(report.summary(), err=True)
     click.get_current_context().exit(int(report.exit_status))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a cron or systemd timeout) unwinds like Ctrl-C: temp file removed, lock
+    released, decode workers stopped, previous output intact, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _silence_stdout() -> None:
