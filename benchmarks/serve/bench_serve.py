@@ -11,8 +11,8 @@ comes first, and runs --repeat times, interleaved with the others. Two server co
 and an in-process baseline without HTTP: backend.predict on one image at a time, and
 load_image + predict, so the HTTP/serving overhead is a ratio measured in the same run.
 
-    python benchmarks/serve/bench_serve.py --model baseline-cnn --backend onnx-int8 \
-        --requests 2000 --duration 20 --out benchmarks/serve/results.json
+    python benchmarks/serve/bench_serve.py --model flagship --backend onnx-int8 \
+        --requests 2000 --duration 10 --repeat 3 --out benchmarks/serve/results-flagship.json
 """
 
 from __future__ import annotations
