@@ -39,36 +39,59 @@ STATE_SCHEMA = 1
 def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarray | None, str | None]],
                  predict: Callable[[np.ndarray], np.ndarray], classes: Sequence[str], top_k: int,
                  batch_size: int, size: int) -> Iterator[list[Row]]:
-    """Rows in input order, one list per model batch; failed files get rows without a model call."""
-    buf = np.empty((batch_size, size, size, 3), np.uint8)
-    pending: list[tuple[FileEntry, int, str | None]] = []  # (entry, slot in buf or -1, error)
-    filled = 0
+    """Rows in input order, one list per model batch; failed files get rows without a model call.
 
-    def flush() -> list[Row]:
-        nonlocal filled
-        if filled:
-            done = iter(_rows(probs_of(predict, buf[:filled]), [e.path for e, slot, _ in pending if slot >= 0], classes, top_k))
-            rows = [Row(e.path, error=err) if slot < 0 else next(done) for e, slot, err in pending]
+    The model runs in a helper thread on one of two buffers while this thread collects the next
+    batch and formats the previous one's rows (runtimes release the GIL), so that Python work does
+    not stall inference.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    bufs = [np.empty((batch_size, size, size, 3), np.uint8) for _ in range(2)]
+    cur, filled = 0, 0
+    pending: list[tuple[FileEntry, int, str | None]] = []  # (entry, slot in the buffer or -1, error)
+    running: tuple[Future, list[tuple[FileEntry, int, str | None]]] | None = None
+    ex = ThreadPoolExecutor(1, thread_name_prefix="cifarbench-predict")
+
+    def finish(job: tuple[Future, list[tuple[FileEntry, int, str | None]]]) -> list[Row]:
+        fut, items = job
+        probs = fut.result()
+        done = iter(_rows(probs, [e.path for e, slot, _ in items if slot >= 0], classes, top_k))
+        return [Row(e.path, error=err) if slot < 0 else next(done) for e, slot, err in items]
+
+    def advance() -> Iterator[list[Row]]:
+        """Send the filled part of the current buffer to the model; emit everything before it."""
+        nonlocal running, pending, filled, cur
+        job = (ex.submit(probs_of, predict, bufs[cur][:filled]), pending) if filled else None
+        if running is not None:
+            yield finish(running)  # after this the other buffer is free again
+        if job is None:
+            if pending:
+                yield [Row(e.path, error=err) for e, _, err in pending]
+            running = None
         else:
-            rows = [Row(e.path, error=err) for e, _, err in pending]
-        pending.clear()
-        filled = 0
-        return rows
+            running, cur = job, 1 - cur
+        pending, filled = [], 0
 
-    for entry, (arr, err) in zip(entries, decoded):
-        if arr is None:
-            if filled == 0:  # nothing waits on the model: emit at once
-                yield [Row(entry.path, error=err or "unknown error")]
-            else:
+    try:
+        for entry, (arr, err) in zip(entries, decoded):
+            if arr is None:
                 pending.append((entry, -1, err or "unknown error"))
-            continue
-        buf[filled] = arr
-        pending.append((entry, filled, None))
-        filled += 1
-        if filled == batch_size:
-            yield flush()
-    if pending:
-        yield flush()
+                # emit failed rows at once when nothing before them waits on the model, and never
+                # hold more than a few batches of them back (a folder of mostly broken files)
+                if (filled == 0 and (running is None or running[0].done())) or len(pending) >= 4 * batch_size:
+                    yield from advance()
+                continue
+            bufs[cur][filled] = arr
+            pending.append((entry, filled, None))
+            filled += 1
+            if filled == batch_size:
+                yield from advance()
+        yield from advance()
+        if running is not None:
+            yield finish(running)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
 
 
 def probs_of(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cifarbench import CIFAR10_CLASSES
@@ -34,6 +35,43 @@ def tree(tmp_path: Path) -> tuple[Path, list[str], set[str]]:
 
 def _csv(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), strict=True))
+
+
+# --------------------------------------------------------------------------- pipeline
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 7])
+def test_rows_keep_input_order_around_failures_and_batches(batch_size: int) -> None:
+    rng = np.random.default_rng(batch_size)
+    n = 60
+    bad = set(rng.choice(n, 25, replace=False).tolist()) | set(range(40, 55))  # a long run of failures too
+    entries = [core.FileEntry(f"f{i}") for i in range(n)]
+    decoded = [(None, f"bad {i}") if i in bad else (np.full((32, 32, 3), i, np.uint8), None) for i in range(n)]
+    seen: list[int] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        assert 1 <= len(batch) <= batch_size
+        seen.append(len(batch))
+        return np.eye(10, dtype=np.float32)[batch[:, 0, 0, 0] % 10]
+
+    batches = list(core.predict_rows(entries, iter(decoded), predict, CIFAR10_CLASSES, 2, batch_size, 32))
+    rows = [r for b in batches for r in b]
+    assert [r.path for r in rows] == [e.path for e in entries]
+    for i, r in enumerate(rows):
+        if i in bad:
+            assert r.error == f"bad {i}" and r.label is None
+        else:
+            assert r.error is None and r.class_index == i % 10 and r.label == CIFAR10_CLASSES[i % 10]
+            assert r.confidence == 1.0 and r.alternatives[0][1] == 0.0
+    assert sum(seen) == n - len(bad)
+
+
+def test_a_failing_model_is_one_model_error() -> None:
+    def predict(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad shape\nmore")
+
+    entries = [core.FileEntry(f"f{i}") for i in range(3)]
+    decoded = [(np.zeros((32, 32, 3), np.uint8), None)] * 3
+    with pytest.raises(core.ModelError, match="inference failed: .*bad shape$"):
+        list(core.predict_rows(entries, iter(decoded), predict, CIFAR10_CLASSES, 1, 2, 32))
 
 
 # --------------------------------------------------------------------------- output contract
