@@ -177,8 +177,8 @@ def render(res: dict) -> str:
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['set']} ({r['images']}) | {r['backend']} | {r['device']} | {r['pool']} x {r['workers']} | {r['batch']} | "
-                     f"{r['decode']:.0f} | {r['model']:.0f} | {r['e2e']:.0f} | {r['ratio']:.2f} | {r['shared_bound']:.0f} | "
-                     f"{r['e2e'] / r['shared_bound']:.2f} | {r['e2e_wall']:.0f} |")
+                     f"{r['decode']:.0f} | {r['model']:.0f} | {r['e2e']:.0f} | {r['ratio']:.3f} | {r['shared_bound']:.0f} | "
+                     f"{r['e2e'] / r['shared_bound']:.3f} | {r['e2e_wall']:.0f} |")
     c = res.get("cold_start")
     if c:
         lines += ["", f"Cold start, `{c['command']}` ({c['runs']} runs after one warm-up): "
