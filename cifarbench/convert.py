@@ -57,12 +57,8 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
 
 def _sample_data(source: str, classes: Sequence[str], seed: int, val_size: int) -> Dataset:
     """The held-out validation slice of ``source``'s train split (what training never fitted on)."""
-    try:
-        full = load_dataset(source, "train", classes=classes)
-    except DataError:
-        full = load_dataset(source, "test", classes=classes)  # a flat folder has no split: any will do
-        if full.split == "test" and source not in ("bundled",):
-            pass
+    # Only ever the train split (a flat <class>/ folder counts as one); never a test-only source.
+    full = load_dataset(source, "train", classes=classes)
     if len(full) <= 2:
         raise DataError(f"{source}: too few images for calibration ({len(full)})")
     _, val = train_val_split(full, min(val_size, len(full) - 1), seed)
