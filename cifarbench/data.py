@@ -9,6 +9,7 @@ second load of the 60,000-image archive is a single file read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import lzma
@@ -115,28 +116,44 @@ def _load_uncached(path: Path, split: str, classes: tuple[str, ...]) -> Dataset:
         batches = _find_batches_dir(path)
         if batches is not None:
             return _from_pickles(lambda name: (batches / name).read_bytes(), split, classes)
-        members = (
-            (str(p.relative_to(path)).replace(os.sep, "/"), p.read_bytes)
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        return _from_tree(members, split, classes)
+        with members_of(path) as members:
+            return _from_tree(members, split, classes)
+    kind = "zip" if path.name.lower().endswith(".zip") else "tar"
+    try:
+        with members_of(path) as members:
+            return _from_archive_members(members, split, classes)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: not a readable {kind} archive ({exc})") from None
+
+
+@contextlib.contextmanager
+def members_of(path: Path) -> Iterator[Iterator[tuple[str, Callable[[], bytes]]]]:
+    """``(name, read)`` for every file of a folder (sorted, hidden skipped), zip or tar: the one walker.
+
+    Names use ``/``; a tar is streamed in archive order. Raises DataError for anything else.
+    """
+    if path.is_dir():
+        yield ((str(p.relative_to(path)).replace(os.sep, "/"), p.read_bytes) for p in sorted(path.rglob("*"))
+               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        return
     name = path.name.lower()
     if name.endswith(".zip"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                return _from_archive_members(
-                    ((i.filename, (lambda i=i: zf.read(i))) for i in zf.infolist() if not i.is_dir()), split, classes
-                )
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-            raise DataError(f"{path}: not a readable zip archive ({exc})") from None
+        with zipfile.ZipFile(path) as zf:
+            yield ((i.filename, (lambda i=i: zf.read(i))) for i in zf.infolist() if not i.is_dir())
+        return
     if any(name.endswith(s) for s in ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
-        try:
-            with tarfile.open(path, "r:*") as tf:
-                return _from_archive_members(_tar_members(tf), split, classes)
-        except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
-            raise DataError(f"{path}: not a readable tar archive ({exc})") from None
+        with tarfile.open(path, "r:*") as tf:
+            yield _tar_members(tf)
+        return
     raise DataError(f"{path}: not a directory or archive; expected {describe_sources()}")
+
+
+def source_path(source: str | os.PathLike[str] | None) -> Path:
+    """The file or folder behind a source name (``bundled`` -> the shipped archive); ``cifar10`` downloads."""
+    src = "bundled" if source in (None, "", "bundled") else os.fspath(source)
+    if src == "bundled":
+        return BUNDLED_TEST_ARCHIVE
+    return _official_cifar10_dir() if src == "cifar10" else Path(src).expanduser()
 
 
 def _tar_members(tf: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes]]]:
