@@ -431,4 +431,5 @@ def _one_line(row: Row) -> str:
         return f"{row.model}/{row.backend}: {row.status} ({row.reason})"
     tp = row.throughput[-1] if row.throughput else {}
     return (f"{row.model}/{row.backend}: accuracy {row.quality['accuracy']:.4f}, p50 {row.latency['p50_ms']:.3f} ms, "
-            f"{tp.get('images_per_s') or 0:,.0f} img/s at batch {tp.get('batch_size')}")
+            f"{tp.get('images_per_s') or 0:,.0f} img/s at batch {tp.get('batch_size')}"
+            + "".join(f"; {k} {row.runtime[k]}" for k in ("precision", "mode") if row.runtime.get(k)))

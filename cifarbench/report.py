@@ -128,9 +128,15 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             **{f"speedup_b{b}": (r.get("speedup_by_batch") or {}).get(str(b)) for b in sizes},
             "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
             "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"], "rss_delta_mb": r.get("rss_delta_mb"),
+            "runtime_note": runtime_note(r["runtime"]),
         }
         out.append(row)
     return out
+
+
+def runtime_note(runtime: dict[str, Any]) -> str | None:
+    """The inference precision and execution mode a backend reports (OpenVINO does), shown with its row."""
+    return "; ".join(f"{k} {runtime[k]}" for k in ("precision", "mode") if runtime.get(k)) or None
 
 
 def all_warnings(doc: dict[str, Any]) -> list[str]:
@@ -183,6 +189,10 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
                       _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
                       _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _f(r["speedup"], ".2f") + "×",
                       _f(r["size_mb"], ".2f")] for r in ok])
+    noted = [r for r in ok if r.get("runtime_note")]
+    if noted:
+        lines += ["", "What ran, as the runtime reports it:", ""]
+        lines += [f"- {r['model']} / {r['backend']}: {r['runtime_note']}" for r in noted]
     other = [r for r in rows if r["status"] != "ok"]
     if other:
         lines += ["", "## Skipped and failed", ""]

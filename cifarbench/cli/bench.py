@@ -139,5 +139,8 @@ def _print_table(doc: dict[str, Any]) -> None:
     con.print(t)
     for r in skipped:
         con.print(f"{r['model']}/{r['backend']} {r['status']}: {r['reason']}", markup=False)
+    for r in summary_rows(doc):
+        if r["status"] == "ok" and r.get("runtime_note"):
+            con.print(f"{r['model']}/{r['backend']}: {r['runtime_note']}", markup=False)
     con.print(f"img/s = images ÷ wall time of the backend calls only, at batch {big}; speed-up vs the reference backend "
               "(keras if measured, else onnx).", markup=False)

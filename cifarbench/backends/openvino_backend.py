@@ -1,0 +1,181 @@
+"""OpenVINO: reads our ONNX artifacts as they are (float32 and int8 QDQ), CPU or an OpenVINO GPU device.
+
+Two compiled models per artifact, because one setting cannot serve both jobs: a LATENCY-hinted one
+(one stream, every thread on one request) for batch 1, and a THROUGHPUT-hinted one (several streams)
+whose async infer requests each take a slice of a larger batch. Compiled models are cached per process,
+so loading the same backend again (serve, the auto choice, tests) costs no second compilation.
+
+Precision: OpenVINO runs float32 graphs in bf16 on CPUs with native bf16 (AVX512-BF16/AMX) unless told
+otherwise; ``openvino-f32`` pins f32. ``describe()`` reports what the compiled model actually runs,
+read back from the runtime, never what was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from cifarbench.errors import ModelError
+from cifarbench.manifest import Manifest
+
+STRICT_F32 = ("openvino-f32",)  # backends that pin INFERENCE_PRECISION_HINT to f32
+MAX_CHUNK = 256  # images per async request at most: bounds activation memory for huge predict() calls
+_COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
+
+_lock = threading.Lock()
+_core: Any = None
+_compiled: dict[tuple[Any, ...], Any] = {}
+
+
+def _get_core() -> Any:
+    global _core
+    with _lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
+def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None:
+    """On a GPU: OpenVINO must list a GPU device (its GPU plugin drives Intel GPUs); the CPU always works."""
+    if device != "gpu":
+        return None
+    devices = list(_get_core().available_devices)
+    if not any(d.split(".")[0] == "GPU" for d in devices):
+        return f"OpenVINO finds no GPU device (its GPU plugin drives Intel GPUs; devices here: {', '.join(devices) or 'none'})"
+    return None
+
+
+def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f32: bool) -> Any:
+    """The compiled model for these settings, compiled once per process."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, ov_device, hint, threads, strict_f32)
+    with _lock:
+        hit = _compiled.get(key)
+    if hit is not None:
+        return hit
+    core = _get_core()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+    if threads and ov_device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = threads
+    if strict_f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    try:
+        compiled = core.compile_model(core.read_model(path), ov_device, config)
+    except Exception as exc:  # OpenVINO raises RuntimeError with multi-line messages
+        raise ModelError(f"{path}: OpenVINO cannot load it ({(str(exc).strip().splitlines() or [''])[0]})") from None
+    with _lock:
+        return _compiled.setdefault(key, compiled)
+
+
+def _type_name(t: Any) -> str:
+    """'f32', 'bf16', 'u8'... from an OpenVINO element type."""
+    return str(getattr(t, "get_type_name", lambda: t)())
+
+
+def _compute_precisions(compiled: Any) -> Counter[str]:
+    """How many conv/matmul layers the runtime runs in each precision ('u8', 'bf16', 'f32'...)."""
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS and "runtimePrecision" in info:
+            counts[info["runtimePrecision"].astype(str)] += 1
+    return counts
+
+
+def precision_summary(inference_precision: str, kernels: Counter[str]) -> str:
+    """'f32', or 'u8 conv/matmul (8 of 8), f32 elsewhere' when the heavy layers run in other precisions."""
+    if not kernels or set(kernels) == {inference_precision}:
+        return inference_precision
+    total = sum(kernels.values())
+    parts = ", ".join(f"{p} conv/matmul ({n} of {total})" for p, n in kernels.most_common())
+    return f"{parts}, {inference_precision} elsewhere"
+
+
+class OpenVINOBackend:
+    def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
+        import openvino as ov
+
+        self.name, self.device, self.threads_requested = name, device, threads
+        self.ov_device = "GPU" if device == "gpu" else "CPU"
+        strict = name in STRICT_F32
+        self.latency_model = _compile(path, self.ov_device, "LATENCY", threads, strict)
+        self.throughput_model = _compile(path, self.ov_device, "THROUGHPUT", threads, strict)
+        self._latency_request = self.latency_model.create_infer_request()
+        n_req = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = [self.throughput_model.create_infer_request() for _ in range(n_req)]
+        self._call_lock = threading.Lock()  # infer requests are not safe to share between threads
+        self.version = ov.get_version()
+        self.input_float = _type_name(self.latency_model.input(0).get_element_type()).startswith(("f", "bf"))
+        classes = self.latency_model.output(0).get_partial_shape()[-1]
+        self.num_classes = classes.get_length() if classes.is_static else None
+
+    def _prepare(self, batch: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(batch, dtype=np.float32 if self.input_float else np.uint8)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        x = self._prepare(batch)
+        n = len(x)
+        if n == 0 and self.num_classes is not None:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        with self._call_lock:
+            if n <= 1:
+                self._latency_request.infer({0: x}, share_inputs=True)
+                return np.array(self._latency_request.get_output_tensor(0).data, dtype=np.float32)
+            return self._throughput(x)
+
+    def _throughput(self, x: np.ndarray) -> np.ndarray:
+        """Slices of ``x`` over the async requests, round-robin; each request's result copied out when reused."""
+        n, reqs = len(x), self._requests
+        chunk = min(MAX_CHUNK, -(-n // len(reqs)))
+        spans = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+        out: np.ndarray | None = None
+        busy: list[tuple[int, int] | None] = [None] * len(reqs)
+
+        def collect(i: int) -> None:
+            nonlocal out
+            reqs[i].wait()
+            y = reqs[i].get_output_tensor(0).data
+            if out is None:
+                out = np.empty((n,) + tuple(y.shape[1:]), dtype=np.float32)
+            s, e = busy[i]  # type: ignore[misc]
+            out[s:e] = y
+            busy[i] = None
+
+        try:
+            for k, (s, e) in enumerate(spans):
+                i = k % len(reqs)
+                if busy[i] is not None:
+                    collect(i)
+                reqs[i].start_async({0: x[s:e]}, share_inputs=True)
+                busy[i] = (s, e)
+            for i in range(len(reqs)):
+                if busy[i] is not None:
+                    collect(i)
+        finally:
+            for i, span in enumerate(busy):  # an exception mid-way: never leave a request running on freed input
+                if span is not None:
+                    reqs[i].wait()
+        assert out is not None
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        lat, tput = self.latency_model, self.throughput_model
+        precision = _type_name(tput.get_property("INFERENCE_PRECISION_HINT"))
+        cpu = self.ov_device == "CPU"
+        streams = int(tput.get_property("NUM_STREAMS")) if cpu else "?"
+        return {"runtime": "openvino", "version": self.version, "device": self.device, "ov_device": self.ov_device,
+                "threads": int(lat.get_property("INFERENCE_NUM_THREADS")) if cpu else None,
+                "precision": precision_summary(precision, _compute_precisions(tput)),
+                "precision_requested": "f32" if self.name in STRICT_F32 else "runtime default",
+                "mode": f"batch > 1: throughput ({streams} streams, {len(self._requests)} async requests); "
+                        "batch 1: latency (1 request)"}
+
+
+def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> OpenVINOBackend:
+    return OpenVINOBackend(spec.name, str(manifest.verify(spec.format)), device, threads)
