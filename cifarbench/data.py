@@ -27,13 +27,10 @@ import numpy as np
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.atomic import atomic_write
 from cifarbench.errors import DataError
-from cifarbench.images import load_image
+from cifarbench.images import IMAGE_EXTENSIONS, load_image  # IMAGE_EXTENSIONS re-exported: it lives by the loader
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE, cache_dir
 
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .avif .heic .heif .jp2 .tga .ico".split()
-)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CACHE_VERSION = "1"

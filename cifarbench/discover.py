@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from cifarbench.data import IMAGE_EXTENSIONS
 from cifarbench.errors import UsageError
+from cifarbench.images import IMAGE_EXTENSIONS
 from cifarbench.writers import display_text
 
 

@@ -3,6 +3,12 @@
 Every command goes through ``load_image`` so a photo is preprocessed the same way
 whether it is classified, benchmarked or served. Failures come back as an
 ``ImageResult`` with ``error`` set; nothing raises through a batch loop.
+
+Memory is decided from the header, before any pixel is allocated: an image over ``max_pixels``
+(default 50 MP for classify, bench and serve alike) is refused, JPEGs decode at a reduced DCT scale,
+other big images are box-reduced right after decoding (before any full-size mode conversion), and
+each decode holds its cost in the process's shared ``DecodeBudget`` while it runs. What C decoders
+print to fd 2 (libtiff) is captured per file and kept in the error, never shown.
 """
 
 from __future__ import annotations
@@ -20,14 +26,25 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO, Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageMode
 
+from cifarbench.cstderr import capture_fd2
+from cifarbench.decode_budget import process_budget
 from cifarbench.errors import UsageError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
 RESIZE_POLICIES = ("center-crop", "squash", "pad")
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit (~0.25 GB of RGBA at 24 bit)
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .avif .heic .heif .jp2 .tga .ico".split()
+)
+DEFAULT_MAX_PIXELS = 50_000_000  # per image, for classify, bench and serve: 200 MB as RGBA
+REDUCING_GAP = 3.0  # big images are box-reduced to >= 3x the target, then Lanczos-resampled
+# Formats whose decoders never write to fd 2 (Pillow's own code, or libjpeg with Pillow's handlers):
+# they skip the capture. Everything else (libtiff above all) is decoded with fd 2 captured.
+_SILENT_FORMATS = frozenset(("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "PPM", "TGA", "ICO", "BLP", "DDS", "QOI",
+                             "PCX", "SGI", "IM"))
+_REDUCIBLE = frozenset(("L", "RGB", "RGBA", "LA", "CMYK", "I", "F", "RGBX", "YCbCr", "LAB"))
 PAD_COLOR = (255, 255, 255)  # same white that transparency is composited on
 _HIGH_BIT_MODES = frozenset(("I;16", "I;16B", "I;16L", "I;16N", "I", "F"))
 _ALPHA_MODES = frozenset(("RGBA", "LA", "RGBa", "La", "PA"))
@@ -73,8 +90,8 @@ def load_image(
     """Decode ``src`` (a path or encoded bytes) to an RGB uint8 array of shape (size, size, 3).
 
     ``resize``: ``center-crop`` (shorter side to ``size``, centre crop), ``squash`` (ignore aspect)
-    or ``pad`` (longer side to ``size``, white borders). ``max_pixels`` guards against
-    decompression bombs (``None`` disables it). Only a bad ``resize``/``size`` raises; every
+    or ``pad`` (longer side to ``size``, white borders). ``max_pixels`` refuses bigger images from
+    their header (``None`` disables it). Only a bad ``resize``/``size`` raises; every
     per-file problem is returned as ``ImageResult(None, reason)``. ``draft=False`` decodes
     JPEGs at full size (the reference the loader benchmark compares against).
     """
@@ -97,7 +114,9 @@ def load_image(
         finally:
             fp.close()
     except Image.DecompressionBombError as exc:
-        return ImageResult(None, f"image too large, refused as a decompression bomb ({exc})")
+        return ImageResult(None, f"image too large, refused as a decompression bomb ({_one_line(exc)})")
+    except _DecodeFailed as exc:  # a decoder error with what the C library printed
+        return ImageResult(None, str(exc))
     except Image.UnidentifiedImageError:
         return ImageResult(None, "not an image (no installed Pillow plugin recognises it)")
     except FileNotFoundError:
@@ -167,16 +186,132 @@ def _decode_unlocked(fp: IO[bytes], size: int, resize: str, max_pixels: int | No
         if draft and im.format == "JPEG" and (im.width > size or im.height > size):
             # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target.
             im.draft(None, _draft_target(im.size, size, resize))
-        im.load()
-        if im.format != "JPEG" or "exif" in im.info or "xmp" in im.info:  # plain JPEGs skip the EXIF parse
-            _apply_exif_orientation(im)
-        rgb = _to_rgb(im)
-        out = _fit(rgb, size, resize)
+        with process_budget().hold(decode_cost(im, size, resize)):
+            _load(im)
+            # plain JPEGs skip the EXIF parse
+            orientation = _orientation(im) if im.format != "JPEG" or "exif" in im.info or "xmp" in im.info else 1
+            small, mode = _shrink(im, size, resize)
+            if small is not im:
+                im.close()  # the full-size pixels go now, before any conversion
+            out = _fit(_to_rgb(small, mode), size, resize)
+        if orientation in _TRANSPOSE:  # every resize policy is symmetric, so rotating the result is the same
+            out = out.transpose(_TRANSPOSE[orientation])
         # tobytes + frombuffer is ~3x cheaper than numpy's __array_interface__ path for 32x32;
         # the bytearray makes the result writeable.
         return np.frombuffer(bytearray(out.tobytes()), dtype=np.uint8).reshape(out.height, out.width, 3)
     finally:
         im.close()
+
+
+class _DecodeFailed(Exception):
+    """A decoder error, worded with the first line the C library printed about it."""
+
+
+def _load(im: Image.Image) -> None:
+    """``im.load()``, with fd 2 captured for decoders that print (libtiff): nothing reaches a terminal."""
+    if im.format in _SILENT_FORMATS:
+        im.load()
+        return
+    with capture_fd2() as cap:
+        try:
+            im.load()
+            return
+        except (OSError, ValueError, SyntaxError) as exc:
+            failure: BaseException = exc
+    said = cap.first_line()
+    if not said:
+        raise failure
+    msg = _one_line(failure)
+    kind = "truncated image" if "truncated" in msg.lower() else "corrupt or unreadable image"
+    lib = "libtiff" if im.format == "TIFF" else f"{im.format} decoder"
+    raise _DecodeFailed(f"{kind} ({msg}; {lib}: {said})")
+
+
+def decode_cost(im: Image.Image, size: int = 32, resize: str = "center-crop") -> int:
+    """Bytes a decode of the opened (not yet loaded) ``im`` allocates at its peak, from the header alone.
+
+    Pixels x bytes per pixel as Pillow stores them (1 for L/P/1, 2 for 16-bit, 4 for every
+    multi-band mode, RGB included), plus one strip of working copy when ``_shrink`` converts.
+    Measured peaks match it (7000x7000: RGBA PNG 196 MB, RGB 196 MB, palette 49 MB, + strip).
+    """
+    w, h = im.size
+    stored = w * h * _pixel_bytes(im.mode)
+    if _needs_shrink(im, _reduce_factors((w, h), size, resize)):
+        stored += 3 * _STRIP_BYTES  # the converted strip, its premultiplied copy, its reduction
+    return stored
+
+
+_STRIP_BYTES = 4 << 20  # working copies are made one strip of rows at a time
+
+
+def _pixel_bytes(mode: str) -> int:
+    try:
+        if Image.getmodebands(mode) > 1:
+            return 4
+        return max(1, int(ImageMode.getmode(mode).typestr[-1]))
+    except (KeyError, ValueError):
+        return 4
+
+
+def _reduce_factors(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int]:
+    """Integer box-reduction factors that keep at least ``REDUCING_GAP`` x the resampling target."""
+    tw, th = _draft_target(wh, size, resize)
+    return max(1, int(wh[0] / tw / REDUCING_GAP)), max(1, int(wh[1] / th / REDUCING_GAP))
+
+
+def _needs_shrink(im: Image.Image, factors: tuple[int, int]) -> bool:
+    """Plain RGB is reduced inside the resize, from the crop box, without a copy: nothing to gain."""
+    if factors == (1, 1) or (im.mode == "RGB" and "transparency" not in im.info):
+        return False
+    return im.mode in _REDUCIBLE or im.mode in ("P", "PA", "1") or im.mode.startswith("I;16")
+
+
+def _shrink(im: Image.Image, size: int, resize: str) -> tuple[Image.Image, str]:
+    """Box-reduce a big decoded image before any full-size conversion; returns it and the mode to scale from.
+
+    Without this, a 50 MP RGBA PNG is copied four times at full size on its way to RGB. Conversions
+    that reduce() needs (palette/1-bit/transparent to RGB(A), 16-bit to ``I``, alpha premultiplied)
+    are made one strip of rows at a time, so the full-size image is the only big allocation. The
+    second value is the original mode, so 16-bit scaling stays right.
+    """
+    mode = im.mode
+    factors = _reduce_factors(im.size, size, resize)
+    if not _needs_shrink(im, factors):
+        return im, mode
+    if mode in ("P", "PA", "1") or "transparency" in im.info:
+        target = "RGBA" if mode == "PA" or "transparency" in im.info else "RGB"
+    elif mode.startswith("I;16"):
+        target = "I"
+    else:
+        target = mode
+    (fx, fy), (w, h) = factors, im.size
+    rows = fy * max(1, _STRIP_BYTES // (4 * w * fy))
+    out: Image.Image | None = None
+    for top in range(0, h, rows):
+        strip = im.crop((0, top, w, min(h, top + rows)))
+        if strip.mode != target:
+            strip = strip.convert(target)
+        part = strip.reduce((fx, fy))
+        if out is None:
+            out = Image.new(part.mode, (-(-w // fx), -(-h // fy)))
+        out.paste(part, (0, top // fy))
+    assert out is not None
+    out.info = {k: v for k, v in im.info.items() if k != "transparency" or target == mode}
+    return out, mode
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF (or XMP) orientation tag; a malformed block must not cost the pixels: 1 then."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:
+        return 1
 
 
 @contextlib.contextmanager
@@ -196,8 +331,10 @@ def _open_checked(fp: IO[bytes], max_pixels: int | None) -> Image.Image:
         im = Image.open(fp)
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
+        need = w * h * _pixel_bytes(im.mode)
         im.close()
-        raise Image.DecompressionBombError(f"{w}x{h} = {w * h:,} pixels, limit {max_pixels:,}")
+        raise Image.DecompressionBombError(f"{w}x{h} = {w * h:,} pixels, {need / 1e6:,.0f} MB to decode; "
+                                           f"limit {max_pixels:,} pixels (--max-pixels)")
     if w < 1 or h < 1:
         im.close()
         raise ValueError(f"image has no pixels ({w}x{h})")
@@ -213,20 +350,17 @@ def _draft_target(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int
     return (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
 
 
-def _apply_exif_orientation(im: Image.Image) -> None:
-    try:
-        ImageOps.exif_transpose(im, in_place=True)
-    except Exception:  # a malformed EXIF block must not cost the pixels: keep the stored orientation
-        pass
+def _to_rgb(im: Image.Image, source_mode: str | None = None) -> Image.Image:
+    """Normalise every Pillow mode to RGB; transparency is composited on white.
 
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Normalise every Pillow mode to RGB; transparency is composited on white."""
+    ``source_mode``: the mode the file had, when ``_shrink`` widened 16-bit pixels to ``I``.
+    """
     mode = im.mode
     if mode == "RGB" and "transparency" not in im.info:
         return im
     if mode in _HIGH_BIT_MODES:
-        return Image.fromarray(_scale_to_u8(np.asarray(im), mode), "L").convert("RGB")
+        scale_mode = source_mode if source_mode in _HIGH_BIT_MODES else mode
+        return Image.fromarray(_scale_to_u8(np.asarray(im), scale_mode), "L").convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in im.info:  # P/L/RGB with tRNS, GIF transparency
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, PAD_COLOR + (255,))
@@ -257,22 +391,22 @@ def _scale_to_u8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _fit(im: Image.Image, size: int, resize: str) -> Image.Image:
-    """Resize with Lanczos (antialiased); ``reducing_gap`` box-reduces huge non-JPEG inputs first."""
+    """Resize with Lanczos (antialiased); ``reducing_gap`` box-reduces what ``_shrink`` left big."""
     w, h = im.size
     if (w, h) == (size, size):
         return im
     lanczos = Image.Resampling.LANCZOS
     if resize == "squash":
-        return im.resize((size, size), lanczos, reducing_gap=3.0)
+        return im.resize((size, size), lanczos, reducing_gap=REDUCING_GAP)
     if resize == "pad":
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         canvas = Image.new("RGB", (size, size), PAD_COLOR)
-        canvas.paste(im.resize((nw, nh), lanczos, reducing_gap=3.0), ((size - nw) // 2, (size - nh) // 2))
+        canvas.paste(im.resize((nw, nh), lanczos, reducing_gap=REDUCING_GAP), ((size - nw) // 2, (size - nh) // 2))
         return canvas
     side = min(w, h)  # center-crop: the centred square, resampled straight from the source
     left, top = (w - side) / 2, (h - side) / 2
-    return im.resize((size, size), lanczos, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    return im.resize((size, size), lanczos, box=(left, top, left + side, top + side), reducing_gap=REDUCING_GAP)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -404,3 +404,161 @@ def test_batch_loop_survives_every_bad_file(tmp_path: Path) -> None:
     results = {p.name: load_image(p) for p in sorted(tmp_path.iterdir())}
     assert [n for n, r in results.items() if r.ok] == ["good.png"]
     assert all(r.error for n, r in results.items() if n != "good.png")
+
+
+# ----------------------------------------------------------------------------- memory: header limit, shrink, budget
+
+
+def png_header_bomb(w: int, h: int) -> bytes:
+    """A valid PNG signature and IHDR declaring w x h RGBA, then a tiny IDAT: a few hundred bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def blp_header_bomb(w: int, h: int) -> bytes:
+    """A BLP1 file (palette, alpha) whose 28-byte header declares w x h: the issue's 284-byte bomb."""
+    import struct
+
+    head = b"BLP1" + struct.pack("<iI", 1, 8) + struct.pack("<II", w, h) + struct.pack("<iI", 5, 0)
+    return head + struct.pack("<16I", 156 + 1024, *([0] * 15)) + struct.pack("<16I", 64, *([0] * 15)) + bytes(1024 + 64)
+
+
+def _peak_rss_mb_of(code: str) -> float:
+    """Run ``code`` in a fresh interpreter; its ru_maxrss growth over the imports, in MB."""
+    import subprocess
+    import sys
+
+    prog = ("import resource, cifarbench.images as images\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n" + code +
+            "\nprint((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("make, w, h", [(png_header_bomb, 10_000, 9_000), (blp_header_bomb, 9_500, 9_000)])
+def test_header_bombs_are_refused_before_allocating(make, w: int, h: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = make(w, h)
+    assert len(data) < 2000
+    res = load_image(data)  # the default limit: 50 MP
+    assert not res.ok and "decompression bomb" in res.error and f"{w * h:,} pixels" in res.error
+    assert f"{w * h * 4 / 1e6:,.0f} MB to decode" in res.error and "--max-pixels" in res.error
+    p = tmp_path / "bomb.bin"
+    p.write_bytes(data)
+    grew = _peak_rss_mb_of(f"r = images.load_image({str(p)!r}); assert not r.ok, r")
+    assert grew < 30, f"refusing a {w}x{h} header cost {grew:.0f} MB"
+
+
+def test_default_limit_is_one_for_every_command() -> None:
+    assert images.DEFAULT_MAX_PIXELS == 50_000_000
+    assert load_image(png_header_bomb(7072, 7072)).error.startswith("image too large")  # 50.01 MP
+    assert "decompression bomb" not in (load_image(png_header_bomb(7071, 7071)).error or "")  # 49.99 MP: decoded
+
+
+def test_decode_cost_from_the_header() -> None:
+    def opened(im: Image.Image, fmt: str) -> Image.Image:
+        return Image.open(io.BytesIO(encode(im, fmt)))
+
+    assert images.decode_cost(opened(solid(RED, (300, 200)), "PNG")) == 300 * 200 * 4  # RGB is stored in 4 bytes
+    assert images.decode_cost(opened(solid(128, (300, 200), "L"), "PNG")) == 300 * 200 + 3 * images._STRIP_BYTES
+    assert images.decode_cost(opened(solid(128, (30, 20), "L"), "PNG")) == 30 * 20  # small: no shrink
+    assert images.decode_cost(opened(Image.new("I;16", (300, 200)), "PNG")) == 300 * 200 * 2 + 3 * images._STRIP_BYTES
+
+
+def _reference(im: Image.Image, resize: str = "center-crop") -> np.ndarray:
+    """The plain full-size pipeline: convert everything at full size, then resize."""
+    return np.asarray(images._fit(images._to_rgb(im), 32, resize))
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "P+transparency", "LA", "L", "I;16", "CMYK"])
+@pytest.mark.parametrize("resize", ["center-crop", "pad", "squash"])
+def test_big_images_are_reduced_before_conversion_and_match_the_full_pipeline(kind: str, resize: str) -> None:
+    rng = np.random.default_rng(5)
+    small = Image.fromarray(rng.integers(0, 256, (9, 13, 4), dtype=np.uint8), "RGBA")
+    big = small.resize((800, 560), Image.Resampling.BICUBIC)  # smooth, with varying alpha
+    if kind == "P+transparency":
+        src = big.convert("RGB").quantize(64)
+        src.info["transparency"] = 3
+    elif kind == "I;16":
+        src = Image.fromarray(np.asarray(big.convert("L"), np.uint16) * 257)
+        assert src.mode == "I;16"
+    else:
+        src = big.convert(kind)
+    fmt = "TIFF" if kind in ("CMYK", "I;16") else "PNG"
+    data = encode(src, fmt)
+    ref = _reference(Image.open(io.BytesIO(data)), resize)
+    got = ok(load_image(data, resize=resize))
+    # box-reducing the whole image instead of the crop box (and before CMYK/palette conversion) moves
+    # edge pixels a little; a wrong channel, orientation or scale would be off by tens
+    assert np.abs(got.astype(int) - ref.astype(int)).mean() < 3.0, kind
+
+
+def test_shrink_reduces_in_strips_identically_to_one_reduce(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (700, 500, 4), dtype=np.uint8), "RGBA")
+    monkeypatch.setattr(images, "_STRIP_BYTES", 4 * 500 * 7)  # strips of 7 rows: many, with a ragged last one
+    out, mode = images._shrink(big, 32, "center-crop")
+    whole = big.reduce(images._reduce_factors(big.size, 32, "center-crop"))
+    assert mode == "RGBA" and out.size == whole.size
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(whole))
+
+
+def test_rgba_decode_peak_is_the_decoded_pixels_not_four_copies(tmp_path: Path) -> None:
+    # 3000x3000 RGBA = 36 MB decoded; converting at full size (the old path) peaked near 4x that
+    yy = np.linspace(0, 255, 3000, dtype=np.uint8)
+    arr = np.zeros((3000, 3000, 4), np.uint8)
+    arr[..., 0], arr[..., 3] = yy[:, None], 128
+    p = tmp_path / "big.png"
+    Image.fromarray(arr, "RGBA").save(p)
+    grew = _peak_rss_mb_of(f"r = images.load_image({str(p)!r}); assert r.ok, r")
+    assert grew < 36 * 1.6, f"{grew:.0f} MB for 36 MB of pixels"
+
+
+def test_each_decode_holds_its_cost_in_the_process_budget() -> None:
+    from cifarbench import decode_budget
+
+    held: list[int] = []
+
+    class Recording(decode_budget.DecodeBudget):
+        def hold(self, nbytes: int):  # type: ignore[no-untyped-def]
+            held.append(nbytes)
+            return super().hold(nbytes)
+
+    old = decode_budget.set_process_budget(Recording(8 << 20))
+    try:
+        ok(load_image(encode(solid(RED, (1200, 1000), "RGBA"), "PNG")))
+        ok(load_image(encode(solid(RED), "PNG")))
+    finally:
+        decode_budget.set_process_budget(old)
+    assert held == [1200 * 1000 * 4 + 3 * images._STRIP_BYTES, 32 * 32 * 4]
+
+
+# ----------------------------------------------------------------------------- C libraries' stderr
+
+
+def corrupt_tiff() -> bytes:
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    b = bytearray(encode(im, "TIFF", compression="tiff_deflate"))
+    for i in range(200, len(b) - 400, 7):
+        b[i] ^= 0x5A
+    return bytes(b)
+
+
+def test_libtiff_messages_go_into_the_error_not_to_fd2(capfd: pytest.CaptureFixture[str]) -> None:
+    if not features.check("libtiff"):
+        pytest.skip("Pillow without libtiff")
+    res = load_image(corrupt_tiff())
+    out, err = capfd.readouterr()
+    assert not res.ok and "libtiff: " in res.error and "ZIPDecode" in res.error and "\n" not in res.error
+    assert err == "" and out == ""
+
+
+def test_fd2_is_restored_after_each_capture(capfd: pytest.CaptureFixture[str]) -> None:
+    for _ in range(3):
+        load_image(corrupt_tiff())
+    os.write(2, b"still here\n")
+    assert capfd.readouterr().err == "still here\n"

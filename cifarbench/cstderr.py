@@ -1,0 +1,60 @@
+"""Capture what C libraries write straight to file descriptor 2 while one image decodes.
+
+libtiff (and some other codecs' default handlers) print warnings and errors with ``fprintf(stderr)``,
+below Python: a corrupt TIFF can print hundreds of lines, past ``--quiet``, into cron mail or a
+server log. The loader runs such decodes with fd 2 pointed at a temporary file and keeps the first
+line as part of the file's error. Decodes that capture are serialised within a process (fd 2 is
+process-wide), so every line belongs to the file being decoded; decoders that never write to
+stderr skip the capture and run in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+from typing import Iterator
+
+_LOCK = threading.Lock()
+MAX_KEEP = 4096  # bytes of captured text kept per decode
+
+
+class Captured:
+    """The text written to fd 2 during the ``with`` block (available after it ends)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def first_line(self, limit: int = 160) -> str:
+        for line in self.text.splitlines():
+            line = " ".join(line.split())
+            if line:
+                return line if len(line) <= limit else line[: limit - 1] + "…"
+        return ""
+
+
+@contextlib.contextmanager
+def capture_fd2() -> Iterator[Captured]:
+    """Redirect fd 2 to a temp file for the block; the captured text lands in the yielded object."""
+    out = Captured()
+    with _LOCK:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()  # Python's own buffered text goes where it was meant to
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all (a daemon): nothing can reach a terminal anyway
+            yield out
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield out
+                finally:
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    out.text = tmp.read(MAX_KEEP).decode("utf-8", "replace")
+        finally:
+            os.close(saved)

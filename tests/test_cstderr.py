@@ -1,0 +1,47 @@
+"""fd-2 capture: what C code writes during the block is kept, nothing reaches the real fd 2."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import pytest
+
+from cifarbench.cstderr import capture_fd2
+
+
+def _c_write(text: bytes) -> None:
+    libc = ctypes.CDLL(None)
+    libc.write(2, text, len(text))  # below Python, like libtiff's fprintf(stderr)
+
+
+def test_capture_keeps_the_text_and_restores_fd2(capfd: pytest.CaptureFixture[str]) -> None:
+    with capture_fd2() as cap:
+        _c_write(b"TIFFReadDirectory: Warning, unknown tag 50000.\n\nZIPDecode: Decoding error at scanline 0\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    assert cap.first_line() == "TIFFReadDirectory: Warning, unknown tag 50000."
+    assert "ZIPDecode" in cap.text
+
+
+def test_capture_is_bounded_and_first_line_is_short() -> None:
+    with capture_fd2() as cap:
+        _c_write(b"x" * 100_000)
+    assert len(cap.text) == 4096 and len(cap.first_line(limit=50)) == 50
+
+
+def test_captures_in_threads_do_not_mix(capfd: pytest.CaptureFixture[str]) -> None:
+    got: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        with capture_fd2() as cap:
+            _c_write(f"thread {i}\n".encode())
+        got[i] = cap.text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {i: f"thread {i}\n" for i in range(8)} and capfd.readouterr().err == ""
