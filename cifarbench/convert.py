@@ -1,21 +1,24 @@
-"""Keras -> TFLite (fp32, fp16, int8) and ONNX (fp32, int8), then a parity check through the real runtimes.
+"""Keras or ONNX model -> TFLite (fp32, fp16, int8) and ONNX (fp32, int8) artifacts, with a parity check.
 
-Every artifact takes raw RGB uint8 pixels (NHWC 32x32x3): the graph casts, applies the
-declared preprocessing and ends in probabilities. int8 artifacts are calibrated on a
-representative set from the train split's validation slice, never the test split;
-parity is measured on other images of that slice, through the same backends
-``classify`` and ``bench`` use.
+Every artifact takes raw RGB uint8 pixels (the manifest's ``InputContract``): the graph casts,
+applies the declared preprocessing and ends in probabilities. ``convert`` runs named stages:
+open the source, pick the data, export through the registry in ``exporters``, check parity
+through the runtimes ``classify`` and ``bench`` use, write the manifest once. int8 artifacts
+are calibrated on the train split's validation slice, never the test split; parity uses other
+images of that slice. A model cifarbench did not train is also scored on the test split
+(bundled), because its training set may well include the train-split images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,188 +27,120 @@ import numpy as np
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.data import Dataset, load_dataset, train_val_split
 from cifarbench.errors import CheckFailed, DataError, ModelError, UsageError
-from cifarbench.kerasio import apply_preprocess, load_keras_model, model_input_shape, parse_preprocess
-from cifarbench.manifest import FORMAT_FILES, FORMATS, Manifest
+from cifarbench.exporters import EXPORTERS, ExportContext, Source
+from cifarbench.manifest import FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
 
-EXPORT_FORMATS = FORMATS[1:]  # everything but keras itself
-# Strict parity for float32 artifacts; float16 weights carry a 2**-11 relative rounding error by
-# construction (measured on baseline-cnn: max |dp| 2.2e-3), so they get a bound of their own.
-PARITY_BOUNDS = {"tflite": (0.999, 1e-3), "onnx": (0.999, 1e-3), "tflite-fp16": (0.995, 1e-2)}
-FLOAT_FORMATS = tuple(PARITY_BOUNDS)
+EXPORT_FORMATS = tuple(f for f in FORMATS if f in EXPORTERS)  # everything but keras itself, in speed order
+# float32 must match the reference: (min top-1 agreement, max |dp|).
+FLOAT32_BOUNDS = (0.999, 1e-3)
+# float16 weights carry a 2**-11 relative rounding error by construction, so max |dp| alone is no verdict
+# (a 0.04 pp accuracy change came with max |dp| 1.2e-2): fail on agreement or accuracy, warn on rounding.
+FP16_FAIL = (0.99, 0.5)  # fail below this agreement or above this |accuracy change| in pp
+FP16_ROUNDING = (0.995, 1e-2)  # warn below this agreement or above this max |dp|
 INT8_TARGET_PP, INT8_WARN_PP = 0.3, 1.0
 
-__all__ = ["convert", "load_keras_model", "EXPORT_FORMATS"]
+__all__ = ["convert", "ConvertOptions", "ParityFailed", "EXPORT_FORMATS"]
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything ``cifarbench convert`` takes besides the model and the output folder; validated once."""
+
+    formats: tuple[str, ...] | None = None  # None: every format the source can produce
+    calibration_data: str | None = None  # a train-split source; default: the model's training data
+    calibration_size: int = 1000
+    parity_size: int = 2000
+    opset: int = 17
+    preprocess: str | None = None  # None: the prior manifest's, else "none"
+    classes_file: str | None = None
+    unsafe: bool = False
+    input_size: tuple[int, int] | None = None
+    layout: str | None = None  # an ONNX model's input layout (nchw/nhwc); None: from its shape
+    test_data: str = "bundled"  # where a foreign model's test-split accuracy comes from
+
+    def __post_init__(self) -> None:
+        if self.formats is not None:
+            formats = tuple(self.formats)
+            bad = [f for f in formats if f not in EXPORTERS]
+            if bad or not formats:
+                raise UsageError(f"--formats: unknown format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(EXPORT_FORMATS)}")
+            object.__setattr__(self, "formats", tuple(f for f in EXPORT_FORMATS if f in formats))
+        for name in ("calibration_size", "parity_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 13 <= int(self.opset) <= 21:
+            raise UsageError("--opset must be between 13 and 21")
+        parse_preprocess(self.preprocess)  # UsageError (exit 2) now, not half way through
+        if self.layout is not None and self.layout.lower() not in ("nchw", "nhwc"):
+            raise UsageError("--layout must be nchw or nhwc")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise UsageError("--input-size must be H,W with positive sizes")
 
 
-def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
-    """Class names from a text file (one per line) or a JSON list; CIFAR-10's by default."""
-    if path is None:
-        return list(CIFAR10_CLASSES)
-    text = Path(path).read_text(encoding="utf-8")
-    names = json.loads(text) if text.lstrip().startswith("[") else [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not names or len(set(names)) != len(names):
-        raise UsageError(f"{path}: need a non-empty list of unique class names")
-    return [str(n) for n in names]
+class ParityFailed(CheckFailed):
+    """A float artifact does not compute what the reference computes; ``manifest`` holds the measurements."""
+
+    def __init__(self, message: str, manifest: Manifest) -> None:
+        super().__init__(message)
+        self.manifest = manifest
 
 
-def _sample_data(source: str, classes: Sequence[str], seed: int, val_size: int) -> Dataset:
-    """The held-out validation slice of ``source``'s train split (what training never fitted on)."""
-    # Only ever the train split (a flat <class>/ folder counts as one); never a test-only source.
-    full = load_dataset(source, "train", classes=classes)
-    if len(full) <= 2:
-        raise DataError(f"{source}: too few images for calibration ({len(full)})")
-    _, val = train_val_split(full, min(val_size, len(full) - 1), seed)
-    return val
+@dataclass
+class _Data:
+    source: str
+    seed: int
+    cal_x: np.ndarray
+    par_x: np.ndarray
+    par_y: np.ndarray
+    test: Dataset | None  # a foreign model's test-split sample
+    test_note: str
 
 
-def convert(
-    model_path: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None = None,
-    formats: Sequence[str] = EXPORT_FORMATS,
-    calibration_data: str | None = None,
-    calibration_size: int = 1000,
-    parity_size: int = 2000,
-    opset: int = 17,
-    preprocess: str | None = None,
-    classes_file: str | None = None,
-    unsafe: bool = False,
-    input_size: tuple[int, int] | None = None,
-    on_step: Callable[[str], None] | None = None,
-) -> Manifest:
-    """Convert ``model_path`` into ``out`` (default: beside it) and record artifacts and parity in manifest.json."""
+def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+            options: ConvertOptions | None = None, on_step: Callable[[str], None] | None = None,
+            **fields: Any) -> Manifest:
+    """Convert ``model_path`` into ``out`` (default: beside it); artifacts and parity go to manifest.json.
+
+    ``fields`` override ``options`` (``convert(path, out, parity_size=300)``). Raises ``ParityFailed``
+    after saving the manifest when a float artifact disagrees with the reference.
+    """
+    if "formats" in fields and fields["formats"] is not None:
+        fields["formats"] = tuple(fields["formats"])
+    opts = dataclasses.replace(options or ConvertOptions(), **fields)
     say = on_step or (lambda _msg: None)
-    bad = [f for f in formats if f not in EXPORT_FORMATS]
-    if bad:
-        raise UsageError(f"unknown format(s) {', '.join(bad)}; choose from {', '.join(EXPORT_FORMATS)}")
-    src = Path(model_path)
-    if src.is_dir() and (src / "manifest.json").is_file():
-        src = src / "model.keras"
+    src, prior = _locate(Path(model_path))
     out_dir = Path(out) if out else (src if src.is_dir() else src.parent)
+    classes = read_classes(opts.classes_file) if opts.classes_file else (prior.classes if prior else list(CIFAR10_CLASSES))
 
-    # 1. The model, its manifest (if it came from `cifarbench train`) and its contract.
-    model = load_keras_model(src, unsafe=unsafe)
-    prior = _prior_manifest(src)
-    classes = read_classes(classes_file) if classes_file else (prior.classes if prior else list(CIFAR10_CLASSES))
-    steps = parse_preprocess(preprocess)
-    shape = model_input_shape(model)
-    if tuple(shape[1:]) != (32, 32, 3):
-        if input_size is None or tuple(shape[1:3]) != tuple(input_size) or shape[3] != 3:
-            raise ModelError(
-                f"model input shape {tuple(shape[1:])} is not 32x32x3; pass --input-size H,W matching the model "
-                "to resize the 32x32 pixels inside the graph")
-    import tensorflow as tf
-
-    def forward(x: Any) -> Any:
-        if input_size is not None and tuple(shape[1:3]) != (32, 32):
-            x = tf.image.resize(x, input_size, method="bilinear")
-        return model(apply_preprocess(x, steps), training=False)
-
-    probe = np.asarray(forward(tf.constant(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)), tf.float32)))
-    if probe.ndim != 2 or probe.shape[1] != len(classes):
-        raise ModelError(f"model output shape {probe.shape[1:]} does not match {len(classes)} classes; pass --classes FILE")
-    add_softmax = not (np.all(probe >= 0) and np.allclose(probe.sum(1), 1.0, atol=1e-3))
-
-    def probs(x: Any) -> Any:
-        y = tf.cast(forward(x), tf.float32)
-        return tf.nn.softmax(y) if add_softmax else y
-
-    # 2. Data: the validation slice of the train split; calibration and parity take disjoint parts.
-    source = calibration_data or _default_calibration_source(prior)
-    seed = int(prior.training.get("seed", 0)) if prior else 0
-    val_size = int(prior.training.get("data", {}).get("val", 5000)) if prior else calibration_size + parity_size
-    say(f"loading calibration/parity data from {source}")
-    val = _sample_data(source, classes, seed, val_size)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(val))
-    n_cal = min(calibration_size, max(1, len(val) // 2))
-    cal_x = val.images[order[:n_cal]]
-    par_idx = order[n_cal : n_cal + parity_size] if len(val) > n_cal else order[:parity_size]
-    par_x, par_y = val.images[par_idx], val.labels[par_idx]
-
-    # 3. Export.
+    say(f"loading {src}")
+    source = _open_source(src, prior, opts, len(classes))
+    formats = _formats_for(source, opts)
+    data = _pick_data(prior, opts, classes, say)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(prior, src, out_dir, classes, model, formats)
-    manifest.input["preprocess_baked"] = preprocess or "none"
-    manifest.input["softmax_added"] = bool(add_softmax)
-    if input_size is not None and tuple(shape[1:3]) != (32, 32):
-        manifest.input["model_input_size"] = list(input_size)
-    if unsafe and "keras" in manifest.artifacts:
-        manifest.artifacts["keras"].details["unsafe"] = True
-    exporters = {
-        "tflite": lambda p: _to_tflite(tf, model, probs, p, None, cal_x),
-        "tflite-fp16": lambda p: _to_tflite(tf, model, probs, p, "fp16", cal_x),
-        "tflite-int8": lambda p: _to_tflite(tf, model, probs, p, "int8", cal_x),
-        "onnx": lambda p: _to_onnx(tf, probs, p, opset),
-    }
-    for fmt in formats:
-        if fmt == "onnx-int8":
-            continue
-        say(f"exporting {fmt}")
-        t0 = time.time()
-        details = exporters[fmt](out_dir / FORMAT_FILES[fmt])
-        _record(manifest, fmt, t0, details, source, n_cal, opset, preprocess)
-    if "onnx-int8" in formats:
-        say("exporting onnx-int8")
-        t0 = time.time()
-        fp32 = out_dir / FORMAT_FILES["onnx"]
-        tmp_fp32 = None
-        if "onnx" not in manifest.artifacts:
-            tmp_fp32 = Path(tempfile.mkdtemp()) / "model.onnx"
-            _to_onnx(tf, probs, tmp_fp32, opset)
-            fp32 = tmp_fp32
-        details = _to_onnx_int8(fp32, out_dir / FORMAT_FILES["onnx-int8"], cal_x)
-        if tmp_fp32:
-            shutil.rmtree(tmp_fp32.parent, ignore_errors=True)
-        _record(manifest, "onnx-int8", t0, details, source, n_cal, opset, preprocess)
-    manifest.save()
-
-    # 4. Parity through the runtimes, against the Keras model itself.
-    say(f"parity check on {len(par_x)} images")
-    ref = np.concatenate([np.asarray(probs(tf.constant(par_x[i : i + 500], tf.float32))) for i in range(0, len(par_x), 500)])
-    ref_parity = _parity(ref, ref, par_y)
-    if "keras" in manifest.artifacts:
-        manifest.artifacts["keras"].parity = ref_parity
-    failures = []
-    from cifarbench.backends import load_backend
-
-    for fmt in formats:
-        backend = load_backend(fmt, manifest, "cpu", None)
-        got = np.concatenate([backend.predict(par_x[i : i + 256]) for i in range(0, len(par_x), 256)])
-        par = _parity(got, ref, par_y)
-        manifest.artifacts[fmt].parity = par
-        if fmt in FLOAT_FORMATS:
-            min_agree, max_delta = PARITY_BOUNDS[fmt]
-            par["status"] = "ok" if par["top1_agreement"] >= min_agree and par["max_abs_dprob"] <= max_delta else "FAIL"
-            if par["status"] == "FAIL":
-                failures.append(f"{fmt}: agreement {par['top1_agreement']:.4f}, max|dp| {par['max_abs_dprob']:.2e}")
-        else:
-            drop = (ref_parity["accuracy"] - par["accuracy"]) * 100
-            par["accuracy_drop_pp"] = round(drop, 3)
-            par["status"] = "ok" if drop <= INT8_TARGET_PP else ("warn" if drop <= INT8_WARN_PP else "WARN: above 1 pp")
-    manifest.metrics["parity"] = {"reference_accuracy": ref_parity["accuracy"], "source": source, "split": "train (validation slice)", "images": int(len(par_x)),
-                                  "thresholds": {"float (min top-1 agreement, max |dp|)": PARITY_BOUNDS,
-                                                 "int8_target_drop_pp": INT8_TARGET_PP, "int8_warn_drop_pp": INT8_WARN_PP}}
+    manifest = _start_manifest(prior, source, out_dir, classes, formats, opts)
+    with tempfile.TemporaryDirectory(prefix="cifarbench-convert-") as scratch:
+        _export(ExportContext(source, out_dir, data.cal_x, opts.opset, Path(scratch)), manifest, formats, data, say)
+    failures = _check_parity(manifest, source, formats, data, say)
     manifest.save()
     if failures:
-        raise CheckFailed("float artifacts disagree with Keras: " + "; ".join(failures))
+        raise ParityFailed("float artifacts disagree with the reference: " + "; ".join(failures), manifest)
     return manifest
 
 
-def _parity(got: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    return {
-        "images": int(len(labels)),
-        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-        "max_abs_dprob": float(np.abs(got - ref).max()),
-        "mean_abs_dprob": float(np.abs(got - ref).mean()),
-        "accuracy": float((got.argmax(1) == labels).mean()),
-    }
+# --------------------------------------------------------------------------- stage 1: the source
+
+
+def _locate(path: Path) -> tuple[Path, Manifest | None]:
+    """The model file to read and its manifest, if it has one; a model folder means its Keras artifact."""
+    if path.is_dir() and (path / "manifest.json").is_file():
+        m = Manifest.load(path)
+        if "keras" not in m.artifacts:
+            raise ModelError(f"{path}: its manifest lists no Keras artifact (has: {', '.join(m.artifacts) or 'none'}), "
+                             "so there is nothing to convert from; pass the original model file")
+        path = path / m.artifacts["keras"].file
+        if not path.is_file():
+            raise ModelError(f"{path}: listed in the manifest but missing")
+    return path, _prior_manifest(path)
 
 
 def _prior_manifest(src: Path) -> Manifest | None:
@@ -220,148 +155,225 @@ def _prior_manifest(src: Path) -> Manifest | None:
     return None
 
 
+def _trained_here(prior: Manifest | None) -> bool:
+    """True for a model `cifarbench train` made (its recipe is in the manifest)."""
+    return prior is not None and bool(prior.training.get("recipe"))
+
+
+def _open_source(src: Path, prior: Manifest | None, opts: ConvertOptions, n_classes: int) -> Source:
+    before = prior.input if prior else InputContract()
+    contract = dataclasses.replace(
+        before, preprocess=opts.preprocess if opts.preprocess is not None else before.preprocess,
+        model_input_size=tuple(opts.input_size) if opts.input_size else before.model_input_size)  # type: ignore[arg-type]
+    if src.suffix.lower() == ".onnx":
+        if opts.input_size is not None:
+            raise UsageError("--input-size applies to Keras models; export the ONNX model at 32x32")
+        from cifarbench.onnxio import OnnxSource
+
+        return OnnxSource(src, contract, n_classes, opts.layout)
+    if opts.layout is not None and opts.layout.lower() != "nhwc":
+        raise UsageError("--layout nchw applies to ONNX models; Keras models take NHWC")
+    from cifarbench.keras_source import KerasSource
+
+    return KerasSource(src, contract, n_classes, opts.unsafe)
+
+
+def _formats_for(source: Source, opts: ConvertOptions) -> tuple[str, ...]:
+    if opts.formats is None:
+        return tuple(f for f in EXPORT_FORMATS if f in source.formats)
+    bad = [f for f in opts.formats if f not in source.formats]
+    if bad:
+        raise UsageError(f"--formats: a {source.kind} model converts to {', '.join(source.formats)}, not {', '.join(bad)}")
+    return tuple(opts.formats)
+
+
+def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
+    """Class names from a text file (one per line) or a JSON list; CIFAR-10's by default."""
+    if path is None:
+        return list(CIFAR10_CLASSES)
+    text = Path(path).read_text(encoding="utf-8")
+    names = json.loads(text) if text.lstrip().startswith("[") else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not names or len(set(names)) != len(names):
+        raise UsageError(f"{path}: need a non-empty list of unique class names")
+    return [str(n) for n in names]
+
+
+# --------------------------------------------------------------------------- stage 2: data
+
+
+def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], say: Callable[[str], None]) -> _Data:
+    """Calibration and parity images: disjoint parts of the train split's validation slice."""
+    source = opts.calibration_data or _default_calibration_source(prior)
+    own = _trained_here(prior)
+    seed = int(prior.training.get("seed", 0)) if own and prior else 0
+    val_size = int(prior.training.get("data", {}).get("val", 5000)) if own and prior else opts.calibration_size + opts.parity_size
+    say(f"loading calibration/parity data from {source}")
+    full = load_dataset(source, "train", classes=classes)  # only ever the train split
+    if len(full) <= 2:
+        raise DataError(f"{source}: too few images for calibration ({len(full)})")
+    _, val = train_val_split(full, min(val_size, len(full) - 1), seed)
+    order = np.random.default_rng(seed).permutation(len(val))
+    n_cal = min(opts.calibration_size, max(1, len(val) // 2))
+    par_idx = order[n_cal : n_cal + opts.parity_size] if len(val) > n_cal else order[: opts.parity_size]
+    test, note = None, "trained by cifarbench: test accuracy is in metrics.test"
+    if not own:
+        test, note = _test_sample(opts, classes, seed, say)
+    return _Data(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note)
+
+
+def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, say: Callable[[str], None]) -> tuple[Dataset | None, str]:
+    if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
+        return None, "not measured: the model's classes are not CIFAR-10's"
+    say(f"loading test split from {opts.test_data} (the model was not trained by cifarbench)")
+    test = load_dataset(opts.test_data, "test", classes=classes)
+    idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
+    sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
+    return sample, f"test split of {opts.test_data} ({len(idx)} images): the model was not trained by cifarbench"
+
+
 def _default_calibration_source(prior: Manifest | None) -> str:
     data = (prior.training.get("data", {}) if prior else {}).get("source")
+    data = data or (prior.metrics.get("parity", {}).get("source") if prior else None)  # a converted foreign model
     if data and (data == "cifar10" or Path(data).exists()):
-        return data
+        return str(data)
     raise UsageError("no --calibration-data given and the model's training data is not at hand; pass "
                      "--calibration-data SOURCE (a train-split source: never the test split)")
 
 
-def _start_manifest(prior: Manifest | None, src: Path, out_dir: Path, classes: list[str], model: Any,
-                    formats: Sequence[str]) -> Manifest:
+# --------------------------------------------------------------------------- stage 3: export
+
+
+def _start_manifest(prior: Manifest | None, source: Source, out_dir: Path, classes: list[str],
+                    formats: Sequence[str], opts: ConvertOptions) -> Manifest:
     if prior is not None:
         m = Manifest.load(prior.directory)  # type: ignore[arg-type]
     else:
-        m = Manifest(name=out_dir.name, arch="foreign", classes=classes)
-        try:
-            m.params = int(model.count_params())
-        except Exception:
-            pass
-        m.training = {"source_file": str(src)}
-    m.classes = classes
-    m.directory = out_dir
+        m = Manifest(name=out_dir.name, arch="foreign", classes=classes, params=source.params)
+        m.training = {"source_file": str(source.path), "source_format": source.kind}
+        if source.path.is_file():
+            m.training["source_sha256"] = sha256_file(source.path)
+    m.classes, m.directory, m.input = classes, out_dir, source.contract
     # Artifacts this run does not rebuild stay listed, if their files are still there.
     m.artifacts = {k: v for k, v in m.artifacts.items() if k not in formats and (out_dir / v.file).is_file()}
-    keras_dst = out_dir / (src.name if not src.is_dir() else FORMAT_FILES["keras"])
-    if not src.is_dir():
-        if src.resolve() != keras_dst.resolve():
-            shutil.copy2(src, keras_dst)
-        m.add_artifact("keras", keras_dst.name, input_dtype="float32 pixels 0-255 (cast uint8)")
+    if source.kind == "keras" and not source.path.is_dir():
+        keras_dst = out_dir / source.path.name
+        if source.path.resolve() != keras_dst.resolve():
+            shutil.copy2(source.path, keras_dst)
+        m.add_artifact("keras", keras_dst.name, input_dtype="float32 pixels 0-255 (cast uint8)",
+                       details={"unsafe": True} if opts.unsafe else {})
     return m
 
 
-def _record(m: Manifest, fmt: str, t0: float, details: dict[str, Any], source: str, n_cal: int, opset: int, preprocess: str | None) -> None:
-    details = dict(details)
-    details["convert_seconds"] = round(time.time() - t0, 2)
-    details["versions"] = {k: _version(k) for k in ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")}
-    details["preprocess"] = preprocess or "none"
-    if fmt.startswith("onnx"):
-        details["opset"] = opset
-    if fmt.endswith("int8"):
-        details["calibration"] = {"source": source, "split": "train (validation slice)", "images": n_cal}
-    inq, outq = details.pop("input_quantization", None), details.pop("output_quantization", None)
-    m.add_artifact(fmt, FORMAT_FILES[fmt], input_dtype="uint8",
-                   output_dtype=details.pop("output_dtype", "float32"),
-                   input_quantization=inq, output_quantization=outq, details=details)
+def _export(ctx: ExportContext, m: Manifest, formats: Sequence[str], data: _Data, say: Callable[[str], None]) -> None:
+    for fmt in formats:
+        exporter = EXPORTERS[fmt]
+        say(f"exporting {fmt}")
+        t0 = time.time()
+        path = ctx.out_dir / exporter.file
+        details = dict(exporter.run(ctx, path))
+        ctx.built[fmt] = path
+        details["convert_seconds"] = round(time.time() - t0, 2)
+        details["versions"] = {k: _version(k) for k in ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")}
+        details["preprocess"] = m.input.preprocess
+        if fmt.startswith("onnx"):
+            details["opset"] = details.get("source_opset") or ctx.opset
+        if exporter.quantized:
+            details["calibration"] = {"source": data.source, "split": "train (validation slice)", "images": len(data.cal_x)}
+        inq, outq = details.pop("input_quantization", None), details.pop("output_quantization", None)
+        m.add_artifact(fmt, exporter.file, input_dtype="uint8", output_dtype=details.pop("output_dtype", "float32"),
+                       input_quantization=inq, output_quantization=outq, details=details)
 
 
-def _to_tflite(tf: Any, model: Any, probs: Callable, path: Path, mode: str | None, cal_x: np.ndarray) -> dict[str, Any]:
-    if mode == "int8":
-        fn = tf.function(lambda x: probs(x), input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="pixels")])
-    else:
-        fn = tf.function(lambda x: probs(tf.cast(x, tf.float32)),
-                         input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="pixels")])
-    frozen = _freeze(fn)  # no READ_VARIABLE ops left to calibrate
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    if mode == "fp16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode == "int8":
-        def representative() -> Any:
-            for i in range(len(cal_x)):
-                yield [cal_x[i : i + 1].astype(np.float32)]
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.uint8
-        conv.inference_output_type = tf.uint8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        blob = conv.convert()
-    _write_bytes(path, blob)
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=blob)
-    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
-    q = lambda d: {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])} if d["quantization"][0] else None  # noqa: E731
-    return {"converter": "tf.lite.TFLiteConverter", "mode": mode or "fp32", "input_quantization": q(inp),
-            "output_quantization": q(outp), "output_dtype": np.dtype(outp["dtype"]).name}
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
-def _to_onnx(tf: Any, probs: Callable, path: Path, opset: int) -> dict[str, Any]:
-    import tf2onnx
-
-    fn = tf.function(lambda x: probs(tf.cast(x, tf.float32)),
-                     input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="pixels")])
-    frozen = _freeze(fn)  # Keras variables become constants, not stray graph inputs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-            output_names=[t.name for t in frozen.outputs], opset=opset)
-    _rename_io(proto, "pixels", "probabilities")
-    _write_bytes(path, proto.SerializeToString())
-    return {"converter": f"tf2onnx {tf2onnx.__version__} (frozen graph)", "dynamic_batch": True}
+# --------------------------------------------------------------------------- stage 4: parity
 
 
-def _freeze(fn: Any) -> Any:
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+def _check_parity(m: Manifest, source: Source, formats: Sequence[str], data: _Data, say: Callable[[str], None]) -> list[str]:
+    """Every artifact against the source model itself; returns the failures (float artifacts only)."""
+    from cifarbench.backends import load_backend
 
-    return convert_variables_to_constants_v2(fn.get_concrete_function())
-
-
-def _rename_io(proto: Any, inp: str, out: str) -> None:
-    renames = {proto.graph.input[0].name: inp, proto.graph.output[0].name: out}
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        vi.name = renames.get(vi.name, vi.name)
-    for node in proto.graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-
-
-def _to_onnx_int8(fp32: Path, path: Path, cal_x: np.ndarray) -> dict[str, Any]:
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{name: cal_x[i : i + 50]} for i in range(0, len(cal_x), 50)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        except Exception:
-            shutil.copy2(fp32, pre)
-        q = Path(tmp) / "q.onnx"
-        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
-        _write_bytes(path, q.read_bytes())
-    return {"converter": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
-            "activations": "uint8", "weights": "int8 (7-bit range)",
-            "reduce_range_reason": "U8S8 saturates in VPMADDUBSW on AVX2/AVX-512 CPUs without VNNI; measured on "
-                                   "baseline-cnn: top-1 agreement 0.8995 -> 0.974 with reduce_range"}
+    say(f"parity check on {len(data.par_x)} images")
+    ref = source.reference(data.par_x)
+    ref_test = source.reference(data.test.images) if data.test is not None else None
+    ref_parity = _parity(ref, ref, data.par_y)
+    if ref_test is not None and data.test is not None:
+        ref_parity["test_accuracy"] = float((ref_test.argmax(1) == data.test.labels).mean())
+    if "keras" in m.artifacts and source.kind == "keras":
+        m.artifacts["keras"].parity = dict(ref_parity)
+    failures, warnings = [], []
+    for fmt in formats:
+        backend = load_backend(fmt, m, "cpu", None)
+        par = _parity(_predict(backend, data.par_x), ref, data.par_y)
+        if data.test is not None:
+            par["test_accuracy"] = float((_predict(backend, data.test.images).argmax(1) == data.test.labels).mean())
+        failure = judge(fmt, par, ref_parity)
+        m.artifacts[fmt].parity = par
+        if failure:
+            failures.append(failure)
+        if par.get("warning"):
+            warnings.append(f"{fmt}: {par['warning']}")
+    m.metrics["parity"] = {
+        "reference": "keras" if source.kind == "keras" else "the original ONNX model (onnxruntime)",
+        "reference_accuracy": ref_parity["accuracy"], "source": data.source, "split": "train (validation slice)",
+        "images": int(len(data.par_x)), "warnings": warnings,
+        "test_split": {"note": data.test_note, **({"images": len(data.test), "reference_accuracy": ref_parity["test_accuracy"]}
+                                                  if data.test is not None else {})},
+        "thresholds": {"float32 (min top-1 agreement, max |dp|)": FLOAT32_BOUNDS,
+                       "float16 fail (min top-1 agreement, max |accuracy change| pp)": FP16_FAIL,
+                       "float16 rounding warning (min top-1 agreement, max |dp|)": FP16_ROUNDING,
+                       "int8_target_drop_pp": INT8_TARGET_PP, "int8_warn_drop_pp": INT8_WARN_PP},
+    }
+    return failures
 
 
-def _write_bytes(path: Path, blob: bytes) -> None:
-    from cifarbench.atomic import atomic_write
+def _predict(backend: Any, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([backend.predict(x[i : i + 256]) for i in range(0, len(x), 256)])
 
-    with atomic_write(path, "wb") as fh:
-        fh.write(blob)
+
+def _parity(got: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    return {
+        "images": int(len(labels)),
+        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+        "max_abs_dprob": float(np.abs(got - ref).max()),
+        "mean_abs_dprob": float(np.abs(got - ref).mean()),
+        "accuracy": float((got.argmax(1) == labels).mean()),
+    }
+
+
+def judge(fmt: str, par: dict[str, Any], ref: dict[str, Any]) -> str | None:
+    """Set ``par['status']`` (ok, flagged, warn, FAIL) and ``par['warning']``; return a failure line or None.
+
+    ``warning`` is present exactly when the artifact needs a look (``bench`` shows it too).
+    """
+    drop = (ref["accuracy"] - par["accuracy"]) * 100
+    par["accuracy_drop_pp"] = round(drop, 3)
+    agree, dp = par["top1_agreement"], par["max_abs_dprob"]
+    if EXPORTERS[fmt].quantized:
+        if drop > INT8_WARN_PP:
+            par["status"] = "warn"
+            par["warning"] = f"int8 loses {drop:.2f} pp accuracy vs the reference (above {INT8_WARN_PP:g} pp)"
+        else:
+            par["status"] = "flagged" if drop > INT8_TARGET_PP else "ok"
+        return None
+    if fmt == "tflite-fp16":
+        if agree < FP16_FAIL[0] or abs(drop) > FP16_FAIL[1]:
+            par["status"] = "FAIL"
+            return f"{fmt}: agreement {agree:.4f}, accuracy change {-drop:+.2f} pp"
+        if agree < FP16_ROUNDING[0] or dp > FP16_ROUNDING[1]:
+            par["status"] = "warn"
+            par["warning"] = (f"float16 rounding: agreement {agree * 100:.2f} %, max |dp| {dp:.1e}, "
+                              f"accuracy change {-drop:+.2f} pp")
+        else:
+            par["status"] = "ok"
+        return None
+    if agree >= FLOAT32_BOUNDS[0] and dp <= FLOAT32_BOUNDS[1]:
+        par["status"] = "ok"
+        return None
+    par["status"] = "FAIL"
+    return f"{fmt}: agreement {agree:.4f}, max|dp| {dp:.2e}"

@@ -1,20 +1,22 @@
-"""Loading Keras models of every vintage, and the ``--preprocess`` mini-language.
+"""Loading Keras models of every vintage, and applying the input contract's preprocessing.
 
 Keras 3 refuses many files written by Keras 2 (``batch_input_shape`` in the config,
-old layer names), so those fall back to ``tf_keras``. Safe mode stays on unless the
-user passes ``--unsafe``: a Lambda layer is arbitrary code.
+old layer names), so those fall back to ``tf_keras``; Keras 2 ``.keras`` zips saved on
+Windows are read from a fixed temporary copy (see ``keras2zip``). Safe mode stays on
+unless the user passes ``--unsafe``: a Lambda layer is arbitrary code.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from cifarbench.errors import ModelError, UsageError
+from cifarbench import keras2zip
+from cifarbench.errors import ModelError
+from cifarbench.manifest import Step, parse_preprocess
+from cifarbench.tfquiet import quiet_tensorflow
 
 _UNSAFE_HINT = "it contains a Lambda or custom layer (arbitrary code); pass --unsafe only if you trust the file"
 
@@ -24,7 +26,7 @@ def load_keras_model(path: str | os.PathLike[str], unsafe: bool = False) -> Any:
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{p}: no such file or directory")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     if p.is_dir():
         return _load_saved_model(p)
     suffix = p.suffix.lower()
@@ -33,9 +35,20 @@ def load_keras_model(path: str | os.PathLike[str], unsafe: bool = False) -> Any:
     elif suffix == ".keras":
         if not zipfile.is_zipfile(p):
             raise ModelError(f"{p}: not a readable .keras file (truncated or not a zip archive)")
+        try:
+            fix = keras2zip.needs_fixing(p)
+        except Exception as exc:  # a zip with a broken member or weights file
+            raise ModelError(f"{p}: not a readable .keras file ({_first_line(exc)})") from None
+        if fix:
+            with keras2zip.fixed_copy(p) as fixed:
+                return _load_file(fixed, unsafe, shown=p)
     else:
         raise ModelError(f"{p}: unknown model file type {suffix!r} (expected .keras, .h5 or a SavedModel directory)")
+    return _load_file(p, unsafe, shown=p)
 
+
+def _load_file(p: Path, unsafe: bool, shown: Path) -> Any:
+    """Keras 3 first, then tf_keras; errors name ``shown`` (the user's file, not a temporary copy)."""
     import keras
 
     try:
@@ -43,25 +56,25 @@ def load_keras_model(path: str | os.PathLike[str], unsafe: bool = False) -> Any:
     except Exception as exc:  # Keras raises ValueError/TypeError/KeyError for config trouble
         first = _first_line(exc)
         if _is_unsafe_error(first):
-            raise ModelError(f"{p}: {_UNSAFE_HINT}") from None
+            raise ModelError(f"{shown}: {_UNSAFE_HINT}") from None
         keras3_error = first
     # Keras 2 files: tf_keras reads its own formats.
     try:
         import tf_keras
     except ImportError:
-        raise ModelError(f"{p}: Keras 3 cannot load it ({keras3_error}); install tf_keras for Keras 2 files") from None
+        raise ModelError(f"{shown}: Keras 3 cannot load it ({keras3_error}); install tf_keras for Keras 2 files") from None
     try:
         return tf_keras.models.load_model(p, compile=False, safe_mode=not unsafe)
     except TypeError:  # older tf_keras without safe_mode for this format
         try:
             return tf_keras.models.load_model(p, compile=False)
         except Exception as exc:
-            raise ModelError(f"{p}: cannot load ({keras3_error}; tf_keras: {_first_line(exc)})") from None
+            raise ModelError(f"{shown}: cannot load ({keras3_error}; tf_keras: {_first_line(exc)})") from None
     except Exception as exc:
         msg = _first_line(exc)
         if _is_unsafe_error(msg):
-            raise ModelError(f"{p}: {_UNSAFE_HINT}") from None
-        raise ModelError(f"{p}: cannot load with Keras 3 ({keras3_error}) nor tf_keras ({msg})") from None
+            raise ModelError(f"{shown}: {_UNSAFE_HINT}") from None
+        raise ModelError(f"{shown}: cannot load with Keras 3 ({keras3_error}) nor tf_keras ({msg})") from None
 
 
 def _check_h5(p: Path) -> None:
@@ -118,6 +131,7 @@ class _SavedModelCallable:
 
 
 def model_input_shape(model: Any) -> tuple:
+    """The model's single input shape, batch dimension first."""
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, list):
         if len(shape) != 1:
@@ -139,50 +153,7 @@ def _is_unsafe_error(msg: str) -> bool:
 # --------------------------------------------------------------------------- preprocessing
 
 
-@dataclass(frozen=True)
-class Step:
-    kind: str  # "scale" or "mean-std"
-    scale: float = 1.0
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-
-
-def parse_preprocess(spec: str | None) -> list[Step]:
-    """``none`` | ``scale:1/255`` | ``mean-std:R,G,B/R,G,B``; steps joined with ``+`` run in order."""
-    if not spec or spec.strip().lower() == "none":
-        return []
-    steps = []
-    for part in spec.split("+"):
-        kind, _, arg = part.strip().partition(":")
-        kind = kind.strip().lower()
-        try:
-            if kind == "scale":
-                steps.append(Step("scale", scale=_number(arg)))
-            elif kind == "mean-std":
-                mean_s, _, std_s = arg.partition("/")
-                mean = tuple(_number(v) for v in mean_s.split(","))
-                std = tuple(_number(v) for v in std_s.split(","))
-                if len(mean) not in (1, 3) or len(std) not in (1, 3) or any(s == 0 for s in std):
-                    raise ValueError("need 1 or 3 means and non-zero stds")
-                steps.append(Step("mean-std", mean=mean, std=std))
-            else:
-                raise ValueError(f"unknown step {kind!r}")
-        except ValueError as exc:
-            raise UsageError(
-                f"bad --preprocess {spec!r} ({exc}); use none, scale:1/255, mean-std:R,G,B/R,G,B, or steps joined by +"
-            ) from None
-    return steps
-
-
-def _number(text: str) -> float:
-    text = text.strip()
-    if re.fullmatch(r"[-+0-9.eE]+/[-+0-9.eE]+", text):
-        a, b = text.split("/")
-        return float(a) / float(b)
-    return float(text)
-
-
-def apply_preprocess(x: Any, steps: list[Step]) -> Any:
+def apply_preprocess(x: Any, steps: Sequence[Step]) -> Any:
     """Apply steps to float pixels; works on TF tensors and numpy arrays alike."""
     for s in steps:
         if s.kind == "scale":
@@ -190,3 +161,6 @@ def apply_preprocess(x: Any, steps: list[Step]) -> Any:
         else:
             x = (x - list(s.mean)) / list(s.std)
     return x
+
+
+__all__ = ["load_keras_model", "model_input_shape", "apply_preprocess", "parse_preprocess", "Step"]

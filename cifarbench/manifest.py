@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 from cifarbench import CIFAR10_CLASSES, __version__
 from cifarbench.atomic import atomic_write
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, UsageError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -35,15 +37,145 @@ FORMAT_FILES = {
 }
 
 
+# --------------------------------------------------------------------------- input contract
+
+
+@dataclass(frozen=True)
+class Step:
+    """One preprocessing step baked into a graph: ``x * scale`` or ``(x - mean) / std`` on float pixels."""
+
+    kind: str  # "scale" or "mean-std"
+    scale: float = 1.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+_PREPROCESS_HELP = "use none, scale:1/255, mean-std:R,G,B/R,G,B, or steps joined by +"
+
+
+def parse_preprocess(spec: str | None) -> tuple[Step, ...]:
+    """``none`` | ``scale:1/255`` | ``mean-std:R,G,B/R,G,B``; steps joined with ``+`` run in order.
+
+    Raises ``UsageError`` (exit 2) for anything else, including zero or non-finite numbers.
+    """
+    if not spec or spec.strip().lower() == "none":
+        return ()
+    steps = []
+    for part in spec.split("+"):
+        kind, _, arg = part.strip().partition(":")
+        kind = kind.strip().lower()
+        try:
+            if kind == "scale":
+                scale = _number(arg)
+                if scale == 0:
+                    raise ValueError("scale must not be 0")
+                steps.append(Step("scale", scale=scale))
+            elif kind == "mean-std":
+                mean_s, _, std_s = arg.partition("/")
+                mean = tuple(_number(v) for v in mean_s.split(","))
+                std = tuple(_number(v) for v in std_s.split(","))
+                if len(mean) not in (1, 3) or len(std) not in (1, 3) or any(s == 0 for s in std):
+                    raise ValueError("need 1 or 3 means and non-zero stds")
+                steps.append(Step("mean-std", mean=mean, std=std))
+            else:
+                raise ValueError(f"unknown step {kind!r}")
+        except ValueError as exc:
+            raise UsageError(f"bad --preprocess {spec!r} ({exc}); {_PREPROCESS_HELP}") from None
+    return tuple(steps)
+
+
+def _number(text: str) -> float:
+    text = text.strip()
+    if re.fullmatch(r"[-+0-9.eE]+/[-+0-9.eE]+", text):
+        a, b = (float(v) for v in text.split("/"))
+        if b == 0:
+            raise ValueError(f"division by zero in {text!r}")
+        value = a / b
+    else:
+        value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What every artifact of a model takes, and what convert baked in front of the original model.
+
+    Artifacts always take RGB pixels as ``dtype`` in ``layout`` at ``size``; ``preprocess`` (parsed
+    once into ``steps``), the resize to ``model_input_size``, the transpose to ``model_layout`` and
+    the softmax are inside the graphs. The Keras artifact is the original model, so the keras
+    backend applies the same steps itself. Stored in manifest.json under ``input`` with the first
+    release's keys, so old manifests load and old readers keep working.
+    """
+
+    size: tuple[int, int] = (32, 32)
+    channels: int = 3
+    dtype: str = "uint8"
+    layout: str = "NHWC"
+    color: str = "RGB"
+    value_range: tuple[int, int] = (0, 255)
+    preprocess: str = "none"
+    softmax_added: bool = False
+    model_input_size: tuple[int, int] | None = None
+    model_layout: str = "NHWC"
+    steps: tuple[Step, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", parse_preprocess(self.preprocess))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size[0], self.size[1], self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "shape": list(self.shape), "layout": self.layout, "dtype": self.dtype, "color": self.color,
+            "range": list(self.value_range), "preprocess": "inside the model",
+            "preprocess_baked": self.preprocess or "none", "softmax_added": bool(self.softmax_added),
+        }
+        if self.model_input_size is not None:
+            d["model_input_size"] = list(self.model_input_size)
+        if self.model_layout != "NHWC":
+            d["model_layout"] = self.model_layout
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "InputContract":
+        """Read the ``input`` block of any release's manifest; missing keys take the first release's defaults."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, InputContract):
+            return raw
+        if not isinstance(raw, dict):
+            raise ModelError(f"input contract must be an object, not {type(raw).__name__}")
+        try:
+            shape = [int(v) for v in raw.get("shape", (32, 32, 3))]
+            if len(shape) != 3 or min(shape) <= 0:
+                raise ValueError(f"shape {shape} is not H,W,C")
+            mis = raw.get("model_input_size")
+            return cls(size=(shape[0], shape[1]), channels=shape[2], dtype=str(raw.get("dtype", "uint8")),
+                       layout=str(raw.get("layout", "NHWC")).upper(), color=str(raw.get("color", "RGB")),
+                       value_range=tuple(int(v) for v in raw.get("range", (0, 255))),  # type: ignore[arg-type]
+                       preprocess=str(raw.get("preprocess_baked") or "none"),
+                       softmax_added=bool(raw.get("softmax_added", False)),
+                       model_input_size=(int(mis[0]), int(mis[1])) if mis else None,
+                       model_layout=str(raw.get("model_layout", "NHWC")).upper())
+        except UsageError as exc:
+            raise ModelError(f"input contract: {exc}") from None
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"input contract: {exc}") from None
+
+    # Mapping-style reads of the JSON keys, for code written against the first release's dict.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
 def default_input() -> dict[str, Any]:
-    return {
-        "shape": [32, 32, 3],
-        "layout": "NHWC",
-        "dtype": "uint8",
-        "color": "RGB",
-        "range": [0, 255],
-        "preprocess": "inside the model",
-    }
+    return InputContract().to_dict()
 
 
 @dataclass
@@ -65,7 +197,7 @@ class Manifest:
     name: str
     arch: str
     classes: list[str] = field(default_factory=lambda: list(CIFAR10_CLASSES))
-    input: dict[str, Any] = field(default_factory=default_input)
+    input: InputContract = field(default_factory=InputContract)
     params: int | None = None
     macs: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +207,10 @@ class Manifest:
     cifarbench_version: str = __version__
     schema: int = SCHEMA_VERSION
     directory: Path | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input, InputContract):  # a dict, e.g. from an old caller or an old file
+            self.input = InputContract.from_dict(self.input)
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -98,6 +234,8 @@ class Manifest:
             m = cls(**{k: v for k, v in raw.items() if k in known}, artifacts=arts)
         except (TypeError, AttributeError) as exc:
             raise ModelError(f"{p}: not a valid cifarbench manifest ({exc})") from None
+        except ModelError as exc:
+            raise ModelError(f"{p}: {exc}") from None
         m.directory = p.parent
         return m
 
@@ -108,6 +246,7 @@ class Manifest:
         self.directory = d
         data = dataclasses.asdict(self)
         data.pop("directory")
+        data["input"] = self.input.to_dict()
         with atomic_write(d / MANIFEST_NAME) as fh:
             json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
             fh.write("\n")

@@ -18,7 +18,7 @@ from cifarbench.manifest import Manifest
 
 
 class TFLiteBackend:
-    def __init__(self, name: str, path: str, threads: int | None) -> None:
+    def __init__(self, name: str, path: str, threads: int | None, size: tuple[int, int] = (32, 32)) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.threads = threads or len(os.sched_getaffinity(0))
@@ -32,10 +32,11 @@ class TFLiteBackend:
         self._inp = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
         self._batch = -1
+        self._size = tuple(size)  # the manifest's input contract: H, W of the uint8 NHWC pixels
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
-            self.interpreter.resize_tensor_input(self._inp["index"], [n, 32, 32, 3], strict=False)
+            self.interpreter.resize_tensor_input(self._inp["index"], [n, *self._size, 3], strict=False)
             self.interpreter.allocate_tensors()
             self._inp = self.interpreter.get_input_details()[0]
             self._out = self.interpreter.get_output_details()[0]
@@ -87,4 +88,4 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> TFLiteBackend:
-    return TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads)
+    return TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads, manifest.input.size)
