@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from cifarbench.errors import ModelError
-from cifarbench.manifest import Manifest
+from cifarbench.manifest import InputContract, Manifest
+from cifarbench.tfquiet import quiet_tensorflow
 
 
 class KerasBackend:
-    def __init__(self, name: str, path: str, device: str, threads: int | None, contract: dict, details: dict) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    def __init__(self, name: str, path: str, device: str, threads: int | None, contract: InputContract, details: dict) -> None:
+        quiet_tensorflow()
         import tensorflow as tf
 
         if device == "cpu":
@@ -29,15 +29,13 @@ class KerasBackend:
                 pass
         import keras
 
-        from cifarbench.kerasio import apply_preprocess, load_keras_model, parse_preprocess
+        from cifarbench.kerasio import apply_preprocess, load_keras_model
 
         self.model = load_keras_model(path, unsafe=bool(details.get("unsafe")))
         self.name, self.device, self.threads = name, device, threads
         self.version = keras.__version__
         # A foreign model gets the same preprocessing, resize and softmax that convert baked into its artifacts.
-        steps = parse_preprocess(contract.get("preprocess_baked"))
-        size = contract.get("model_input_size")
-        softmax = bool(contract.get("softmax_added"))
+        steps, size, softmax = contract.steps, contract.model_input_size, contract.softmax_added
 
         def forward(x: Any) -> Any:
             x = tf.cast(x, tf.float32)
