@@ -3,7 +3,10 @@
 Decoding small JPEGs is mostly Python work inside Pillow, so big runs decode in worker processes
 (threads would share one core through the GIL); small runs use threads, which start at once.
 The pool decodes about one model batch ahead, so it works while the backend runs the batch before,
-and never holds more than that: memory does not grow with the folder.
+and never holds more than that: memory does not grow with the folder. Pixels being decoded are
+bounded too: every worker process of a pool takes each decode's cost from one shared
+``DecodeBudget`` (threads share their process's), so memory follows the budget, not the worst
+image times the number of workers.
 """
 
 from __future__ import annotations
@@ -16,28 +19,30 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from cifarbench.decode_budget import DEFAULT_DECODE_BUDGET, DecodeBudget, set_process_budget
 from cifarbench.discover import FileEntry
 from cifarbench.errors import UsageError
-from cifarbench.images import load_image
+from cifarbench.images import DEFAULT_MAX_PIXELS, load_image
 
 POOLS = ("auto", "thread", "process", "inline")
 CHUNK = 32  # files per decode task: amortises the pool's per-task cost
 PROCESS_POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
 
 
-def _decode_chunk(items: list[tuple[str, str | None]], size: int, resize: str) -> list[tuple[np.ndarray | None, str | None]]:
+def _decode_chunk(items: list[tuple[str, str | None]], size: int, resize: str,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[tuple[np.ndarray | None, str | None]]:
     out: list[tuple[np.ndarray | None, str | None]] = []
     for path, error in items:
         if error is not None:
             out.append((None, error))
         else:
-            r = load_image(path, size=size, resize=resize)
+            r = load_image(path, size=size, resize=resize, max_pixels=max_pixels)
             out.append((r.array, r.error))
     return out
 
 
-def _worker_init(parent: int | None = None) -> None:
-    """In each worker process: leave Ctrl-C to the parent, and die with it.
+def _worker_init(parent: int | None = None, budget: DecodeBudget | None = None) -> None:
+    """In each worker process: leave Ctrl-C to the parent, die with it, and share the pool's decode budget.
 
     A pool worker blocks on its queue forever if the parent is killed (SIGKILL, OOM killer), and
     keeps the forkserver alive too; a watchdog thread ends it as soon as the parent is gone.
@@ -46,6 +51,8 @@ def _worker_init(parent: int | None = None) -> None:
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    if budget is not None:
+        set_process_budget(budget)
     if parent:
         threading.Thread(target=_exit_with, args=(parent,), name="cifarbench-parent-watch", daemon=True).start()
 
@@ -80,7 +87,7 @@ def pick_pool(pool: str, workers: int, files: int) -> str:
     return pool
 
 
-DecodeFn = Callable[[list[tuple[str, "str | None"]], int, str], list[tuple["np.ndarray | None", "str | None"]]]
+DecodeFn = Callable[..., list[tuple["np.ndarray | None", "str | None"]]]  # (items, size, resize, max_pixels)
 CRASHED = "decoder process died (out of memory, or a crash inside an image decoder)"
 
 
@@ -93,8 +100,10 @@ class _Pool:
     guard in a calling script, no semaphores), decoding carries on in threads.
     """
 
-    def __init__(self, kind: str, workers: int, fn: DecodeFn, size: int, resize: str) -> None:
-        self.kind, self.workers, self.fn, self.args = kind, workers, fn, (size, resize)
+    def __init__(self, kind: str, workers: int, fn: DecodeFn, size: int, resize: str,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, budget_bytes: int = DEFAULT_DECODE_BUDGET) -> None:
+        self.kind, self.workers, self.fn, self.args = kind, workers, fn, (size, resize, max_pixels)
+        self.budget_bytes = budget_bytes
         self.ex: Executor | None = None
         self.proven = False  # a process pool has completed a task
 
@@ -105,7 +114,10 @@ class _Pool:
 
         ctx = multiprocessing.get_context("forkserver")  # fork is unsafe once a runtime has started threads
         ctx.set_forkserver_preload(["cifarbench.images"])
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+        # a new budget with every pool: a rebuilt pool's workers are all new, and tokens a dead one held are gone
+        budget = DecodeBudget(self.budget_bytes, ctx)
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(os.getpid(), budget))
 
     def submit(self, items: list[tuple[str, str | None]]) -> Future:
         for _ in range(2):
@@ -152,20 +164,24 @@ class _Pool:
 
 
 def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto",
-                   ahead: int = 256, decode_fn: DecodeFn | None = None) -> Iterator[tuple[np.ndarray | None, str | None]]:
+                   ahead: int = 256, decode_fn: DecodeFn | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   budget_bytes: int = DEFAULT_DECODE_BUDGET) -> Iterator[tuple[np.ndarray | None, str | None]]:
     """(array, error) per entry, in order, decoded at most ``ahead`` files + 2 chunks per worker in advance.
 
     ``ahead`` is a model batch: the pool keeps decoding the next batch while the model runs this one.
     ``decode_fn`` replaces the chunk decoder (module-level, so a worker process can import it).
+    ``max_pixels`` refuses bigger images from their header; ``budget_bytes`` bounds the pixels being
+    decoded at once by all worker processes together (threads and inline decoding share the
+    process's own budget).
     """
     kind = pick_pool(pool, workers, len(entries))
     fn = decode_fn or _decode_chunk
     chunks = ([(e.path, e.error) for e in entries[i:i + CHUNK]] for i in range(0, len(entries), CHUNK))
     if kind == "inline":
         for items in chunks:
-            yield from fn(items, size, resize)
+            yield from fn(items, size, resize, max_pixels)
         return
-    p = _Pool(kind, workers, fn, size, resize)
+    p = _Pool(kind, workers, fn, size, resize, max_pixels, budget_bytes)
     inflight: deque[tuple[list, Future]] = deque()
     max_inflight = 2 * workers + -(-ahead // CHUNK)
 

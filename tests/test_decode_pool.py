@@ -21,7 +21,7 @@ from test_discover import _img
 def test_decode_pool_is_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    def fake(items: list[tuple[str, str | None]], size: int, resize: str) -> list[tuple[None, str]]:
+    def fake(items: list[tuple[str, str | None]], size: int, resize: str, *rest: object) -> list[tuple[None, str]]:
         calls.append(len(items))
         return [(None, p) for p, _ in items]
 
@@ -101,3 +101,54 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_worker_processes_share_one_decode_budget(tmp_path: Path) -> None:
+    import decode_crash
+
+    entries = [FileEntry(f"f{i}") for i in range(2 * dp.CHUNK + 1)]  # three chunks: three workers busy
+    got = list(dp.decode_ordered(entries, 32, "center-crop", workers=3, pool="process", decode_fn=decode_crash.budget_probe,
+                                 budget_bytes=10 << 20))
+    spans = sorted((float(t0), float(t1)) for total, t0, t1 in (e.split() for _, e in got if e))
+    assert {e.split()[0] for _, e in got if e} == {str(10 << 20)}  # the pool's budget reached every worker
+    # 6 + 6 MiB > 10: no two files' holds overlap, though three processes were free to run them at once
+    assert len(spans) == len(entries) and all(a[1] <= b[0] + 1e-3 for a, b in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("pool", ["inline", "thread", "process"])
+def test_max_pixels_reaches_every_pool_kind(tmp_path: Path, pool: str) -> None:
+    from test_images import png_header_bomb
+
+    for i in range(dp.CHUNK + 2):
+        _img(tmp_path / f"{i:03d}.png", i % 10, seed=i)
+    (tmp_path / "010-bomb.png").write_bytes(png_header_bomb(3000, 3000))
+    entries = list(discover([tmp_path]))
+    got = list(dp.decode_ordered(entries, 32, "center-crop", workers=0 if pool == "inline" else 2, pool=pool,
+                                 max_pixels=1_000_000))
+    errors = {os.path.basename(e.path): err for e, (_, err) in zip(entries, got) if err}
+    assert list(errors) == ["010-bomb.png"] and "9,000,000 pixels" in errors["010-bomb.png"]
+
+
+def test_c_library_noise_never_reaches_the_terminal_from_workers(tmp_path: Path) -> None:
+    from PIL import features
+
+    from test_images import corrupt_tiff
+
+    if not features.check("libtiff"):
+        pytest.skip("Pillow without libtiff")
+    for i in range(dp.CHUNK + 2):
+        (tmp_path / f"{i:03d}.tif").write_bytes(corrupt_tiff())
+    code = textwrap.dedent(f"""
+        import json
+        from cifarbench import decode_pool as dp
+        from cifarbench.discover import discover
+        if __name__ == "__main__":
+            for pool in ("process", "thread"):
+                got = list(dp.decode_ordered(list(discover([{str(tmp_path)!r}])), 32, "center-crop", 2, pool))
+                print(json.dumps(sorted({{e for _, e in got}})))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr[-2000:]
+    for line in p.stdout.splitlines():
+        (error,) = json.loads(line)
+        assert "libtiff: ZIPDecode" in error
