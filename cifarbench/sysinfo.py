@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-PACKAGES = ("cifarbench", "numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tensorflow", "keras", "tf2onnx", "onnx", "click", "rich")
+PACKAGES = ("cifarbench", "numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "openvino", "tensorflow", "keras", "tf2onnx", "onnx", "click", "rich")
 
 
 @functools.lru_cache(maxsize=1)
