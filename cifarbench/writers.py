@@ -5,8 +5,10 @@ for top-K > 1, then ``error``. A file that failed has empty prediction fields (`
 and a one-line reason in ``error``.
 
 File names are bytes on POSIX and need not be UTF-8. Output is always valid UTF-8: a byte that is
-not UTF-8 is written as the four characters ``\\xNN`` (Python's ``backslashreplace``), so two
-distinct names stay distinct and the original bytes can be recovered by hand.
+not UTF-8 is written as the four characters ``\\xNN``, and a literal backslash as two (``\\\\``),
+so the escaping is injective: two distinct names never share an output path (``x\\xff.jpg`` is the
+name with byte 0xFF, ``x\\\\xff.jpg`` the name with a backslash), and the original bytes can be
+recovered by undoing the two escapes.
 
 Writers only turn rows into text; the caller owns the stream, so the same writer serves
 stdout, an atomic output file and the resume reader.
@@ -19,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Sequence
 
@@ -57,12 +60,28 @@ def columns(top_k: int) -> list[str]:
 
 
 def display_text(text: str) -> str:
-    """Any string (file names with undecodable bytes included) as clean UTF-8 text; see module doc."""
-    try:
-        raw = os.fsencode(text)  # undoes os.fsdecode's surrogateescape: the name's real bytes
-    except UnicodeEncodeError:  # a lone surrogate that did not come from a file name
-        raw = text.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")
+    """Any string (file names with undecodable bytes included) as clean UTF-8 text; see module doc.
+
+    Backslashes are doubled, bytes that are not UTF-8 become ``\\xNN`` and any other lone surrogate
+    ``\\uNNNN``: injective, so distinct names stay distinct in the output and in ``--resume`` state.
+    """
+    if "\\" not in text and _SURROGATES.search(text) is None:
+        return text  # the common case: plain UTF-8, nothing to escape
+    return _ESCAPE.sub(_escape_one, text)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_ESCAPE = re.compile("[\\\\\ud800-\udfff]")
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = m.group()
+    if c == "\\":
+        return "\\\\"
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: the name's real byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
 
 
 def _confidence(p: float | None) -> float | None:

@@ -35,6 +35,34 @@ def test_display_text_keeps_distinct_names_distinct() -> None:
     assert display_text(os.fsdecode(b"a\xe9")) != display_text(os.fsdecode(b"a\xe8"))
 
 
+def _unescape(shown: str) -> bytes:
+    """The documented inverse: ``\\\\`` -> backslash, ``\\xNN`` -> byte NN, ``\\uNNNN`` -> that code point."""
+    import re
+
+    out = bytearray()
+    for m in re.finditer(r"\\\\|\\x([0-9a-f]{2})|\\u([0-9a-f]{4})|[^\\]+", shown, re.S):
+        tok = m.group()
+        if tok == "\\\\":
+            out += b"\\"
+        elif m.group(1):
+            out.append(int(m.group(1), 16))
+        elif m.group(2):
+            out += chr(int(m.group(2), 16)).encode("utf-8", "surrogatepass")
+        else:
+            out += tok.encode("utf-8")
+    return bytes(out)
+
+
+def test_escaping_is_injective_and_reversible() -> None:
+    names = [b"x\xff.jpg", b"x\\xff.jpg", b"x\\\xff.jpg", b"x\\\\xff.jpg", b"a\\b.png", b"a\\\\b.png",
+             b"\xff\xfe.png", b"caf\xc3\xa9.png", "猫\\x41.png".encode(), b"x\\u00e9.jpg", b"plain.jpg"]
+    shown = [display_text(os.fsdecode(n)) for n in names]
+    assert len(set(shown)) == len(names)  # a name with byte 0xFF and one with a literal "\\xff" differ
+    assert shown[0] == "x\\xff.jpg" and shown[1] == "x\\\\xff.jpg" and shown[7] == "café.png"
+    assert [_unescape(s) for s in shown] == names
+    assert display_text("\ud800") == "\\ud800" and display_text("\\ud800") == "\\\\ud800"
+
+
 def test_csv_is_rfc4180_and_parses_back() -> None:
     w = make_writer("csv", top_k=3)
     text = w.header() + "".join(w.format(r) for r in _rows())
