@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 from cifarbench.errors import UsageError
 from cifarbench.images import IMAGE_EXTENSIONS
-from cifarbench.writers import display_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,8 @@ def discover(paths: Sequence[str | os.PathLike[str]], recursive: bool = True, in
              exclude: Iterable[str | os.PathLike[str]] = ()) -> Iterator[FileEntry]:
     """Files under ``paths`` in a deterministic order; each file once.
 
-    A named file is always taken. Inside directories: names starting with ``.`` are skipped,
+    A named file is always taken; one that is missing, cannot be stat'ed or is a broken link
+    yields an entry with the reason (a row in the output), never an error for the whole run. Inside directories: names starting with ``.`` are skipped,
     entries are visited in code-point order of their names, a directory reached twice (symlink
     loops) is walked once, and a file is taken if it has an image extension or, when ``include``
     globs are given, if one matches its name (or its path under the argument, for globs with
@@ -61,15 +62,22 @@ def discover(paths: Sequence[str | os.PathLike[str]], recursive: bool = True, in
         except FileNotFoundError:
             return FileEntry(path, error="broken symbolic link" if os.path.islink(path) else "file not found")
         except OSError as exc:
+            if os.path.islink(path) and not os.path.exists(path):  # a link loop or an unreachable target
+                return FileEntry(path, error=f"broken symbolic link ({_reason(exc)})")
             return FileEntry(path, error=f"cannot stat file ({_reason(exc)})")
         return FileEntry(path, st.st_size, st.st_mtime_ns)
 
     for arg in (os.fspath(p) for p in paths):
+        if not arg:
+            raise UsageError("an empty PATH argument")
         try:
             st = os.stat(arg)
-        except OSError as exc:
-            raise UsageError(f"{display_text(arg)}: {_reason(exc)}") from None
-        if not os.path.isdir(arg):
+        except OSError:  # missing, unreadable or a broken link, named explicitly: still a row, not an abort
+            entry = take(arg, None)
+            if entry is not None:
+                yield entry
+            continue
+        if not stat.S_ISDIR(st.st_mode):
             entry = take(arg, None)
             if entry is not None:
                 yield entry

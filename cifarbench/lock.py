@@ -53,6 +53,7 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(50):  # retried only when the file was replaced under us
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            ours = False  # True once this process holds the lock file: then a failure removes it
             try:
                 flocked = self._flock(fd)
                 if not flocked and self._owner_alive(fd):
@@ -60,8 +61,12 @@ class OutputLock:
                 if not self._same_file(fd):  # removed or replaced between open and lock: try again
                     os.close(fd)
                     continue
-                self._write_owner(fd)
+                ours = True
+                self._write_owner(fd, required=not flocked)
             except BaseException:
+                if ours and self._same_file(fd):  # e.g. disk full while writing the owner: no 0-byte lock left
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 raise
@@ -129,9 +134,15 @@ class OutputLock:
             return False
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
-    def _write_owner(self, fd: int) -> None:
+    def _write_owner(self, fd: int, required: bool = True) -> None:
+        """Record who holds the lock. With flock it only words the message, so a full disk is no reason
+        to fail; without flock the pid is the lock, so writing it must succeed."""
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tool": "cifarbench classify"}
         data = (json.dumps(info) + "\n").encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError:
+            if required:
+                raise

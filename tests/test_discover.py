@@ -59,12 +59,20 @@ def test_order_hidden_loops_and_filters(tmp_path: Path) -> None:
     assert sizes[str(root / "empty.jpg")] == 0
 
 
-def test_reports_broken_links_and_refuses_missing_paths(tmp_path: Path) -> None:
+def test_reports_broken_links_and_missing_paths_as_entries(tmp_path: Path) -> None:
     os.symlink("nowhere.png", tmp_path / "dangling.png")
     (entry,) = discover([tmp_path])
     assert entry.error == "broken symbolic link"
+    _img(tmp_path / "ok.png", 1)
+    named = [tmp_path / "ok.png", tmp_path / "missing.jpg", tmp_path / "dangling.png", tmp_path / "no" / "dir"]
+    got = [(os.path.basename(e.path), e.error) for e in discover(named)]
+    assert got == [("ok.png", None), ("missing.jpg", "file not found"), ("dangling.png", "broken symbolic link"),
+                   ("dir", "file not found")]  # named explicitly: each a row, never an abort
+    os.symlink("self.png", tmp_path / "self.png")  # a link to itself
+    (entry,) = discover([tmp_path / "self.png"])
+    assert entry.error.startswith("broken symbolic link")
     with pytest.raises(UsageError):
-        list(discover([tmp_path / "missing"]))
+        list(discover([""]))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")

@@ -85,3 +85,29 @@ def test_without_flock_the_pid_decides(tmp_path: Path, monkeypatch: pytest.Monke
     lock_path_for(out).write_text("garbage")
     with OutputLock(out):
         pass
+
+
+def _disk_full(*args: object) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_locking_leaves_no_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "labels.csv"
+    monkeypatch.setattr(lockmod.os, "pwrite", _disk_full)
+    with OutputLock(out) as lk:  # with flock the owner line is only for messages: the lock still holds
+        with pytest.raises(LockHeld):
+            OutputLock(out).acquire()
+    assert not lk.path.exists()
+    monkeypatch.setattr(lockmod.fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no locks")))
+    with pytest.raises(OSError, match="No space"):  # without flock the pid is the lock: it must be written
+        OutputLock(out).acquire()
+    assert list(tmp_path.iterdir()) == []  # and the 0-byte file it created is gone
+
+
+def test_a_lock_held_by_another_is_never_removed_by_the_loser(tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    with OutputLock(out) as lk:
+        for _ in range(3):
+            with pytest.raises(LockHeld):
+                OutputLock(out).acquire()
+        assert json.loads(lk.path.read_text())["pid"] == os.getpid()
