@@ -1,8 +1,10 @@
-"""Benchmark every (model, backend): quality, agreement with a reference, latency, throughput, size, memory.
+"""Benchmark every (model, backend, threads): quality, agreement with a reference, latency, throughput, cost.
 
 Every number is taken the same way for every runtime, through the one backend protocol,
 so rows are comparable: the timed region is ``backend.predict`` on uint8 batches already
 in memory; decoding and preprocessing images is timed on its own, never mixed in.
+Rows are measured by cifarbench.bench_worker (in a process of their own with
+``isolate``), with the loops of cifarbench.scenarios, ``repeat`` times each.
 """
 
 from __future__ import annotations
@@ -10,55 +12,63 @@ from __future__ import annotations
 import gc
 import importlib
 import os
-import resource
+import statistics
 import sys
 import tarfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from cifarbench import __version__, backends
-from cifarbench.data import IMAGE_EXTENSIONS, Dataset, load_dataset
+from cifarbench.bench_worker import Job, measure, peak_rss_mb, run_isolated
+from cifarbench.data import IMAGE_EXTENSIONS, Dataset, load_dataset, members_of, source_path
 from cifarbench.errors import BackendUnavailable, CifarbenchError, ModelError, UsageError
 from cifarbench.images import load_image
 from cifarbench.manifest import Manifest
-from cifarbench.metrics import classification_report, confusion_matrix, latency_stats
 from cifarbench.models import resolve_model, shipped_models
-from cifarbench.paths import BUNDLED_TEST_ARCHIVE
+from cifarbench.scenarios import SCENARIOS, batches, measure_latency, measure_throughput, predict_all  # noqa: F401
 from cifarbench.sysinfo import environment
 
 SCHEMA = "cifarbench.bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REFERENCE_ORDER = ("keras", "onnx")  # keras when measured, else onnx fp32
-P99_MIN_SAMPLES = 100
+INT8_FLAG_PP = 1.0  # an int8 row losing more accuracy than this (percentage points) is flagged
 DEFINITIONS = {
-    "throughput": "images/s = images passed to backend.predict / summed wall time (perf_counter) of those calls; "
-    "batches are uint8 arrays already decoded in memory, so decode, batching and loop overhead are excluded",
-    "latency": "wall time of one backend.predict call at batch 1, after warm-up calls; the first call after "
-    "loading is reported on its own (first_call_ms) and never enters the statistics",
+    "throughput": "offline scenario: images/s = images passed to backend.predict / summed wall time (perf_counter) "
+    "of those calls; batches are uint8 arrays already decoded in memory, so decode, batching and loop overhead are "
+    "excluded",
+    "latency": "single-stream scenario: wall time of one backend.predict call at batch 1, after warm-up calls; the "
+    "first call after loading is reported on its own (first_call_ms) and never enters the statistics",
+    "server": "server scenario: queries arrive as a Poisson process at a target rate; one inference thread takes "
+    "whatever has queued, up to the maximum batch; a query's latency runs from its arrival to its batch's end. "
+    "max_rate is the highest target rate whose p99 stayed within the bound (doubling, then bisection)",
     "decode": "load_image on encoded files of the data source (decode + EXIF transpose + resize to 32x32 RGB), "
     "timed apart from inference",
     "load": "wall time of load_backend: checksum verification plus runtime session/interpreter creation "
-    "(the TensorFlow import is timed separately as tensorflow_import_s)",
-    "peak_rss": "the process high-water mark (getrusage ru_maxrss) after the row finished; rows run in order "
-    "(keras last), so it is cumulative; rss_delta_mb is resident memory after minus before loading that backend",
-    "speedup": "images/s at the largest batch size divided by the reference backend's for the same model",
+    "(the TensorFlow import is timed separately as tensorflow_import_s when rows share a process)",
+    "peak_rss": "the measuring process's high-water mark (getrusage ru_maxrss) after the row; with isolation each "
+    "row runs in a fresh process, so it is the row's own (Python, data subset and runtime included), otherwise "
+    "cumulative in run order (keras last); rss_delta_mb is resident memory after minus before loading the backend",
+    "speedup": "images/s at the largest batch size divided by the reference backend's for the same model and threads",
     "agreement": "top-1 agreement and max |probability difference| against the reference backend on the same images",
+    "repeat": "with --repeat N each row is measured N times (the accuracy pass once); the row shows the repeat with "
+    "the median throughput, and repeat holds the median and min-max of throughput, p50 and p99",
+    "int8_loss_pp": f"reference accuracy minus the int8 row's, in percentage points (bench's own measurement); "
+    f"above {INT8_FLAG_PP} pp the row is flagged, as it is when the manifest's parity check recorded such a loss",
 }
 
 
 @dataclass
 class BenchConfig:
     models: Sequence[str] = ()  # names or directories; empty: every shipped model
-    backends: Sequence[str] | None = None  # None: every registered backend (--all)
+    backends: Sequence[str] | None = None  # None: every registered backend (--all); "auto": what select picks
     data: str = "bundled"
     limit: int | None = None
     batch_sizes: Sequence[int] = (1, 32, 256)
-    threads: int | None = None
+    threads: int | Sequence[int | None] | None = None  # a list: one row per value (the thread sweep)
     device: str = "cpu"
     warmup: int = 10
     min_time: float = 2.0
@@ -67,14 +77,36 @@ class BenchConfig:
     decode_sample: int = 500
     seed: int = 0
     command: str = ""
+    scenarios: Sequence[str] = ("single-stream", "offline")
+    repeat: int = 1
+    isolate: bool = False
+    server_rate: float | None = None
+    p99_bound_ms: float | None = 10.0
+    server_time: float = 2.0
+
+    def thread_list(self) -> list[int | None]:
+        t = self.threads
+        return [t] if t is None or isinstance(t, int) else list(dict.fromkeys(t)) or [None]
+
+    def validate(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UsageError("batch sizes must be positive integers")
+        if self.repeat < 1:
+            raise UsageError("--repeat must be >= 1")
+        if any(t is not None and t < 1 for t in self.thread_list()):
+            raise UsageError("--threads must be positive integers")
+        bad = [s for s in self.scenarios if s not in SCENARIOS]
+        if bad or not self.scenarios:
+            raise UsageError(f"unknown scenario {', '.join(bad) or '(none)'}; choose from {', '.join(SCENARIOS)}")
 
 
 @dataclass
 class Row:
-    """One (model, backend) result; ``status`` is ok, skipped (with the reason) or failed."""
+    """One (model, backend, threads) result; ``status`` is ok, skipped (with the reason) or failed."""
 
     model: str
     backend: str
+    threads: int | None = None
     status: str = "ok"
     reason: str | None = None
     format: str | None = None
@@ -84,138 +116,73 @@ class Row:
     first_call_ms: float | None = None
     latency: dict[str, Any] = field(default_factory=dict)
     throughput: list[dict[str, Any]] = field(default_factory=list)
+    server: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
     speedup: float | None = None
     speedup_by_batch: dict[str, float] = field(default_factory=dict)  # str(batch size) -> ratio, for JSON keys
     accuracy_delta_pp: float | None = None
+    int8_loss_pp: float | None = None
+    manifest_int8_loss_pp: float | None = None  # the parity check's, recorded by convert
+    flags: list[str] = field(default_factory=list)
+    repeat: dict[str, Any] = field(default_factory=dict)
     peak_rss_mb: float | None = None
     rss_delta_mb: float | None = None
+    isolated: bool = False
     runtime: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- measurement primitives
+MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "status", "reason"}
 
 
-def measure_latency(predict: Callable[[np.ndarray], Any], images: np.ndarray, warmup: int, min_iters: int,
-                    min_time: float, clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, Any], list[str]]:
-    """Batch-1 calls until both ``min_iters`` calls and ``min_time`` seconds are reached; warm-up excluded."""
-    n = len(images)
-    for i in range(warmup):
-        predict(images[i % n: i % n + 1])
-    samples: list[float] = []
-    total, i = 0.0, warmup
-    while len(samples) < max(1, min_iters) or total < min_time:
-        x = images[i % n: i % n + 1]
-        t0 = clock()
-        predict(x)
-        dt = clock() - t0
-        samples.append(dt)
-        total += dt
-        i += 1
-    warnings = []
-    if len(samples) < P99_MIN_SAMPLES:
-        warnings.append(f"p99 rests on only {len(samples)} latency samples (< {P99_MIN_SAMPLES}); raise --min-iters")
-    stats = latency_stats(samples)
-    stats["total_s"] = total
-    return stats, warnings
+@dataclass
+class BenchData:
+    """The labelled images every row of one class list is measured on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    subset: str  # "all N images" or "random K of N images (seed S)"
+    dataset: Dataset
+    load_s: float
 
 
-def _batches(images: np.ndarray, batch_size: int, start: int = 0) -> Iterator[np.ndarray]:
-    """Endless batches of exactly ``batch_size`` images, wrapping around the data."""
-    n, pos = len(images), start
-    while True:
-        if pos + batch_size <= n:
-            yield images[pos: pos + batch_size]
-        else:
-            yield images[np.arange(pos, pos + batch_size) % n]
-        pos = (pos + batch_size) % n
+@dataclass
+class Plan:
+    """What to measure, resolved once: manifests, and (model, backend, threads) jobs in run order."""
+
+    manifests: list[Manifest]
+    jobs: list[tuple[Manifest, str, int | None]]
+    chosen: dict[str, backends.Selection] = field(default_factory=dict)  # model -> what `auto` picked
 
 
-def measure_throughput(predict: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int, min_time: float,
-                       min_calls: int = 3, warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
-    """images / summed call time at one batch size; warm-up calls (resizes, retraces) excluded."""
-    gen = _batches(images, batch_size)
-    for _ in range(warmup):
-        predict(next(gen))
-    calls, total = 0, 0.0
-    while calls < max(1, min_calls) or total < min_time:
-        x = next(gen)
-        t0 = clock()
-        predict(x)
-        total += clock() - t0
-        calls += 1
-    return {"batch_size": batch_size, "calls": calls, "images": calls * batch_size, "seconds": total,
-            "images_per_s": calls * batch_size / total if total > 0 else None}
+# --------------------------------------------------------------------------- data
 
 
-def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int,
-                num_classes: int) -> tuple[np.ndarray, float]:
-    """Probabilities for every image, batch by batch into one preallocated array (memory: N x classes floats)."""
-    out = np.empty((len(images), num_classes), dtype=np.float32)
-    total = 0.0
-    for i in range(0, len(images), batch_size):
-        x = images[i: i + batch_size]
-        t0 = time.perf_counter()
-        y = np.asarray(predict(x))
-        total += time.perf_counter() - t0
-        if y.shape != (len(x), num_classes):
-            raise ModelError(f"backend returned shape {y.shape}, expected ({len(x)}, {num_classes})")
-        out[i: i + len(x)] = y
-    return out, total
-
-
-def agreement(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    return {"top1": float(np.mean(probs.argmax(1) == ref.argmax(1))),
-            "max_abs_dprob": float(np.max(np.abs(probs - ref))) if probs.size else 0.0}
-
-
-def peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-def current_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-# --------------------------------------------------------------------------- decode timing
+def load_subset(source: str, classes: Sequence[str], limit: int | None, seed: int) -> BenchData:
+    t0 = time.perf_counter()
+    ds = load_dataset(source, "test", classes=classes)
+    load_s = time.perf_counter() - t0
+    if limit is None or limit >= len(ds):
+        return BenchData(ds.images, ds.labels, f"all {len(ds)} images", ds, load_s)
+    # A seeded random subset: the sources list images class by class, so the first N would be one class.
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:limit])
+    return BenchData(np.ascontiguousarray(ds.images[idx]), ds.labels[idx],
+                     f"random {limit} of {len(ds)} images (seed {seed})", ds, load_s)
 
 
 def _encoded_members(source: str, k: int) -> Iterator[bytes]:
-    """Up to ``k`` encoded image files from a folder or archive source, read without decoding."""
-    path = BUNDLED_TEST_ARCHIVE if source in ("", "bundled") else Path(source).expanduser()
-    is_image = lambda name: Path(name).suffix.lower() in IMAGE_EXTENSIONS and not Path(name).name.startswith(".")  # noqa: E731
+    """Up to ``k`` encoded image files of a folder or archive source (the data layer's walker), undecoded."""
     count = 0
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
+    with members_of(source_path(source)) as members:
+        for name, read in members:
             if count >= k:
                 return
-            if p.is_file() and is_image(p.name):
+            base = name.rsplit("/", 1)[-1]
+            if os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS and not base.startswith("."):
                 count += 1
-                yield p.read_bytes()
-    elif path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if count >= k:
-                    return
-                if not info.is_dir() and is_image(info.filename):
-                    count += 1
-                    yield zf.read(info)
-    elif path.is_file() and tarfile.is_tarfile(path):
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                if count >= k:
-                    return
-                if m.isfile() and is_image(m.name):
-                    count += 1
-                    yield tf.extractfile(m).read()  # type: ignore[union-attr]
+                yield read()
 
 
 def measure_decode(source: str, k: int) -> dict[str, Any]:
@@ -224,7 +191,7 @@ def measure_decode(source: str, k: int) -> dict[str, Any]:
         return {"images": 0, "note": "not measured: the source holds raw pixel arrays, nothing to decode"}
     try:
         blobs = list(_encoded_members(source, k))
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, CifarbenchError) as exc:
         return {"images": 0, "note": f"not measured: {exc}"}
     if not blobs:
         return {"images": 0, "note": "not measured: the source holds raw pixel arrays, nothing to decode"}
@@ -239,6 +206,11 @@ def measure_decode(source: str, k: int) -> dict[str, Any]:
             "mean_ms": 1000 * total / len(blobs), "mean_bytes": float(np.mean([len(b) for b in blobs]))}
 
 
+def agreement(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    return {"top1": float(np.mean(probs.argmax(1) == ref.argmax(1))),
+            "max_abs_dprob": float(np.max(np.abs(probs - ref))) if probs.size else 0.0}
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -248,7 +220,9 @@ def _order(names: Sequence[str]) -> list[str]:
     return [b for b in known if b != "keras"] + [b for b in known if b == "keras"]
 
 
-def resolve_plan(config: BenchConfig) -> tuple[list[Manifest], list[str]]:
+def resolve_plan(config: BenchConfig) -> Plan:
+    """Manifests and jobs; ``auto`` becomes the backend ``backends.select`` picks for each model."""
+    config.validate()
     specs = list(config.models) or shipped_models()
     if not specs:
         raise ModelError("no shipped models found; pass --model NAME|DIR")
@@ -256,164 +230,213 @@ def resolve_plan(config: BenchConfig) -> tuple[list[Manifest], list[str]]:
     names = [m.name for m in manifests]
     if len(set(names)) != len(names):
         raise UsageError(f"two models share a name ({', '.join(names)}); their rows would collide")
-    if config.backends is None:
-        chosen = list(backends.BACKENDS)
-    else:
-        for b in config.backends:
+    wanted = list(backends.BACKENDS) if config.backends is None else list(dict.fromkeys(config.backends))
+    for b in wanted:
+        if b != "auto":
             backends.get_spec(b)
-        chosen = list(dict.fromkeys(config.backends))
-    return manifests, _order(chosen)
+    plan = Plan(manifests, [])
+    for m in manifests:
+        chosen = list(wanted)
+        if "auto" in chosen:
+            sel = backends.select(m, "auto", config.device, config.thread_list()[0])
+            plan.chosen[m.name] = sel
+            chosen = [sel.name if b == "auto" else b for b in chosen]
+        plan.jobs += [(m, b, t) for b in _order(chosen) for t in config.thread_list()]
+    plan.jobs.sort(key=lambda j: (j[1] == "keras", 0))  # keras rows last, across models
+    return plan
 
 
-def _subset(ds: Dataset, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    if limit is None or limit >= len(ds):
-        return ds.images, ds.labels, f"all {len(ds)} images"
-    # A seeded random subset: the sources list images class by class, so the first N would be one class.
-    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:limit])
-    return np.ascontiguousarray(ds.images[idx]), ds.labels[idx], f"random {limit} of {len(ds)} images (seed {seed})"
+def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, first: bool) -> Job:
+    return Job(model=str(m.directory), backend=backend, device=config.device, threads=threads, data=config.data,
+               limit=config.limit, seed=config.seed, batch_sizes=sorted(set(int(b) for b in config.batch_sizes)),
+               scenarios=list(config.scenarios), warmup=config.warmup, min_time=config.min_time,
+               min_iters=config.min_iters, min_calls=config.min_calls, quality=first, server_rate=config.server_rate,
+               p99_bound_ms=config.p99_bound_ms, server_time=config.server_time)
 
 
-def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None) -> dict[str, Any]:
-    """Run the whole plan and return the results document (see cifarbench.report for the schema).
+def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None,
+              plan: Plan | None = None) -> dict[str, Any]:
+    """Run the plan (resolved here unless given) and return the results document (schema: cifarbench.report).
 
     ``progress(message, row_done)`` hears what is being measured and each finished row.
     """
     say = progress or (lambda msg, done=False: None)
-    if not config.batch_sizes or min(config.batch_sizes) < 1:
-        raise UsageError("batch sizes must be positive integers")
+    plan = plan or resolve_plan(config)
     batch_sizes = sorted(set(int(b) for b in config.batch_sizes))
-    manifests, order = resolve_plan(config)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    data_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, str, Dataset, float]] = {}
+    data_cache: dict[tuple[str, ...], BenchData] = {}
     started = time.time()
-    rows: dict[tuple[str, str], Row] = {}
-    probs: dict[tuple[str, str], np.ndarray] = {}
+    rows: dict[tuple[str, str, int | None], Row] = {}
+    probs: dict[tuple[str, str, int | None], np.ndarray] = {}
     tf_import_s: float | None = None
-    for backend in order:
-        for m in manifests:
-            row = Row(model=m.name, backend=backend)
-            rows[(m.name, backend)] = row
-            reason = backends.unavailable_reason(backend, m, config.device)
-            if reason:
-                row.status, row.reason = "skipped", reason
-                say(f"{m.name}/{backend}: skipped ({reason})", True)
-                continue
-            key = tuple(m.classes)
-            if key not in data_cache:
-                t0 = time.perf_counter()
-                ds = load_dataset(config.data, "test", classes=m.classes)
-                load_s = time.perf_counter() - t0
-                images, labels, subset = _subset(ds, config.limit, config.seed)
-                data_cache[key] = (images, labels, subset, ds, load_s)
-            images, labels = data_cache[key][:2]
-            if backend == "keras" and "tensorflow" not in sys.modules:
-                say("importing TensorFlow for the keras backend", False)
-                t0 = time.perf_counter()
-                importlib.import_module("tensorflow")
-                tf_import_s = time.perf_counter() - t0
-            say(f"{m.name}/{backend}: measuring", False)
-            try:
-                probs[(m.name, backend)] = _measure(row, m, backend, images, labels, batch_sizes, config)
-            except Exception as exc:  # one broken artifact must not sink the other rows
-                if isinstance(exc, BackendUnavailable):
-                    row.status, row.reason = "skipped", str(exc)
-                else:
-                    row.status = "failed"
-                    row.reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-            gc.collect()
-            say(_one_line(row), True)
-    compare_notes = _compare(manifests, rows, probs)
+    for m, backend, threads in plan.jobs:
+        key = (m.name, backend, threads)
+        row = rows[key] = Row(model=m.name, backend=backend, threads=threads, isolated=config.isolate)
+        label = f"{m.name}/{backend}" + (f"/{threads}t" if len(config.thread_list()) > 1 else "")
+        reason = backends.unavailable_reason(backend, m, backends.resolve_device(backend, m, config.device))
+        if reason:
+            row.status, row.reason = "skipped", reason
+            say(f"{label}: skipped ({reason})", True)
+            continue
+        if tuple(m.classes) not in data_cache:
+            data_cache[tuple(m.classes)] = load_subset(config.data, m.classes, config.limit, config.seed)
+        data = data_cache[tuple(m.classes)]
+        if backend == "keras" and not config.isolate and "tensorflow" not in sys.modules:
+            say("importing TensorFlow for the keras backend", False)
+            t0 = time.perf_counter()
+            importlib.import_module("tensorflow")
+            tf_import_s = time.perf_counter() - t0
+        runs: list[dict[str, Any]] = []
+        try:
+            for i in range(config.repeat):
+                say(f"{label}: measuring" + (f" (repeat {i + 1} of {config.repeat})" if config.repeat > 1 else ""), False)
+                job = _job(config, m, backend, threads, first=i == 0)
+                out, p = run_isolated(job) if config.isolate else measure(job, m, data.images, data.labels)
+                if p is not None:
+                    probs[key] = p
+                runs.append(out)
+            _fill(row, runs, m)
+        except Exception as exc:  # one broken artifact must not sink the other rows
+            kind = getattr(exc, "kind", type(exc).__name__)
+            row.status = "skipped" if kind == "BackendUnavailable" else "failed"
+            first_line = (str(exc).splitlines() or [""])[0]
+            row.reason = first_line if row.status == "skipped" or config.isolate else f"{kind}: {first_line}"
+        gc.collect()
+        say(_one_line(row, label), True)
+    compare_notes = _compare(plan.manifests, rows, probs)
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     env = environment()
     env.update(threads_requested=config.threads, device=config.device, command=config.command,
                loadavg_start=load_start, loadavg_end=load_end, nice=os.nice(0) if hasattr(os, "nice") else None,
-               tensorflow_import_s=tf_import_s)
-    warnings = _global_warnings(env) + compare_notes
-    first_data = next(iter(data_cache.values()), None)
-    data = {"source": config.data, "split": "test", "images": int(len(first_data[0])) if first_data else 0,
-            "subset": first_data[2] if first_data else None,
-            "fingerprint": first_data[3].fingerprint if first_data else None,
-            "load_s": first_data[4] if first_data else None,
-            "decode": measure_decode(config.data, config.decode_sample if first_data else 0)}
+               tensorflow_import_s=tf_import_s, isolated=config.isolate)
+    warnings = _global_warnings(env) + compare_notes + _spread_warnings(rows)
+    first = next(iter(data_cache.values()), None)
+    data_doc = {"source": config.data, "split": "test", "images": int(len(first.images)) if first else 0,
+                "subset": first.subset if first else None, "fingerprint": first.dataset.fingerprint if first else None,
+                "load_s": first.load_s if first else None,
+                "decode": measure_decode(config.data, config.decode_sample if first else 0)}
     cfg = asdict(config)
     cfg["batch_sizes"] = batch_sizes
-    ordered = [rows[(m.name, b)] for m in manifests for b in backends.BACKENDS if (m.name, b) in rows]
+    order = {b: i for i, b in enumerate(backends.BACKENDS)}
+    ordered = sorted(rows.values(), key=lambda r: ([m.name for m in plan.manifests].index(r.model),
+                                                    order.get(r.backend, 99), r.threads or 0))
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "cifarbench_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": time.time() - started, "command": config.command, "config": cfg, "definitions": DEFINITIONS,
-        "environment": env, "data": data,
+        "environment": env, "data": data_doc,
         "models": {m.name: {"path": str(m.directory), "arch": m.arch, "params": m.params, "classes": list(m.classes),
-                            "reference": _reference(m.name, rows)} for m in manifests},
+                            "reference": _reference(m.name, rows),
+                            "auto": ({"backend": plan.chosen[m.name].name, "how": plan.chosen[m.name].how,
+                                      "note": plan.chosen[m.name].note} if m.name in plan.chosen else None)}
+                   for m in plan.manifests},
         "results": [asdict(r) for r in ordered], "warnings": warnings,
     }
 
 
-def _measure(row: Row, m: Manifest, backend: str, images: np.ndarray, labels: np.ndarray,
-             batch_sizes: list[int], config: BenchConfig) -> np.ndarray:
-    spec = backends.get_spec(backend)
-    row.format, row.file = spec.format, m.artifacts[spec.format].file
-    row.size_bytes = int(m.path_of(spec.format).stat().st_size)
-    rss0 = current_rss_mb()
-    t0 = time.perf_counter()
-    be = backends.load_backend(backend, m, config.device, config.threads)
-    row.load_s = time.perf_counter() - t0
-    row.runtime = dict(be.describe())
-    t0 = time.perf_counter()
-    be.predict(images[:1])
-    row.first_call_ms = 1000 * (time.perf_counter() - t0)
-    p, seconds = predict_all(be.predict, images, batch_sizes[-1], len(m.classes))
-    row.eval = {"batch_size": batch_sizes[-1], "images": int(len(images)), "seconds": seconds,
-                "images_per_s": len(images) / seconds if seconds else None}
-    cm = confusion_matrix(labels, p.argmax(1), len(m.classes))
-    row.quality = classification_report(cm, m.classes)
-    row.quality["confusion"] = cm.tolist()
-    row.latency, row.warnings = measure_latency(be.predict, images, config.warmup, config.min_iters, config.min_time)
-    tp = [{"batch_size": 1, "calls": row.latency["n"], "images": row.latency["n"], "seconds": row.latency["total_s"],
-           "images_per_s": row.latency["n"] / row.latency["total_s"] if row.latency["total_s"] else None,
-           "from": "latency samples"}] if 1 in batch_sizes else []
-    for b in (b for b in batch_sizes if b != 1):
-        tp.append(measure_throughput(be.predict, images, b, config.min_time, config.min_calls))
-    row.throughput = tp
-    rss1 = current_rss_mb()
-    row.rss_delta_mb = rss1 - rss0 if rss0 is not None and rss1 is not None else None
-    del be
-    row.peak_rss_mb = peak_rss_mb()
-    return p
+def _headline(run: dict[str, Any]) -> float:
+    tp = run.get("throughput") or []
+    if tp and tp[-1].get("images_per_s"):
+        return float(tp[-1]["images_per_s"])
+    return -float((run.get("latency") or {}).get("p50_ms") or 0.0)
 
 
-def _reference(model: str, rows: dict[tuple[str, str], Row]) -> str | None:
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def _fill(row: Row, runs: list[dict[str, Any]], m: Manifest) -> None:
+    """Row fields from the repeat with the median headline figure; the accuracy pass from the first."""
+    ranked = sorted(runs, key=_headline)
+    rep = ranked[(len(ranked) - 1) // 2]
+    for k, v in {**runs[0], **rep}.items():
+        if k in MEASURED:
+            setattr(row, k, v)
+    for k in ("quality", "eval"):
+        setattr(row, k, runs[0].get(k) or {})
+    if len(runs) > 1:
+        series: dict[str, list[float]] = {}
+        for run in runs:
+            tp = run.get("throughput") or []
+            if tp and tp[-1].get("images_per_s"):
+                series.setdefault("images_per_s", []).append(tp[-1]["images_per_s"])
+            for q in ("p50_ms", "p99_ms"):
+                if (run.get("latency") or {}).get(q) is not None:
+                    series.setdefault(q, []).append(run["latency"][q])
+        row.repeat = {"n": len(runs), **{k: _spread(v) for k, v in series.items()}}
+    spec = backends.get_spec(row.backend)
+    if spec.int8:
+        drop = (m.artifacts[spec.format].parity or {}).get("accuracy_drop_pp")
+        row.manifest_int8_loss_pp = float(drop) if drop is not None else None
+
+
+def _spread_warnings(rows: dict[tuple[str, str, int | None], Row]) -> list[str]:
+    """Pairs of rows whose throughput ranges across repeats overlap: their order is not established."""
+    out = []
+    by_model: dict[str, list[Row]] = {}
+    for r in rows.values():
+        if r.status == "ok" and r.repeat.get("images_per_s"):
+            by_model.setdefault(r.model, []).append(r)
+    for model, rs in by_model.items():
+        rs.sort(key=lambda r: r.repeat["images_per_s"]["median"])
+        for a, b in zip(rs, rs[1:]):
+            ra, rb = a.repeat["images_per_s"], b.repeat["images_per_s"]
+            if ra["max"] >= rb["min"]:
+                out.append(f"{model}: {a.backend} ({ra['min']:,.0f}-{ra['max']:,.0f} img/s) and {b.backend} "
+                           f"({rb['min']:,.0f}-{rb['max']:,.0f}) overlap across {a.repeat['n']} repeats: the spread "
+                           "is wider than their difference")
+    return out
+
+
+Key = tuple[str, str, "int | None"]
+
+
+def _reference(model: str, rows: dict[Any, Row], threads: int | None = None) -> str | None:
     for b in REFERENCE_ORDER:
-        r = rows.get((model, b))
-        if r is not None and r.status == "ok":
+        r = rows.get((model, b, threads))
+        if r is not None and r.status == "ok" and r.quality:
             return b
     return None
 
 
-def _compare(manifests: list[Manifest], rows: dict[tuple[str, str], Row],
-             probs: dict[tuple[str, str], np.ndarray]) -> list[str]:
-    """Agreement, accuracy delta and speed-up of each row against its model's reference backend."""
+def _compare(manifests: list[Manifest], rows: dict[Any, Row], probs: dict[Any, np.ndarray]) -> list[str]:
+    """Agreement, accuracy delta, int8 loss and speed-up of each row against its reference (same model and threads)."""
     notes = []
     for m in manifests:
-        ref = _reference(m.name, rows)
-        if ref is None:
-            if any(r.status == "ok" for (model, _), r in rows.items() if model == m.name):
-                notes.append(f"{m.name}: no reference backend measured ({' or '.join(REFERENCE_ORDER)}), "
-                             "so agreement, accuracy delta and speed-up are blank")
-            continue
-        ref_row, ref_p = rows[(m.name, ref)], probs[(m.name, ref)]
-        ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
-        for (model, backend), row in rows.items():
-            if model != m.name or row.status != "ok":
+        for threads in dict.fromkeys(t for (model, _, t) in rows if model == m.name):
+            ref = _reference(m.name, rows, threads)
+            mine = [r for (model, _, t), r in rows.items() if model == m.name and t == threads and r.status == "ok"]
+            if ref is None:
+                if mine:
+                    notes.append(f"{m.name}: no reference backend measured ({' or '.join(REFERENCE_ORDER)}), "
+                                 "so agreement, accuracy delta and speed-up are blank")
+                for row in mine:
+                    _flag_int8(row, None)
                 continue
-            row.agreement = {"reference": ref, **agreement(probs[(model, backend)], ref_p)}
-            row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
-            tp = row.throughput[-1]["images_per_s"] if row.throughput else None
-            row.speedup = tp / ref_tp if tp and ref_tp else None
-            ref_by = {t["batch_size"]: t["images_per_s"] for t in ref_row.throughput}
-            row.speedup_by_batch = {str(t["batch_size"]): t["images_per_s"] / ref_by[t["batch_size"]]
-                                    for t in row.throughput if t["images_per_s"] and ref_by.get(t["batch_size"])}
-    return notes
+            ref_row, ref_p = rows[(m.name, ref, threads)], probs[(m.name, ref, threads)]
+            ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
+            for row in mine:
+                p = probs.get((row.model, row.backend, threads))
+                if p is not None:
+                    row.agreement = {"reference": ref, **agreement(p, ref_p)}
+                row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
+                tp = row.throughput[-1]["images_per_s"] if row.throughput else None
+                row.speedup = tp / ref_tp if tp and ref_tp else None
+                ref_by = {t["batch_size"]: t["images_per_s"] for t in ref_row.throughput}
+                row.speedup_by_batch = {str(t["batch_size"]): t["images_per_s"] / ref_by[t["batch_size"]]
+                                        for t in row.throughput if t["images_per_s"] and ref_by.get(t["batch_size"])}
+                _flag_int8(row, row.accuracy_delta_pp)
+    return list(dict.fromkeys(notes))
+
+
+def _flag_int8(row: Row, delta_pp: float | None) -> None:
+    """int8 loss from bench's own accuracy (vs the fp32 reference) and from the manifest's parity check."""
+    if not backends.get_spec(row.backend).int8:
+        return
+    row.int8_loss_pp = -delta_pp if delta_pp is not None else None
+    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", row.manifest_int8_loss_pp)):
+        if loss is not None and loss > INT8_FLAG_PP:
+            row.flags.append(f"int8 accuracy loss {loss:.2f} pp > {INT8_FLAG_PP:g} pp ({source})")
 
 
 def _global_warnings(env: dict[str, Any]) -> list[str]:
@@ -426,10 +449,16 @@ def _global_warnings(env: dict[str, Any]) -> list[str]:
     return out
 
 
-def _one_line(row: Row) -> str:
+def _one_line(row: Row, label: str) -> str:
     if row.status != "ok":
-        return f"{row.model}/{row.backend}: {row.status} ({row.reason})"
+        return f"{label}: {row.status} ({row.reason})"
     tp = row.throughput[-1] if row.throughput else {}
-    return (f"{row.model}/{row.backend}: accuracy {row.quality['accuracy']:.4f}, p50 {row.latency['p50_ms']:.3f} ms, "
-            f"{tp.get('images_per_s') or 0:,.0f} img/s at batch {tp.get('batch_size')}"
-            + "".join(f"; {k} {row.runtime[k]}" for k in ("precision", "mode") if row.runtime.get(k)))
+    parts = [f"accuracy {row.quality['accuracy']:.4f}"] if row.quality else []
+    if row.latency:
+        parts.append(f"p50 {row.latency['p50_ms']:.3f} ms")
+    if tp:
+        parts.append(f"{tp.get('images_per_s') or 0:,.0f} img/s at batch {tp.get('batch_size')}")
+    if (row.server.get("search") or {}).get("max_rate"):
+        parts.append(f"server {row.server['search']['max_rate']:,.0f} q/s at p99 <= {row.server['search']['p99_bound_ms']:g} ms")
+    parts += [f"{k} {row.runtime[k]}" for k in ("precision", "mode") if row.runtime.get(k)]
+    return f"{label}: " + ", ".join(parts)

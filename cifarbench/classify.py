@@ -244,20 +244,19 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         raise UsageError(f"--output {display_text(str(out_path))} is a directory")
 
     manifest = resolve_model(model)
-    name = backend or backends.default_backend(manifest, device)
-    spec = backends.get_spec(name)
-    reason = backends.unavailable_reason(name, manifest, "cpu" if device == "auto" else device)
-    if reason:
-        raise backends.BackendUnavailable(f"backend {name} unavailable: {reason}")
+    selection = backends.select(manifest, backend, device, threads)
+    name, spec = selection.name, selection.spec
     classes = list(manifest.classes)
     if top_k > len(classes):
         raise UsageError(f"--top-k {top_k} is more than the model's {len(classes)} classes")
     size = int(manifest.input.get("shape", [32])[0])
     writer = make_writer(fmt, top_k)
     workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) if workers is None else workers
-    report = ClassifyReport(backend=name, device="cpu" if device == "auto" else device, model=manifest.name,
+    report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,
                             output=str(out_path) if out_path is not None else None)
     note = on_note or (lambda msg: None)
+    if selection.how in ("measured", "fallback"):  # a cached choice is silent: cron runs stay quiet
+        note(f"backend {selection.note}")
 
     with contextlib.ExitStack() as stack:
         excludes: list[Path] = []
@@ -286,7 +285,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         predict: Callable[[np.ndarray], np.ndarray] = _no_model
         if todo:
             t0 = time.perf_counter()
-            be = backends.load_backend(name, manifest, device, threads)
+            be = selection.load(manifest, threads)
             report.load_seconds = time.perf_counter() - t0
             report.device, report.runtime, predict = be.device, be.describe(), be.predict
 

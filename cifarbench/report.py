@@ -7,16 +7,19 @@ plots and the CLI table are views of it, so they can never disagree.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from cifarbench import plots
 from cifarbench.atomic import atomic_write
-from cifarbench.bench import SCHEMA, SCHEMA_VERSION
+from cifarbench.bench import SCHEMA, SCHEMA_VERSION, Row
 from cifarbench.errors import DataError
 
 _NUM = {"type": ["number", "null"]}
@@ -25,27 +28,40 @@ _LATENCY = {"type": "object", "properties": {k: _NUM for k in (
 _THROUGHPUT = {"type": "object", "required": ["batch_size", "calls", "images", "seconds", "images_per_s"],
                "properties": {"batch_size": {"type": "integer"}, "calls": {"type": "integer"},
                               "images": {"type": "integer"}, "seconds": {"type": "number"}, "images_per_s": _NUM}}
-_ROW = {
-    "type": "object",
-    "required": ["model", "backend", "status", "reason", "size_bytes", "load_s", "first_call_ms", "latency",
-                 "throughput", "quality", "agreement", "speedup", "peak_rss_mb", "runtime", "warnings"],
-    "properties": {
-        "model": {"type": "string"}, "backend": {"type": "string"},
-        "status": {"enum": ["ok", "skipped", "failed"]}, "reason": {"type": ["string", "null"]},
-        "size_bytes": {"type": ["integer", "null"]}, "load_s": _NUM, "first_call_ms": _NUM,
-        "latency": _LATENCY, "throughput": {"type": "array", "items": _THROUGHPUT},
-        "quality": {"type": "object", "properties": {
-            "accuracy": {"type": "number"}, "support": {"type": "integer"},
-            "macro": {"type": "object", "required": ["precision", "recall", "f1"]},
-            "weighted": {"type": "object", "required": ["precision", "recall", "f1"]},
-            "per_class": {"type": "object"}, "confusion": {"type": "array", "items": {"type": "array"}}}},
-        "agreement": {"type": "object", "properties": {"reference": {"type": "string"}, "top1": {"type": "number"},
-                                                        "max_abs_dprob": {"type": "number"}}},
-        "speedup": _NUM, "speedup_by_batch": {"type": "object"}, "accuracy_delta_pp": _NUM,
-        "peak_rss_mb": _NUM, "rss_delta_mb": _NUM,
-        "runtime": {"type": "object"}, "warnings": {"type": "array", "items": {"type": "string"}},
-    },
+_DETAIL: dict[str, Any] = {  # sub-schemas of the fields whose inner shape the views read
+    "status": {"enum": ["ok", "skipped", "failed"]},
+    "latency": _LATENCY, "throughput": {"type": "array", "items": _THROUGHPUT},
+    "quality": {"type": "object", "properties": {
+        "accuracy": {"type": "number"}, "support": {"type": "integer"},
+        "macro": {"type": "object", "required": ["precision", "recall", "f1"]},
+        "weighted": {"type": "object", "required": ["precision", "recall", "f1"]},
+        "per_class": {"type": "object"}, "confusion": {"type": "array", "items": {"type": "array"}}}},
+    "agreement": {"type": "object", "properties": {"reference": {"type": "string"}, "top1": {"type": "number"},
+                                                    "max_abs_dprob": {"type": "number"}}},
+    "warnings": {"type": "array", "items": {"type": "string"}},
+    "flags": {"type": "array", "items": {"type": "string"}},
 }
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array",
+               type(None): "null"}
+
+
+def _json_types(hint: Any) -> list[str]:
+    """JSON types of a dataclass field's annotation (``float | None`` -> number, null)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return [_JSON_TYPES[typing.get_origin(a) or a] for a in args]
+
+
+def row_schema() -> dict[str, Any]:
+    """The results row schema, derived from bench.Row: every field required, typed from its annotation."""
+    hints = typing.get_type_hints(Row)
+    props = {}
+    for f in dataclasses.fields(Row):
+        t = _json_types(hints[f.name])
+        props[f.name] = {**{"type": t if len(t) > 1 else t[0]}, **_DETAIL.get(f.name, {})}
+    return {"type": "object", "required": [f.name for f in dataclasses.fields(Row)], "properties": props}
+
+
+_ROW = row_schema()
 RESULTS_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": f"{SCHEMA} results, version {SCHEMA_VERSION}",
@@ -95,9 +111,21 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable results ({exc})") from None
-    errs = validate(doc)
+    errs = validate(upgrade(doc))
     if errs:
         raise DataError(f"{path}: not {SCHEMA} version {SCHEMA_VERSION} results ({errs[0]})")
+    return doc
+
+
+def upgrade(doc: Any) -> Any:
+    """Version 1 results (before thread sweeps, repeats and scenarios) in version 2 shape, in place."""
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA and doc.get("schema_version") == 1:
+        blank = dataclasses.asdict(Row(model="", backend=""))
+        for r in doc.get("results") or []:
+            if isinstance(r, dict):
+                for k, v in blank.items():
+                    r.setdefault(k, v)
+        doc["schema_version"] = SCHEMA_VERSION
     return doc
 
 
@@ -116,8 +144,9 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         q, lat, ag = r["quality"], r["latency"], r["agreement"]
         tp = {t["batch_size"]: t["images_per_s"] for t in r["throughput"]}
         row: dict[str, Any] = {
-            "model": r["model"], "backend": r["backend"], "status": r["status"], "reason": r["reason"],
-            "accuracy": q.get("accuracy"), "accuracy_delta_pp": r.get("accuracy_delta_pp"),
+            "model": r["model"], "backend": r["backend"], "threads": r.get("threads"), "status": r["status"],
+            "reason": r["reason"], "accuracy": q.get("accuracy"), "accuracy_delta_pp": r.get("accuracy_delta_pp"),
+            "int8_loss_pp": r.get("int8_loss_pp"), "flags": "; ".join(r.get("flags") or []) or None,
             "macro_f1": q.get("macro", {}).get("f1"), "weighted_f1": q.get("weighted", {}).get("f1"),
             "macro_precision": q.get("macro", {}).get("precision"), "macro_recall": q.get("macro", {}).get("recall"),
             "reference": ag.get("reference"), "agreement_top1": ag.get("top1"), "max_abs_dprob": ag.get("max_abs_dprob"),
@@ -129,9 +158,32 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
             "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"], "rss_delta_mb": r.get("rss_delta_mb"),
             "runtime_note": runtime_note(r["runtime"]),
+            **_repeat_columns(r.get("repeat") or {}), **_server_columns(r.get("server") or {}),
         }
         out.append(row)
     return out
+
+
+def _repeat_columns(rep: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"repeats": rep.get("n", 1)}
+    for k in ("images_per_s", "p50_ms", "p99_ms"):
+        s = rep.get(k) or {}
+        out.update({f"{k}_median": s.get("median"), f"{k}_min": s.get("min"), f"{k}_max": s.get("max")})
+    return out
+
+
+def _server_columns(server: dict[str, Any]) -> dict[str, Any]:
+    search, at = server.get("search") or {}, server.get("at_rate") or {}
+    best = search.get("at_max") or {}
+    return {"server_p99_bound_ms": search.get("p99_bound_ms"), "server_max_rate": search.get("max_rate"),
+            "server_max_rate_p99_ms": best.get("p99_ms"), "server_target_rate": at.get("target_rate"),
+            "server_achieved_rate": at.get("achieved_rate"), "server_p50_ms": at.get("p50_ms"),
+            "server_p90_ms": at.get("p90_ms"), "server_p99_ms": at.get("p99_ms")}
+
+
+def label(r: dict[str, Any]) -> str:
+    """backend, with the thread count when the run swept threads."""
+    return r["backend"] + (f" ({r['threads']}t)" if r.get("threads") else "")
 
 
 def runtime_note(runtime: dict[str, Any]) -> str | None:
@@ -185,7 +237,7 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
               " Δ acc: accuracy minus the reference's, in percentage points.", ""]
     lines += _table(["model", "backend", "accuracy", "Δ acc (pp)", "macro F1", "top-1 agree", "max Δp", "p50 ms",
                      "p99 ms", f"img/s @{big}", "speed-up", "size MB"],
-                    [[r["model"], r["backend"], _f(r["accuracy"], ".4f"), _f(r["accuracy_delta_pp"], "+.2f"),
+                    [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["accuracy_delta_pp"], "+.2f"),
                       _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
                       _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _f(r["speedup"], ".2f") + "×",
                       _f(r["size_mb"], ".2f")] for r in ok])
@@ -193,22 +245,26 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     if noted:
         lines += ["", "What ran, as the runtime reports it:", ""]
         lines += [f"- {r['model']} / {r['backend']}: {r['runtime_note']}" for r in noted]
+    flagged = [r for r in ok if r.get("flags")]
+    if flagged:
+        lines += ["", "## Flags", ""] + [f"- **{r['model']} / {label(r)}**: {r['flags']}" for r in flagged]
+    lines += _repeat_lines(ok) + _server_lines(ok)
     other = [r for r in rows if r["status"] != "ok"]
     if other:
         lines += ["", "## Skipped and failed", ""]
         lines += [f"- {r['model']} / {r['backend']}: **{r['status']}**: {r['reason']}" for r in other]
     lines += ["", "## Latency at batch 1 (ms)", "", doc["definitions"]["latency"] + ".", ""]
     lines += _table(["model", "backend", "n", "first call", "p50", "p90", "p95", "p99", "mean", "std", "min", "max"],
-                    [[r["model"], r["backend"], str(r["latency_n"]), _f(r["first_call_ms"])] +
+                    [[r["model"], label(r), str(r["latency_n"]), _f(r["first_call_ms"])] +
                      [_f(r[f"{k}_ms"]) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")] for r in ok])
     lines += ["", "## Throughput (images/s)", "", "Definition: " + doc["definitions"]["throughput"] + ".", ""]
     lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
-                    [[r["model"], r["backend"]] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
+                    [[r["model"], label(r)] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
     by = {(x["model"], x["backend"]): x.get("speedup_by_batch") or {} for x in doc["results"]}
     if any(by.values()):
         lines += ["", "Speed-up over the reference backend at each batch size (images/s ratio):", ""]
         lines += _table(["model", "backend", "reference"] + [f"batch {b}" for b in sizes],
-                        [[r["model"], r["backend"], r["reference"] or "–"] +
+                        [[r["model"], label(r), r["reference"] or "–"] +
                          [_f(by[(r["model"], r["backend"])].get(str(b)), ".2f") + "×" for b in sizes]
                          for r in ok if r["reference"]])
     dec = d["decode"]
@@ -223,7 +279,7 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
         lines.append(dec.get("note", "not measured"))
     lines += ["", "## Load time and memory", "", doc["definitions"]["peak_rss"] + ".", ""]
     lines += _table(["model", "backend", "size MB", "load s", "RSS delta MB", "peak RSS MB"],
-                    [[r["model"], r["backend"], _f(r["size_mb"], ".2f"), _f(r["load_s"]), _f(r["rss_delta_mb"], ".0f"),
+                    [[r["model"], label(r), _f(r["size_mb"], ".2f"), _f(r["load_s"]), _f(r["rss_delta_mb"], ".0f"),
                       _f(r["peak_rss_mb"], ".0f")] for r in ok])
     for model in doc["models"]:
         res = [x for x in doc["results"] if x["model"] == model and x["status"] == "ok"]
@@ -239,6 +295,29 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plot_files or []] + [f"- {n}" for n in notes or []]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}." for k, v in doc["definitions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _repeat_lines(ok: list[dict[str, Any]]) -> list[str]:
+    rep = [r for r in ok if (r.get("repeats") or 1) > 1]
+    if not rep:
+        return []
+    rng = lambda r, k, spec: f"{_f(r[k + '_median'], spec)} ({_f(r[k + '_min'], spec)}–{_f(r[k + '_max'], spec)})"  # noqa: E731
+    return ["", "## Repeats: median (min–max)", ""] + _table(
+        ["model", "backend", "runs", "img/s", "p50 ms", "p99 ms"],
+        [[r["model"], label(r), str(r["repeats"]), rng(r, "images_per_s", ",.0f"), rng(r, "p50_ms", ".3f"),
+          rng(r, "p99_ms", ".3f")] for r in rep])
+
+
+def _server_lines(ok: list[dict[str, Any]]) -> list[str]:
+    srv = [r for r in ok if r.get("server_p99_bound_ms") is not None or r.get("server_target_rate") is not None]
+    if not srv:
+        return []
+    return ["", "## Server scenario (Poisson arrivals, dynamic batching)", ""] + _table(
+        ["model", "backend", "p99 bound ms", "max rate q/s", "p99 there ms", "target q/s", "achieved q/s",
+         "p50 ms", "p90 ms", "p99 ms"],
+        [[r["model"], label(r), _f(r["server_p99_bound_ms"], "g"), _f(r["server_max_rate"], ",.0f"),
+          _f(r["server_max_rate_p99_ms"]), _f(r["server_target_rate"], ",.0f"), _f(r["server_achieved_rate"], ",.0f"),
+          _f(r["server_p50_ms"]), _f(r["server_p90_ms"]), _f(r["server_p99_ms"])] for r in srv])
 
 
 def _environment_lines(doc: dict[str, Any]) -> list[str]:

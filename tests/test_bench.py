@@ -18,7 +18,7 @@ from cifarbench.manifest import Manifest
 from cifarbench.report import load_results, validate
 from conftest import REPO, run_cli
 
-FAST = ("--min-time", "0", "--min-iters", "5", "--warmup", "1", "--batch-sizes", "1,8")
+FAST = ("--min-time", "0", "--min-iters", "5", "--warmup", "1", "--batch-sizes", "1,8", "--no-isolate")
 
 
 class FakeClock:
@@ -59,11 +59,11 @@ def test_throughput_counts_only_timed_calls() -> None:
 
 
 def test_batches_wrap_around_the_data_at_exact_size() -> None:
-    gen = bench._batches(IMAGES, 3)
+    gen = bench.batches(IMAGES, 3)
     first, second, third = next(gen), next(gen), next(gen)
     assert [len(b) for b in (first, second, third)] == [3, 3, 3]
     assert (second[2] == IMAGES[0]).all() and (third[0] == IMAGES[1]).all()
-    assert len(next(bench._batches(IMAGES, 12))) == 12
+    assert len(next(bench.batches(IMAGES, 12))) == 12
 
 
 def test_predict_all_preallocates_and_checks_shape() -> None:

@@ -99,7 +99,7 @@ def test_schema_rejects_broken_documents(doc: dict[str, Any], mutate: Any, needl
 def test_load_results_refuses_other_json(tmp_path: Path) -> None:
     p = tmp_path / "results.json"
     p.write_text('{"schema": "something else"}')
-    with pytest.raises(DataError, match="not cifarbench.bench version 1"):
+    with pytest.raises(DataError, match="not cifarbench.bench version 2"):
         report.load_results(p)
     p.write_text("{not json")
     with pytest.raises(DataError, match="unreadable"):

@@ -1,14 +1,18 @@
-"""One backend protocol, one registry (timm-style): ``load_backend(name, manifest, device, threads)``.
+"""One backend protocol, one registry (timm-style), one place that chooses: ``select(manifest, name, device)``.
 
 Each runtime lives in its own short module, imported only when its backend is
-loaded, so the onnx and tflite paths never import TensorFlow.
+checked or loaded, so the onnx and tflite paths never import TensorFlow. A module owns
+``load(spec, manifest, device, threads)`` and, optionally, ``unavailable(spec, manifest, device)``
+(why it cannot run on that device, or None); missing packages and artifacts are checked here.
+Classify, bench and serve take their backend from ``select``; ``auto`` is measured
+(cifarbench.autoselect) and cached per machine.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +44,16 @@ class BackendSpec:
     requires: str  # top-level import that must be present
     gpu: bool  # can it run on a GPU at all
     description: str
+    probe: bool = True  # may `auto` measure it? (keras: no, importing TensorFlow alone takes seconds)
+
+    @property
+    def int8(self) -> bool:
+        return self.format.endswith("int8")
+
+    @property
+    def module_path(self) -> str:
+        """Dotted module: relative names live in cifarbench.backends, dotted ones anywhere (plug-ins, tests)."""
+        return self.module if "." in self.module else f"cifarbench.backends.{self.module}"
 
 
 BACKENDS: dict[str, BackendSpec] = {}
@@ -49,15 +63,21 @@ def register(spec: BackendSpec) -> None:
     BACKENDS[spec.name] = spec
 
 
-register(BackendSpec("keras", "keras_backend", "keras", "tensorflow", True, "Keras 3 model.predict (TensorFlow)"))
+register(BackendSpec("keras", "keras_backend", "keras", "tensorflow", True, "Keras 3 model.predict (TensorFlow)",
+                     probe=False))
 register(BackendSpec("tflite", "tflite", "tflite", "ai_edge_litert", False, "LiteRT float32"))
 register(BackendSpec("tflite-fp16", "tflite", "tflite-fp16", "ai_edge_litert", False, "LiteRT float16 weights"))
 register(BackendSpec("tflite-int8", "tflite", "tflite-int8", "ai_edge_litert", False, "LiteRT full-integer int8"))
 register(BackendSpec("onnx", "onnx_backend", "onnx", "onnxruntime", True, "onnxruntime float32"))
 register(BackendSpec("onnx-int8", "onnx_backend", "onnx-int8", "onnxruntime", True, "onnxruntime int8 QDQ"))
+# OpenVINO reads the same ONNX files; `openvino` runs the runtime's default precision (bf16 on CPUs with native
+# bf16), `openvino-f32` pins f32. GPU: OpenVINO's own GPU plugin (Intel GPUs), checked in the module.
+register(BackendSpec("openvino", "openvino_backend", "onnx", "openvino", True, "OpenVINO float32 model, runtime-default precision"))
+register(BackendSpec("openvino-f32", "openvino_backend", "onnx", "openvino", True, "OpenVINO float32 model, f32 inference"))
+register(BackendSpec("openvino-int8", "openvino_backend", "onnx-int8", "openvino", True, "OpenVINO int8 QDQ"))
 
-# Preference when the user names no backend: the fastest int8 first (measured in benchmarks/results:
-# onnx-int8 runs 1.8x the img/s of tflite-int8 on an AVX2 CPU without VNNI).
+# Fallback preference when `auto` cannot measure (cifarbench.autoselect puts tflite-int8 first on VNNI CPUs):
+# onnx-int8 runs 1.8x the img/s of tflite-int8 on an AVX2 CPU without VNNI (benchmarks/results).
 DEFAULT_ORDER = ("onnx-int8", "tflite-int8", "onnx", "tflite", "tflite-fp16", "keras")
 
 
@@ -72,35 +92,87 @@ def unavailable_reason(name: str, manifest: Manifest | None = None, device: str 
     """Why ``name`` cannot run here (missing package, artifact or device), or None if it can."""
     spec = get_spec(name)
     if importlib.util.find_spec(spec.requires) is None:
-        extra = "train" if spec.requires == "tensorflow" else spec.requires
-        return f"{spec.requires} is not installed (pip install 'cifarbench[{extra}]')" if extra == "train" else f"{spec.requires} is not installed"
+        if spec.requires == "tensorflow":
+            return "tensorflow is not installed (pip install 'cifarbench[train]')"
+        if spec.requires == "openvino":
+            return "openvino is not installed (pip install 'cifarbench[openvino]')"
+        return f"{spec.requires} is not installed"
     if manifest is not None and spec.format not in manifest.artifacts:
         return f"model {manifest.name!r} has no {spec.format} artifact"
-    if device == "gpu":
-        if not spec.gpu:
-            return f"{name} runs on the CPU only (LiteRT has no GPU delegate for desktop Linux here)"
-        from cifarbench.backends import devices
+    if device == "gpu" and not spec.gpu:
+        return f"{name} runs on the CPU only (its runtime has no GPU support here)"
+    check = getattr(importlib.import_module(spec.module_path), "unavailable", None)
+    return check(spec, manifest, device) if check else None
 
-        return devices.gpu_unavailable_reason(spec)
-    return None
+
+def resolve_device(name: str, manifest: Manifest | None, device: str) -> str:
+    """``auto`` -> gpu when ``name`` can use one here, else cpu; cpu/gpu unchanged."""
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device != "auto":
+        return device
+    return "gpu" if get_spec(name).gpu and unavailable_reason(name, manifest, "gpu") is None else "cpu"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The backend a run uses, the device it runs on, and how it was chosen (for notes, reports, info)."""
+
+    name: str
+    device: str  # resolved: cpu or gpu
+    how: str  # named | only | measured | cached | fallback
+    note: str = ""  # one line saying why, for stderr and reports
+    figures: dict[str, Any] = field(default_factory=dict)  # probe figures per candidate (measured/cached)
+
+    @property
+    def spec(self) -> BackendSpec:
+        return get_spec(self.name)
+
+    def load(self, manifest: Manifest, threads: int | None = None) -> Backend:
+        return load_backend(self.name, manifest, self.device, threads)
+
+
+def select(manifest: Manifest, name: str | None = None, device: str = "cpu", threads: int | None = None,
+           probe: bool = True) -> Selection:
+    """The one place a backend is chosen: ``name`` None or ``auto`` means the fastest one measured here.
+
+    Raises UsageError for an unknown name or device, BackendUnavailable (with the reason) when
+    the named backend, or every backend, cannot run ``manifest`` on ``device``.
+    """
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if name not in (None, "auto"):
+        get_spec(name)
+        dev = resolve_device(name, manifest, device)
+        reason = unavailable_reason(name, manifest, dev)
+        if reason:
+            raise BackendUnavailable(f"backend {name} unavailable: {reason}")
+        return Selection(name, dev, "named")
+    devices = {n: resolve_device(n, manifest, device) for n in BACKENDS}
+    ok = [n for n in BACKENDS if unavailable_reason(n, manifest, devices[n]) is None]
+    if not ok:
+        raise BackendUnavailable(f"no backend can run model {manifest.name!r} here "
+                                 f"(artifacts: {', '.join(manifest.artifacts)})")
+    probeable = [n for n in ok if BACKENDS[n].probe]
+    candidates = [n for n in probeable if BACKENDS[n].int8] or probeable or ok
+    if len(candidates) == 1:
+        return Selection(candidates[0], devices[candidates[0]], "only", f"{candidates[0]}: the only candidate here")
+    from cifarbench import autoselect
+
+    return autoselect.choose(manifest, {n: devices[n] for n in candidates}, threads, probe)
 
 
 def default_backend(manifest: Manifest, device: str = "cpu") -> str:
-    for name in DEFAULT_ORDER:
-        if unavailable_reason(name, manifest, "cpu" if device == "auto" else device) is None:
-            return name
-    raise BackendUnavailable(f"no backend can run model {manifest.name!r} here (artifacts: {', '.join(manifest.artifacts)})")
+    """The name ``select`` picks for ``manifest`` (kept for scripts)."""
+    return select(manifest, None, device).name
 
 
 def load_backend(name: str, manifest: Manifest, device: str = "cpu", threads: int | None = None) -> Backend:
     """Load ``manifest``'s artifact for backend ``name`` on ``device`` ("auto": GPU when usable)."""
-    if device not in DEVICES:
-        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     spec = get_spec(name)
-    if device == "auto":
-        device = "gpu" if unavailable_reason(name, manifest, "gpu") is None else "cpu"
+    device = resolve_device(name, manifest, device)
     reason = unavailable_reason(name, manifest, device)
     if reason:
         raise BackendUnavailable(f"backend {name} unavailable: {reason}")
-    module = importlib.import_module(f"cifarbench.backends.{spec.module}")
+    module = importlib.import_module(spec.module_path)
     return module.load(spec, manifest, device, threads)

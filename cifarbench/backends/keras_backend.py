@@ -53,6 +53,21 @@ class KerasBackend:
         return {"runtime": "keras", "version": self.version, "threads": self.threads, "device": self.device}
 
 
+def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None:
+    """On a GPU: an NVIDIA GPU TensorFlow can see (checked last: it imports TensorFlow)."""
+    if device != "gpu":
+        return None
+    from cifarbench.sysinfo import nvidia_gpus
+
+    if not nvidia_gpus():
+        return "no NVIDIA GPU found (nvidia-smi lists none)"
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return "TensorFlow sees no GPU (CUDA libraries missing?)"
+    return None
+
+
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> KerasBackend:
     try:
         return KerasBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input,

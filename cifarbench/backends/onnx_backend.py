@@ -40,5 +40,20 @@ class OnnxBackend:
                 "threads": self.threads, "device": self.device}
 
 
+def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None:
+    """On a GPU: onnxruntime needs its CUDA provider and an NVIDIA GPU (the CPU always works)."""
+    if device != "gpu":
+        return None
+    import onnxruntime as ort
+
+    from cifarbench.sysinfo import nvidia_gpus
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no CUDAExecutionProvider (install the gpu extra: see README, 'GPU')"
+    if not nvidia_gpus():
+        return "no NVIDIA GPU found (nvidia-smi lists none)"
+    return None
+
+
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> OnnxBackend:
     return OnnxBackend(spec.name, str(manifest.verify(spec.format)), device, threads)

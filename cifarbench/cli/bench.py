@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from cifarbench.backends import BACKENDS
+from cifarbench.cli.choices import BackendChoice
+from cifarbench.scenarios import SCENARIOS
 from cifarbench.errors import BackendUnavailable, ExitStatus
 
 FORMATS = ("table", "json", "csv", "md")
@@ -34,22 +35,49 @@ def _default_output_dir() -> Path:
     return out
 
 
-@click.command("bench")
+def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        counts = tuple(dict.fromkeys(int(v) for v in value.split(",") if v.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,2") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("thread counts must be positive integers, e.g. 1,2")
+    return counts
+
+
+@click.group("bench", invoke_without_command=True)
 @click.option("--model", "models", multiple=True, metavar="NAME|DIR",
               help="Model to bench (repeatable): shipped name, directory with manifest.json, or artifact file. "
                    "Default: every shipped model.")
 @click.option("--all", "all_backends", is_flag=True,
               help="Every backend (the default when no --backend is given); unavailable ones are listed as skipped.")
-@click.option("--backend", "backend_names", multiple=True, type=click.Choice(list(BACKENDS)),
-              help="Backend to bench (repeatable).")
+@click.option("--backend", "backend_names", multiple=True, type=BackendChoice(),
+              help="Backend to bench (repeatable); auto: the one classify and serve pick here (measured, cached).")
 @click.option("--data", default="bundled", show_default=True,
               help="Labelled data source: bundled (10,000-image test split), cifar10, a folder tree or an archive.")
 @click.option("--limit", type=click.IntRange(1), help="Use a seeded random subset of N images.")
 @click.option("--batch-sizes", default="1,32,256", show_default=True, callback=_batch_sizes,
-              help="Comma-separated batch sizes for throughput; the largest also runs the accuracy pass.")
-@click.option("--threads", type=click.IntRange(1), help="Intra-op threads per backend (default: each runtime's own).")
+              help="Comma-separated batch sizes for throughput; the largest also runs the accuracy pass and bounds "
+                   "the server scenario's dynamic batches.")
+@click.option("--threads", callback=_threads, metavar="N[,N...]",
+              help="Intra-op threads per backend; a list (1,2) measures one row per count (default: each runtime's own).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="gpu: CUDA for onnx/keras rows; backends that cannot use it are listed as skipped.")
+@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIOS),
+              help="single-stream (batch-1 latency), offline (throughput per batch size), server (Poisson arrivals); "
+                   "repeatable [default: single-stream and offline].")
+@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
+              help="Measure each row N times: median and min-max, and a warning where the spread hides a difference.")
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="Measure each row in a fresh process, so its load time and peak RSS are its own.")
+@click.option("--server-rate", type=click.FloatRange(min=0, min_open=True), metavar="QPS",
+              help="Server scenario: also run at this Poisson arrival rate and report achieved rate and p50/p90/p99.")
+@click.option("--p99-bound-ms", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Server scenario: search the highest arrival rate whose p99 latency stays within this bound.")
+@click.option("--server-time", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Server scenario: seconds of arrivals per tried rate.")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
               help="Untimed batch-1 calls before latency is measured.")
 @click.option("--min-time", type=click.FloatRange(0), default=2.0, show_default=True,
@@ -58,16 +86,24 @@ def _default_output_dir() -> Path:
               help="Batch-1 latency calls at least (p99 needs >= 100).")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where results.json, results.csv, report.md and plots go [default: bench-results/<timestamp>].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="What goes to stdout; the files in --output-dir are always written.")
-def command(models: tuple[str, ...], all_backends: bool, backend_names: tuple[str, ...], data: str, limit: int | None,
-            batch_sizes: tuple[int, ...], threads: int | None, device: str, warmup: int, min_time: float,
-            min_iters: int, output_dir: Path | None, fmt: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
+              help="What goes to stdout [default: table; nothing with --quiet]; the files in --output-dir are always "
+                   "written.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success (results still go to --output-dir).")
+@click.pass_context
+def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, backend_names: tuple[str, ...], data: str,
+            limit: int | None, batch_sizes: tuple[int, ...], threads: tuple[int, ...] | None, device: str,
+            scenarios: tuple[str, ...], repeat: int, isolate: bool, server_rate: float | None, p99_bound_ms: float,
+            server_time: float, warmup: int, min_time: float, min_iters: int, output_dir: Path | None,
+            fmt: str | None, quiet: bool) -> None:
     """Accuracy, F1, agreement, latency and throughput for every model x backend.
 
     Throughput is images / wall time of the backend calls alone (decode timed apart).
     Exit 3 when a row failed, 7 when no row could run.
+    `cifarbench bench compare OLD NEW` compares two runs' results.json.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from cifarbench import bench, report
     from cifarbench.cli.ui import progress_bar, stderr_console
 
@@ -75,34 +111,41 @@ def command(models: tuple[str, ...], all_backends: bool, backend_names: tuple[st
         raise click.UsageError("--all and --backend exclude each other")
     config = bench.BenchConfig(
         models=models, backends=list(backend_names) or None, data=data, limit=limit, batch_sizes=batch_sizes,
-        threads=threads, device=device, warmup=warmup, min_time=min_time, min_iters=min_iters,
-        command=shlex.join(["cifarbench"] + sys.argv[1:]))
-    manifests, order = bench.resolve_plan(config)
+        threads=list(threads) if threads else None, device=device, warmup=warmup, min_time=min_time,
+        min_iters=min_iters, command=shlex.join(["cifarbench"] + sys.argv[1:]),
+        scenarios=tuple(scenarios) or ("single-stream", "offline"), repeat=repeat, isolate=isolate,
+        server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time)
+    plan = bench.resolve_plan(config)
     err = stderr_console()
-    with progress_bar(len(manifests) * len(order), "bench") as bar:
+    for model, sel in plan.chosen.items():
+        if not quiet:
+            err.print(f"{model}: auto = {sel.note or sel.name}", markup=False, soft_wrap=True)
+    with progress_bar(len(plan.jobs), "bench", quiet=quiet) as bar:
         printer = getattr(getattr(bar, "progress", None), "console", err)
 
         def on_progress(message: str, done: bool) -> None:
             bar.update(description=message)
             if done:
-                printer.print(message, markup=False, highlight=False, soft_wrap=True)
+                if not quiet:
+                    printer.print(message, markup=False, highlight=False, soft_wrap=True)
                 bar.advance()
 
-        doc = bench.run_bench(config, on_progress)
+        doc = bench.run_bench(config, on_progress, plan)
     out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)
-    for w in report.all_warnings(doc):
-        err.print(f"warning: {w}", markup=False, soft_wrap=True)
-    for n in notes:
-        err.print(f"note: {n}", markup=False, soft_wrap=True)
-    err.print(f"wrote {len(files)} files to {out}", markup=False, soft_wrap=True)
+    if not quiet:
+        for w in report.all_warnings(doc):
+            err.print(f"warning: {w}", markup=False, soft_wrap=True)
+        for n in notes:
+            err.print(f"note: {n}", markup=False, soft_wrap=True)
+        err.print(f"wrote {len(files)} files to {out}", markup=False, soft_wrap=True)
     if fmt == "json":
         click.echo(report.to_json(doc), nl=False)
     elif fmt == "csv":
         click.echo(report.to_csv(doc), nl=False)
     elif fmt == "md":
         click.echo(report.to_markdown(doc, [f.name for f in files if f.suffix == ".png"], notes), nl=False)
-    else:
+    elif fmt == "table" or not quiet:
         _print_table(doc)
     statuses = {r["status"] for r in doc["results"]}
     if "ok" not in statuses:
@@ -111,11 +154,33 @@ def command(models: tuple[str, ...], all_backends: bool, backend_names: tuple[st
         sys.exit(int(ExitStatus.PARTIAL))
 
 
+@command.command("compare")
+@click.argument("old", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("new", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--markdown", is_flag=True, help="Markdown (for a pull-request comment) instead of a plain table.")
+@click.option("--tolerance", type=click.FloatRange(0, 100), default=5.0, show_default=True,
+              help="Smallest speed change in percent that counts, when the runs' own spread is narrower.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit code says it.")
+def compare_command(old: Path, new: Path, markdown: bool, tolerance: float, quiet: bool) -> None:
+    """Per-row deltas of two bench runs (results.json or their folders); exit 0 same, 3 regression.
+
+    A speed change counts only when it exceeds both --tolerance and the runs' own spread
+    (min-max across --repeat); an accuracy drop counts beyond 0.1 pp.
+    """
+    from cifarbench import compare
+
+    result = compare.compare_files(old, new, tolerance / 100)
+    if not quiet:
+        click.echo(compare.to_markdown(result) if markdown else compare.to_text(result), nl=False)
+    if result["verdict"] == "regression":
+        sys.exit(int(ExitStatus.PARTIAL))
+
+
 def _print_table(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     from cifarbench.cli.ui import stdout_console
-    from cifarbench.report import batch_sizes, summary_rows
+    from cifarbench.report import batch_sizes, label, summary_rows
 
     sizes = batch_sizes(doc)
     big = sizes[-1] if sizes else "-"
@@ -126,11 +191,11 @@ def _print_table(doc: dict[str, Any]) -> None:
     skipped = []
     for r in summary_rows(doc):
         if r["status"] != "ok":
-            t.add_row(r["model"], r["backend"], f"[yellow]{r['status']}[/yellow]", *[""] * 6)
+            t.add_row(r["model"], label(r), f"[yellow]{r['status']}[/yellow]", *[""] * 6)
             skipped.append(r)
             continue
         ref = r["reference"] == r["backend"]
-        t.add_row(r["model"], r["backend"], f(r["accuracy"], ".4f"), f(r["macro_f1"], ".4f"), f(r["p50_ms"], ".3f"),
+        t.add_row(r["model"], label(r), f(r["accuracy"], ".4f") + (" [red]![/red]" if r["flags"] else ""), f(r["macro_f1"], ".4f"), f(r["p50_ms"], ".3f"),
                   f(r["p99_ms"], ".3f"), f(r.get(f"img_per_s_b{big}"), ",.0f"),
                   "ref" if ref else (f(r["speedup"], ".2f") + "×" if r["speedup"] else "–"), f(r["size_mb"], ".2f"))
     con = stdout_console()
@@ -139,6 +204,9 @@ def _print_table(doc: dict[str, Any]) -> None:
     con.print(t)
     for r in skipped:
         con.print(f"{r['model']}/{r['backend']} {r['status']}: {r['reason']}", markup=False)
+    for r in summary_rows(doc):
+        if r["status"] == "ok" and r["flags"]:
+            con.print(f"! {r['model']}/{label(r)}: {r['flags']}", markup=False)
     for r in summary_rows(doc):
         if r["status"] == "ok" and r.get("runtime_note"):
             con.print(f"{r['model']}/{r['backend']}: {r['runtime_note']}", markup=False)

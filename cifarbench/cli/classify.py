@@ -12,9 +12,8 @@ from typing import Iterator
 
 import click
 
+from cifarbench.cli.choices import BackendChoice
 from cifarbench.errors import ExitStatus
-
-BACKEND_NAMES = ("keras", "tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
 
 EPILOG = f"""\b
 Output: one row per file, in input order. CSV (RFC 4180, UTF-8) columns:
@@ -44,8 +43,8 @@ Cron (no flock needed: the run locks <output>.lock itself):
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--model", "-m", help="Shipped model name, a directory with manifest.json, or one artifact file "
               "(default: the shipped flagship).")
-@click.option("--backend", "-b", type=click.Choice(BACKEND_NAMES),
-              help="Runtime (default: the fastest available int8 one for the model).")
+@click.option("--backend", "-b", type=BackendChoice(),
+              help="Runtime (default auto: the fastest int8 one, measured on this machine once and cached).")
 @click.option("--device", type=click.Choice(("cpu", "gpu", "auto")), default="cpu", show_default=True,
               help="gpu: onnxruntime CUDA or TensorFlow GPU; fails clearly when absent. TFLite is CPU only.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads (default: all usable cores).")

@@ -9,14 +9,15 @@ import socket
 
 import click
 
-from cifarbench.backends import BACKENDS, DEVICES
+from cifarbench.backends import DEVICES
+from cifarbench.cli.choices import BackendChoice
 from cifarbench.errors import BackendUnavailable, UsageError
 
 
 @click.command("serve")
 @click.option("--model", "-m", default=None, help="Shipped model name, model directory or artifact file [default: flagship].")
-@click.option("--backend", "-b", type=click.Choice(list(BACKENDS)), default=None,
-              help="Runtime [default: the fastest available int8 backend].")
+@click.option("--backend", "-b", type=BackendChoice(), default=None,
+              help="Runtime [default auto: the fastest int8 one, measured on this machine once and cached].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: pick a free one).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=10.0, show_default=True, help="Largest request body.")
@@ -51,7 +52,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
         from cifarbench.serve.app import ENV_CONFIG, ServeLimits, create_app
     except ImportError as exc:
         raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
-    from cifarbench.backends import default_backend, load_backend, unavailable_reason
+    from cifarbench.backends import select
     from cifarbench.models import resolve_model
 
     if workers > 1 and port == 0:
@@ -59,10 +60,10 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
                          max_images=max_images, timeout_s=timeout)
     manifest = resolve_model(model)
-    name = backend or default_backend(manifest, device)
-    reason = unavailable_reason(name, manifest, "cpu" if device == "auto" else device)
-    if reason:
-        raise BackendUnavailable(f"backend {name} unavailable: {reason}")
+    selection = select(manifest, backend, device, threads)
+    name = selection.name
+    if selection.how in ("measured", "fallback", "cached"):
+        click.echo(f"backend {selection.note}", err=True)
     sock = _bind(host, port)
     url_host = f"[{host}]" if ":" in host else host
     url = f"http://{url_host}:{sock.getsockname()[1]}/"
@@ -72,7 +73,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     common = dict(log_level=log_level, timeout_keep_alive=5, server_header=False, limit_concurrency=max_concurrency)
 
     if workers == 1:
-        app = create_app(manifest, load_backend(name, manifest, device, threads), backend_name=name, top_k=top_k,
+        app = create_app(manifest, selection.load(manifest, threads), backend_name=name, top_k=top_k,
                          limits=limits, max_batch=max_batch)
         click.echo(f"serving {manifest.name} with {name} on {url}  (Ctrl-C to stop)", err=True)
         uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])  # type: ignore[arg-type]
@@ -81,7 +82,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     # Several processes: each worker builds its own app from a JSON config (uvicorn imports the factory).
     os.environ[ENV_CONFIG] = json.dumps({
         "model": os.path.abspath(model) if model and os.path.exists(model) else model, "backend": name,
-        "device": device, "threads": threads, "top_k": top_k, "max_batch": max_batch,
+        "device": selection.device, "threads": threads, "top_k": top_k, "max_batch": max_batch,
         "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": max_pixels,
                    "max_images": max_images, "timeout_s": timeout},
     })

@@ -243,12 +243,12 @@ def close_app(app: Starlette) -> None:
 def load_app(model: str | None = None, backend: str | None = None, device: str = "cpu", threads: int | None = None,
              **kwargs: Any) -> Starlette:
     """Resolve a model, load its backend and build the app: what ``cifarbench serve`` runs."""
-    from cifarbench.backends import default_backend, load_backend
+    from cifarbench.backends import select
     from cifarbench.models import resolve_model
 
     manifest = resolve_model(model)
-    name = backend or default_backend(manifest, device)
-    return create_app(manifest, load_backend(name, manifest, device, threads), backend_name=name, **kwargs)
+    selection = select(manifest, backend, device, threads)
+    return create_app(manifest, selection.load(manifest, threads), backend_name=selection.name, **kwargs)
 
 
 ENV_CONFIG = "CIFARBENCH_SERVE_CONFIG"
