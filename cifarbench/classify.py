@@ -5,17 +5,14 @@ a bounded worker pool while the backend runs the previous batch, and each row is
 every row before it is known. Only file names and one batch of 32x32 pixels are held at a time,
 so 100,000-file folders and 50-megapixel photos run in bounded memory.
 
-``--resume`` keeps rows of an earlier run whose file has the same path, size and mtime. Those three
-facts live in a sidecar ``<output>.state.json``, written after the output and tied to it by the
-output's SHA-256; if the pair does not match, or the model or options changed, every file is
-classified again, so a resumed run always equals a fresh one. Failed rows are always retried.
+``--resume`` keeps rows of an earlier run whose file has the same path, size and mtime; the
+bookkeeping (the ``<output>.state.json`` sidecar) lives in ``resume.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,12 +25,9 @@ from cifarbench.atomic import atomic_write
 from cifarbench.decode_pool import POOLS, decode_ordered
 from cifarbench.discover import FileEntry, discover
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError
-from cifarbench.images import RESIZE_POLICIES
+from cifarbench.images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
+from cifarbench.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.writers import FORMATS, Row, RowWriter, display_text, make_writer
-
-STATE_SUFFIX = ".state.json"
-STATE_SCHEMA = 1
-
 
 # --------------------------------------------------------------------------- rows
 def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarray | None, str | None]],
@@ -122,60 +116,6 @@ def _rows(probs: np.ndarray, paths: list[str], classes: Sequence[str], top_k: in
     return rows
 
 
-# --------------------------------------------------------------------------- resume state
-def state_path_for(output: str | os.PathLike[str]) -> Path:
-    o = Path(output)
-    return o.with_name(o.name + STATE_SUFFIX)
-
-
-def load_previous(output: Path, writer: RowWriter, fingerprint: dict[str, Any]) -> tuple[dict[tuple[str, int, int], str], str | None]:
-    """Reusable rows of an earlier run, keyed by (path, size, mtime_ns), and a note if none could be used."""
-    state_file = state_path_for(output)
-    if not output.exists():
-        return {}, None
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, f"no {state_file.name} beside {output.name}: classifying every file"
-    except (OSError, ValueError) as exc:
-        return {}, f"unreadable {state_file.name} ({exc}): classifying every file"
-    from cifarbench.manifest import sha256_file
-
-    try:
-        digest = sha256_file(output)
-    except OSError as exc:
-        return {}, f"cannot read {output.name} ({exc.strerror or exc}): classifying every file"
-    if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA or state.get("output_sha256") != digest:
-        return {}, f"{output.name} changed since {state_file.name} was written: classifying every file"
-    if state.get("fingerprint") != fingerprint:
-        return {}, "model or options changed since the last run: classifying every file"
-    files = state.get("files") or []
-    kept: dict[tuple[str, int, int], str] = {}
-    try:
-        with open(output, encoding="utf-8", newline="") as fh:
-            rows = list(writer.read(fh))
-        if len(rows) != len(files):
-            raise ValueError("row count differs from the state")
-        for (path, size, mtime_ns), row in zip(files, rows):
-            if row.path != display_text(path):
-                raise ValueError("rows are not in the recorded order")
-            if not row.failed:
-                kept[(path, int(size), int(mtime_ns))] = row.text
-    except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        return {}, f"cannot reuse {output.name} ({exc}): classifying every file"
-    return kept, None
-
-
-def _write_state(output: Path, entries: Sequence[FileEntry], fingerprint: dict[str, Any]) -> None:
-    from cifarbench.manifest import sha256_file
-
-    state = {"schema": STATE_SCHEMA, "tool": "cifarbench classify", "fingerprint": fingerprint,
-             "output_sha256": sha256_file(output), "files": [[e.path, e.size, e.mtime_ns] for e in entries]}
-    with atomic_write(state_path_for(output)) as fh:
-        json.dump(state, fh, ensure_ascii=True, separators=(",", ":"))  # ASCII: names with any bytes survive
-        fh.write("\n")
-
-
 # --------------------------------------------------------------------------- the run
 @dataclass
 class ClassifyReport:
@@ -196,7 +136,9 @@ class ClassifyReport:
 
     @property
     def images_per_second(self) -> float:
-        return self.classified / self.seconds if self.seconds > 0 else 0.0
+        """Images the model classified in this run per second: reused and failed rows do not count."""
+        done = self.classified - self.failed
+        return done / self.seconds if self.seconds > 0 and done > 0 else 0.0
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -207,7 +149,7 @@ class ClassifyReport:
         if self.reused:
             parts.append(f"{self.reused} reused")
         rate = self.images_per_second
-        if self.classified:
+        if rate:
             parts.append(f"{rate:.0f} img/s" if rate >= 10 else f"{rate:.2f} img/s")
         parts += [f"backend {self.backend} ({self.device})", f"model {self.model}"]
         return "classify: " + ", ".join(parts) + (f" -> {display_text(self.output)}" if self.output else "")
@@ -218,6 +160,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
              workers: int | None = None, top_k: int = 1, output: str | os.PathLike[str] | None = None,
              stream: IO[str] | None = None, fmt: str = "csv", recursive: bool = True, include: Sequence[str] = (),
              resize: str = "center-crop", resume: bool = False, pool: str = "auto",
+             max_pixels: int | None = DEFAULT_MAX_PIXELS,
              on_start: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
              on_note: Callable[[str], None] | None = None) -> ClassifyReport:
     """Classify ``paths`` into ``output`` (atomic file + lock) or ``stream``; see the module doc."""
@@ -233,15 +176,18 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         raise UsageError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
     if batch_size < 1 or top_k < 1 or (threads is not None and threads < 1) or (workers is not None and workers < 0):
         raise UsageError("--batch-size, --top-k and --threads must be >= 1, --workers >= 0")
+    if max_pixels is not None and max_pixels < 1:
+        raise UsageError(f"--max-pixels must be >= 1, got {max_pixels}")
     if device not in backends.DEVICES:
         raise UsageError(f"unknown device {device!r}; choose from {', '.join(backends.DEVICES)}")
     if (output is None) == (stream is None):
         raise UsageError("give exactly one of an output file or a stream")
     if resume and output is None:
         raise UsageError("--resume needs --output FILE (it reuses that file's rows)")
-    out_path = Path(output) if output is not None else None
+    # a symlinked output is written through: the link stays, its target is replaced and locked
+    out_path = Path(os.path.realpath(output)) if output is not None else None
     if out_path is not None and out_path.is_dir():
-        raise UsageError(f"--output {display_text(str(out_path))} is a directory")
+        raise UsageError(f"--output {display_text(os.fspath(output))} is a directory")  # type: ignore[arg-type]
 
     manifest = resolve_model(model)
     selection = backends.select(manifest, backend, device, threads)
@@ -253,7 +199,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
     writer = make_writer(fmt, top_k)
     workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) if workers is None else workers
     report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,
-                            output=str(out_path) if out_path is not None else None)
+                            output=os.fspath(output) if output is not None else None)
     note = on_note or (lambda msg: None)
     if selection.how in ("measured", "fallback"):  # a cached choice is silent: cron runs stay quiet
         note(f"backend {selection.note}")
@@ -264,14 +210,14 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
             with _writing(out_path):
                 stack.enter_context(OutputLock(out_path))
             _remove_stale_temps(out_path)
-            excludes = [out_path, state_path_for(out_path), lock_path_for(out_path)]
+            excludes = [out_path, state_path_for(out_path), lock_path_for(out_path), Path(os.path.abspath(output))]
         entries = list(discover(paths, recursive=recursive, include=include, exclude=excludes))
         report.files = len(entries)
         if on_start:
             on_start(len(entries))
         fingerprint = {"model": manifest.name, "artifact_sha256": manifest.artifacts[spec.format].sha256,
                        "backend": name, "device": device, "threads": threads, "top_k": top_k, "resize": resize,
-                       "format": fmt, "classes": classes}
+                       "format": fmt, "classes": classes, "max_pixels": max_pixels}
         kept: dict[tuple[str, int, int], str] = {}
         if resume and out_path is not None:
             kept, msg = load_previous(out_path, writer, fingerprint)
@@ -292,7 +238,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         def emit(fh: IO[str]) -> None:
             t0 = time.perf_counter()
             fh.write(writer.header())
-            decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size)
+            decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size, max_pixels=max_pixels)
             try:
                 _emit_rows(fh, writer, reuse, predict_rows(todo, decoded, predict, classes, top_k, batch_size, size),
                            report, flush_each=out_path is None, on_progress=on_progress)
@@ -309,7 +255,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
                 emit(fh)
             if resume:
                 with _writing(state_path_for(out_path)):
-                    _write_state(out_path, entries, fingerprint)
+                    write_state(out_path, entries, fingerprint)
     if on_progress:
         on_progress(len(entries))
     return report

@@ -14,13 +14,15 @@ import click
 
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.errors import ExitStatus
+from cifarbench.images import DEFAULT_MAX_PIXELS
 
 EPILOG = f"""\b
 Output: one row per file, in input order. CSV (RFC 4180, UTF-8) columns:
   path,label,class_index,confidence[,label_2,confidence_2 ... label_K,confidence_K],error
 JSONL: the same keys, one object per line. A file that cannot be classified gets
-empty prediction fields (null in JSONL) and its reason in `error`. Bytes of a file
-name that are not UTF-8 are written as \\xNN.
+empty prediction fields (null in JSONL) and its reason in `error`; so does a PATH
+that is missing, unreadable or a broken link. Bytes of a file name that are not
+UTF-8 are written as \\xNN and a backslash as \\\\, so distinct names stay distinct.
 
 \b
 Exit codes:
@@ -40,7 +42,7 @@ Cron (no flock needed: the run locks <output>.lock itself):
 
 
 @click.command("classify", epilog=EPILOG)
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str, readable=False))
 @click.option("--model", "-m", help="Shipped model name, a directory with manifest.json, or one artifact file "
               "(default: the shipped flagship).")
 @click.option("--backend", "-b", type=BackendChoice(),
@@ -64,10 +66,13 @@ Cron (no flock needed: the run locks <output>.lock itself):
               help="How non-square images become 32x32.")
 @click.option("--resume", is_flag=True, help="Reuse rows of --output FILE for files whose path, size and mtime are "
               "unchanged (state in FILE.state.json); the result equals a fresh run.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images with more pixels, from their header before decoding (a row error); same default as serve.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
 def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
             batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
-            include: tuple[str, ...], resize: str, resume: bool, quiet: bool) -> None:
+            include: tuple[str, ...], resize: str, resume: bool, max_pixels: int,
+            quiet: bool) -> None:
     """Classify image files and folders (PATH...) into CSV or JSONL rows.
 
     Folders are walked recursively in sorted order; hidden files and folders are skipped and
@@ -93,6 +98,7 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
                 list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
                 workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
                 recursive=recursive, include=include, resize=resize, resume=resume,
+                max_pixels=max_pixels,
                 on_start=lambda n: bar.update(total=n), on_progress=lambda n: bar.update(completed=n), on_note=note)
     except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback
         _silence_stdout()
