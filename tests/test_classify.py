@@ -139,8 +139,8 @@ def test_exit_codes(tiny_model: Path, tmp_path: Path, args: list[str], code: int
 
 
 def test_missing_path_and_model_are_clear(tiny_model: Path, tmp_path: Path) -> None:
-    r = run_cli("classify", tmp_path / "nope", "-m", tiny_model)
-    assert r.exit_code == ExitStatus.USAGE
+    r = run_cli("classify", tmp_path / "nope", "-m", tiny_model, "-b", "onnx")
+    assert r.exit_code == ExitStatus.PARTIAL and _csv(r.stdout)[1][-1] == "file not found"  # a row, not an abort
     r = run_cli("classify", tmp_path, "-m", tmp_path / "nomodel")
     assert r.exit_code == ExitStatus.DATA and "not found" in r.stderr
 
@@ -285,3 +285,119 @@ def test_onnx_and_tflite_never_import_tensorflow(tiny_model: Path, tmp_path: Pat
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got == {"status": 0, "heavy": []}, p.stderr
     assert p.stderr == ""  # --quiet: nothing at all, not even runtime logs
+
+
+# --------------------------------------------------------------------------- hardening (issue 13)
+def test_named_missing_unreadable_and_broken_link_files_get_rows(tiny_model: Path, tmp_path: Path) -> None:
+    _img(tmp_path / "ok.png", 1)
+    os.symlink("nowhere.png", tmp_path / "dangling.png")
+    (tmp_path / "secret.png").write_bytes((tmp_path / "ok.png").read_bytes())
+    (tmp_path / "secret.png").chmod(0)
+    out = tmp_path / "out.csv"
+    names = ["ok.png", "missing.jpg", "dangling.png", "secret.png"]
+    r = run_cli("classify", *[tmp_path / n for n in names], "-m", tiny_model, "-b", "onnx", "-o", out)
+    assert r.exit_code == ExitStatus.PARTIAL, r.stderr
+    rows = _csv(out.read_text(encoding="utf-8"))[1:]
+    assert [os.path.basename(row[0]) for row in rows] == names
+    errors = [row[-1] for row in rows]
+    assert errors[:3] == ["", "file not found", "broken symbolic link"]
+    assert errors[3] == ("" if os.geteuid() == 0 else "permission denied")  # root reads chmod 000 files
+
+
+def test_names_with_0xff_and_a_literal_backslash_stay_distinct_through_resume(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    raw = [b"x\xff.png", b"x\\xff.png", b"x\\\\xff.png"]  # byte 0xFF; a backslash then "xff"; two backslashes
+    for i, name in enumerate(raw):
+        _img(os.path.join(os.fsencode(root), name), i)
+    out, fresh = tmp_path / "labels.csv", tmp_path / "fresh.csv"
+    base = ["classify", root, "-m", tiny_model, "-b", "onnx"]
+    assert run_cli(*base, "-o", out, "--resume").exit_code == 0
+    paths = [row[0] for row in _csv(out.read_text(encoding="utf-8"))[1:]]
+    assert len(set(paths)) == 3 and paths == sorted(display_text(os.path.join(str(root), os.fsdecode(n))) for n in raw)
+    assert str(root) + "/x\\xff.png" in paths and str(root) + "/x\\\\xff.png" in paths
+    again = run_cli(*base, "-o", out, "--resume")
+    assert "3 reused" in again.stderr and "img/s" not in again.stderr  # nothing classified: no rate
+    assert run_cli(*base, "-o", fresh).exit_code == 0 and out.read_bytes() == fresh.read_bytes()
+
+
+def test_symlinked_output_is_written_through_and_the_target_locked(tiny_model: Path, tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "labels.csv", tmp_path / "link.csv"
+    target.write_text("old\n")
+    os.symlink(target, link)
+    args = ["classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", link]
+    with OutputLock(target):  # the lock is the resolved path's
+        assert run_cli(*args).exit_code == ExitStatus.LOCKED
+    r = run_cli(*args, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target) and target.read_text().startswith("path,")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["labels.csv", "labels.csv.state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "link.csv", "real"]  # no lock beside the link
+    assert "reused" in run_cli(*args, "--resume").stderr
+
+
+def test_disk_full_keeps_the_previous_output_and_leaves_no_lock(tiny_model: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    _img(tmp_path / "a.png", 1)
+    out = tmp_path / "o" / "labels.csv"
+    out.parent.mkdir()
+    out.write_text("previous\n")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the atomic writer's last step before the rename
+    r = run_cli("classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", out, "-q")
+    assert r.exit_code == ExitStatus.ERROR and "No space left" in r.stderr and r.stderr.count("\n") == 1
+    assert out.read_text() == "previous\n" and sorted(p.name for p in out.parent.iterdir()) == ["labels.csv"]
+
+
+def test_quiet_run_on_a_corrupt_tiff_prints_one_line(tiny_model: Path, tmp_path: Path,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    from PIL import features
+
+    from test_images import corrupt_tiff
+
+    if not features.check("libtiff"):
+        pytest.skip("Pillow without libtiff")
+    (tmp_path / "bad.tif").write_bytes(corrupt_tiff())
+    _img(tmp_path / "good.png", 2)
+    out = tmp_path / "o.csv"
+    r = run_cli("classify", tmp_path, "-m", tiny_model, "-b", "onnx", "-o", out, "-q")
+    fd = capfd.readouterr()
+    assert r.exit_code == ExitStatus.PARTIAL
+    assert r.stderr == "classify: 1 of 2 files failed; see the error column\n" and fd.err == "" and fd.out == ""
+    assert "libtiff: ZIPDecode" in _csv(out.read_text())[1][-1]
+
+
+def test_max_pixels_refuses_from_the_header_as_a_row(tiny_model: Path, tmp_path: Path) -> None:
+    from test_images import png_header_bomb
+
+    _img(tmp_path / "a.png", 1)  # 32 x 32 = 1,024 pixels
+    (tmp_path / "bomb.png").write_bytes(png_header_bomb(9000, 9000))
+    r = run_cli("classify", tmp_path, "-m", tiny_model, "-b", "onnx")
+    rows = {os.path.basename(row[0]): row[-1] for row in _csv(r.stdout)[1:]}
+    assert r.exit_code == ExitStatus.PARTIAL and rows["a.png"] == ""
+    assert rows["bomb.png"].startswith("image too large") and "81,000,000 pixels" in rows["bomb.png"]
+    r = run_cli("classify", tmp_path, "-m", tiny_model, "-b", "onnx", "--max-pixels", "1000")
+    assert all("limit 1,000 pixels" in row[-1] for row in _csv(r.stdout)[1:])
+    assert run_cli("classify", tmp_path, "-m", tiny_model, "--max-pixels", "0").exit_code == ExitStatus.USAGE
+
+
+def test_rate_counts_only_images_classified_in_this_run(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    for i in range(6):
+        _img(root / f"{i}.png", i)
+    (root / "bad.png").write_text("not an image")
+    out = tmp_path / "labels.csv"
+    opts = dict(model=tiny_model, backend="onnx", output=out, resume=True)
+    core.classify([root], **opts)  # type: ignore[arg-type]
+    _img(root / "new.png", 7)
+    rep = core.classify([root], **opts)  # type: ignore[arg-type]
+    assert (rep.files, rep.reused, rep.classified, rep.failed) == (8, 6, 2, 1)  # new.png, and bad.png retried
+    assert rep.images_per_second == pytest.approx(1 / rep.seconds)  # one image went through the model
