@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -12,6 +13,7 @@ import click
 from cifarbench.backends import DEVICES
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.errors import BackendUnavailable, UsageError
+from cifarbench.images import DEFAULT_MAX_PIXELS
 
 
 @click.command("serve")
@@ -21,7 +23,7 @@ from cifarbench.errors import BackendUnavailable, UsageError
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: pick a free one).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=10.0, show_default=True, help="Largest request body.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest image (width x height), checked before decoding: the decompression-bomb guard.")
 @click.option("--max-images", type=click.IntRange(min=1), default=128, show_default=True, help="Most images in one request.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -30,7 +32,17 @@ from cifarbench.errors import BackendUnavailable, UsageError
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most images the micro-batcher sends to the backend at once.")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Most connections served at once per process; more get 503 (bounds memory: this x --max-upload-mb).")
+              help="Most classify requests decoding/inferring at once per process; more wait in the queue.")
+@click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Most classify requests waiting for a turn; beyond it 503 with Retry-After.")
+@click.option("--max-buffered-mb", type=click.FloatRange(min=0.001), default=256.0, show_default=True,
+              help="Request bodies held in memory, all requests together; a body over it gets 503 with Retry-After.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Open connections per process; more get 503 (idle ones are closed after --header-timeout).")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers (from connecting, or from the last response).")
+@click.option("--keep-alive", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Seconds an idle keep-alive connection stays open.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own copy of the model.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Backend threads per process [default: runtime's choice].")
@@ -38,8 +50,9 @@ from cifarbench.errors import BackendUnavailable, UsageError
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level (logs go to stderr).")
 def command(model: str | None, backend: str | None, host: str, port: int, max_upload_mb: float, max_pixels: int,
-            max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, workers: int, threads: int | None,
-            device: str, log_level: str) -> None:
+            max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, max_queue: int,
+            max_buffered_mb: float, max_connections: int, header_timeout: float, keep_alive: int, workers: int,
+            threads: int | None, device: str, log_level: str) -> None:
     """Serve a model over HTTP: GET / (upload page), GET /health, GET /v1/model, POST /v1/classify.
 
     \b
@@ -47,9 +60,11 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/v1/classify?top_k=3'
     """
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
         from cifarbench.serve.app import ENV_CONFIG, ServeLimits, create_app
+        from cifarbench.serve import server
+        from cifarbench.serve.protocol import ConnectionLimits
     except ImportError as exc:
         raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
     from cifarbench.backends import select
@@ -58,7 +73,9 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     if workers > 1 and port == 0:
         raise UsageError("--port 0 cannot be shared by several --workers; name a port")
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
-                         max_images=max_images, timeout_s=timeout)
+                         max_images=max_images, timeout_s=timeout, max_active=max_concurrency, max_queue=max_queue,
+                         max_buffered_bytes=int(max_buffered_mb * 1024 * 1024))
+    connection = ConnectionLimits(header_timeout_s=header_timeout, max_connections=_fd_capped(max_connections))
     manifest = resolve_model(model)
     selection = select(manifest, backend, device, threads)
     name = selection.name
@@ -70,24 +87,23 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     if not _is_loopback(host):
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can use the server "
                    "(no authentication, no TLS; put a reverse proxy in front)", err=True)
-    common = dict(log_level=log_level, timeout_keep_alive=5, server_header=False, limit_concurrency=max_concurrency)
 
     if workers == 1:
         app = create_app(manifest, selection.load(manifest, threads), backend_name=name, top_k=top_k,
                          limits=limits, max_batch=max_batch)
         click.echo(f"serving {manifest.name} with {name} on {url}  (Ctrl-C to stop)", err=True)
-        uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])  # type: ignore[arg-type]
+        server.run(app, sock, connection, keep_alive, log_level)
         return
 
     # Several processes: each worker builds its own app from a JSON config (uvicorn imports the factory).
     os.environ[ENV_CONFIG] = json.dumps({
         "model": os.path.abspath(model) if model and os.path.exists(model) else model, "backend": name,
         "device": selection.device, "threads": threads, "top_k": top_k, "max_batch": max_batch,
-        "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": max_pixels,
-                   "max_images": max_images, "timeout_s": timeout},
+        "limits": dataclasses.asdict(limits),
     })
     click.echo(f"serving {manifest.name} with {name} on {url} in {workers} worker processes  (Ctrl-C to stop)", err=True)
-    config = uvicorn.Config("cifarbench.serve.app:app_from_env", factory=True, workers=workers, **common)
+    config = server.make_config("cifarbench.serve.app:app_from_env", connection, keep_alive, log_level,
+                                factory=True, workers=workers)
     _run_workers(config, sock)
 
 
@@ -103,6 +119,22 @@ def _run_workers(config: "uvicorn.Config", sock: socket.socket) -> None:
         Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()  # type: ignore[call-arg]
     else:
         Multiprocess(config, sockets=[sock]).run()
+
+
+def _fd_capped(max_connections: int) -> int:
+    """Raise the open-file soft limit as far as allowed; keep connections within it (with room for models, logs)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = max_connections + 64
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        return max(1, min(max_connections, int(soft) - 64)) if soft != resource.RLIM_INFINITY else max_connections
+    except (ImportError, ValueError, OSError):
+        return max_connections
 
 
 def _bind(host: str, port: int) -> socket.socket:

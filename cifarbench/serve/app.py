@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -34,8 +35,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cifarbench import __version__
 from cifarbench.images import ImageResult
 from cifarbench.manifest import Manifest
+from cifarbench.serve.admission import Admission, Busy, UploadBudget
 from cifarbench.serve.batching import BatcherClosed, MicroBatcher
-from cifarbench.serve.uploads import ServeLimits, decode_guarded, read_uploads
+from cifarbench.serve.memory import rss_bytes, trim_heap, tune_malloc
+from cifarbench.serve.protocol import SECURITY_HEADERS
+from cifarbench.serve.uploads import BodyMeter, ServeLimits, decode_guarded, read_uploads
+
+TRIM_AFTER_PIXELS = 4_000_000  # after decoding an image this big, hand freed heap pages back to the OS
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -49,24 +55,30 @@ class _App:
         self.classes = list(manifest.classes)
         self.top_k = max(1, min(int(top_k), len(self.classes)))
         self.limits = limits
-        self.size = int((manifest.input or {}).get("shape", [32])[0])
+        contract = manifest.input  # an InputContract (or the first release's plain dict)
+        self.input: dict[str, Any] = contract.to_dict() if hasattr(contract, "to_dict") else dict(contract or {})
+        self.size = int(self.input.get("shape", [32])[0])
         self.resize = resize
         self.batcher = MicroBatcher(backend.predict, max_batch=max_batch, max_wait_s=max_wait_s)
         self.decode_limiter = anyio.CapacityLimiter(max(2, len(os.sched_getaffinity(0))))
+        self.admission = Admission(limits.max_active, limits.max_queue)
+        self.upload_budget = UploadBudget(max(limits.max_buffered_bytes, limits.max_upload_bytes))
 
     # ------------------------------------------------------------------ GET
     async def health(self, request: Request) -> Response:
         closed = self.batcher.closed
         return JSONResponse({"status": "closed" if closed else "ok", "model": self.manifest.name,
                              "backend": self.backend_name, "queued": self.batcher.queued(),
-                             "batcher": self.batcher.stats.as_dict()}, status_code=503 if closed else 200)
+                             "batcher": self.batcher.stats.as_dict(), "admission": self.admission.as_dict(),
+                             "buffered_bytes": self.upload_budget.used, "rss_bytes": rss_bytes()},
+                            status_code=503 if closed else 200)
 
     async def model(self, request: Request) -> Response:
         m = self.manifest
         return JSONResponse({
-            "name": m.name, "arch": m.arch, "classes": self.classes, "input": m.input, "params": m.params,
-            "macs": m.macs, "metrics": _scalars(m.metrics), "artifacts": sorted(m.artifacts), "created": m.created,
-            "backend": {"name": self.backend_name, **_jsonable(self.backend.describe())},
+            "name": m.name, "arch": m.arch, "classes": self.classes, "input": self.input, "params": m.params,
+            "macs": m.macs, "metrics": _without_paths(_scalars(m.metrics)), "artifacts": sorted(m.artifacts), "created": m.created,
+            "backend": {"name": self.backend_name, **_without_paths(_jsonable(self.backend.describe()))},
             "serving": {"top_k": self.top_k, "resize": self.resize, "max_batch": self.batcher.max_batch,
                         **asdict(self.limits), "cifarbench_version": __version__},
         })
@@ -78,37 +90,49 @@ class _App:
     async def classify(self, request: Request) -> Response:
         t0 = time.perf_counter()
         phase = "upload"
+        meter = BodyMeter(self.upload_budget)
         try:
             with anyio.fail_after(self.limits.timeout_s):
-                uploads, form_k = await read_uploads(request, self.limits)
+                uploads, form_k = await read_uploads(request, self.limits, meter)
                 top_k = self._top_k(request.query_params.get("top_k", form_k))
                 if not uploads:
                     raise HTTPException(400, "no images in the request: send multipart/form-data file fields "
                                              "or one raw image body (Content-Type: image/* or application/octet-stream)")
-                phase = "decode"
+                names = [name for name, _ in uploads]
+                phase = "queue"
                 t1 = time.perf_counter()
-                decoded = await anyio.to_thread.run_sync(self._decode_all, [b for _, b in uploads],
-                                                         limiter=self.decode_limiter)
-                t2 = time.perf_counter()
-                phase = "inference"
-                good = [i for i, r in enumerate(decoded) if r.ok]
-                probs = np.zeros((0, len(self.classes)), np.float32)
-                if good:
-                    batch = np.stack([decoded[i].array for i in good])  # type: ignore[misc]
-                    probs = await asyncio.wrap_future(self.batcher.submit(batch))
+                async with self.admission.slot():
+                    phase = "decode"
+                    decoded = await anyio.to_thread.run_sync(self._decode_all, [b for _, b in uploads],
+                                                             limiter=self.decode_limiter)
+                    del uploads[:]  # names only from here on: the bytes go back to the budget
+                    meter.release()
+                    t2 = time.perf_counter()
+                    phase = "inference"
+                    good = [i for i, (r, _) in enumerate(decoded) if r.ok]
+                    probs = np.zeros((0, len(self.classes)), np.float32)
+                    if good:
+                        batch = np.stack([decoded[i][0].array for i in good])  # type: ignore[misc]
+                        probs = await asyncio.wrap_future(self.batcher.submit(batch))
                 t3 = time.perf_counter()
         except TimeoutError:
             if phase == "upload":
                 raise HTTPException(408, f"request body not received within {self.limits.timeout_s:g} s") from None
+            if phase == "queue":
+                raise _busy(f"server busy: no turn within {self.limits.timeout_s:g} s; retry shortly") from None
             raise HTTPException(504, f"classification did not finish within {self.limits.timeout_s:g} s") from None
+        except Busy as exc:
+            raise _busy(str(exc), exc.retry_after) from None
         except BatcherClosed:
             raise HTTPException(503, "server is shutting down") from None
         except ClientDisconnect:
             return Response(status_code=400)
+        finally:
+            meter.release()
 
         rows = iter(probs)
         results = []
-        for i, ((name, _), res) in enumerate(zip(uploads, decoded)):
+        for i, (name, (res, _)) in enumerate(zip(names, decoded)):
             entry: dict[str, Any] = {"index": i, "name": name, "ok": res.ok}
             if res.ok:
                 entry.update(self._top(next(rows), top_k))
@@ -124,8 +148,11 @@ class _App:
             return JSONResponse(body, status_code=422)
         return JSONResponse(body)
 
-    def _decode_all(self, blobs: list[bytes]) -> list[ImageResult]:
-        return [decode_guarded(b, self.size, self.resize, self.limits.max_pixels) for b in blobs]
+    def _decode_all(self, blobs: list[bytes]) -> list[tuple[ImageResult, int]]:
+        out = [decode_guarded(b, self.size, self.resize, self.limits.max_pixels) for b in blobs]
+        if max(pixels for _, pixels in out) >= TRIM_AFTER_PIXELS:
+            trim_heap()  # big decodes leave freed pages in glibc's heaps; an idle server should not keep them
+        return out
 
     def _top_k(self, raw: str | None) -> int:
         if raw in (None, ""):
@@ -162,21 +189,47 @@ def _scalars(d: Any, depth: int = 0) -> Any:
     return None
 
 
+def _busy(message: str, retry_after: int = 1) -> HTTPException:
+    return HTTPException(503, message, headers={"Retry-After": str(retry_after)})
+
+
+def _without_paths(d: Any) -> Any:
+    """Drop strings that name files (``metrics.parity.source`` etc.): the server's layout is not public."""
+    if isinstance(d, dict):
+        out = {k: _without_paths(v) for k, v in d.items()}
+        return {k: v for k, v in out.items() if v is not None}
+    if isinstance(d, list):
+        return [v for v in (_without_paths(x) for x in d) if v is not None]
+    if isinstance(d, str) and ("/" in d or "\\" in d or d.startswith("~")):
+        return None
+    return d
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers or {})
+    headers = {**dict(SECURITY_HEADERS), **dict(exc.headers or {})}
     return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}", "status": 500}, status_code=500)
+    # Sent by Starlette's outermost middleware, outside _SecurityHeaders: the headers are added here.
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}", "status": 500}, status_code=500,
+                        headers=dict(SECURITY_HEADERS))
+
+
+def _relative_location(location: str) -> str:
+    """A redirect target without scheme and host: Starlette builds it from the client's Host header."""
+    parts = urlsplit(location)
+    path = "/" + parts.path.lstrip("/")  # one slash: "//host/x" would be read as another host
+    return path + (f"?{parts.query}" if parts.query else "")
 
 
 class _SecurityHeaders:
-    """Everything is served locally, so the page can forbid any other origin outright."""
+    """Everything is served locally, so the page can forbid any other origin outright.
 
-    CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
-           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    Also turns redirects (``/static`` -> ``/static/``) into relative ones, so a forged
+    ``Host`` header is never reflected in ``Location``.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -189,9 +242,10 @@ class _SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.setdefault("Content-Security-Policy", self.CSP)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("Referrer-Policy", "no-referrer")
+                for name, value in SECURITY_HEADERS:
+                    headers.setdefault(name, value)
+                if "location" in headers:
+                    headers["location"] = _relative_location(headers["location"])
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -258,4 +312,5 @@ def app_from_env() -> Starlette:
     """Factory for ``--workers N``: each worker process loads its own backend from a JSON config."""
     cfg = json.loads(os.environ[ENV_CONFIG])
     limits = ServeLimits(**cfg.pop("limits", {}))
+    tune_malloc()
     return load_app(**cfg, limits=limits)

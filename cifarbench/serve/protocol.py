@@ -69,6 +69,7 @@ class _GuardMixin:
         self._limits: ConnectionLimits = getattr(self.config, "cifarbench_connection", None) or ConnectionLimits()
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes received since the current head started
+        self._head_tail = b""  # the last bytes of the head so far: its end may straddle two reads
         self._seen_cycle: Any = None
         self._refused = False
 
@@ -87,8 +88,11 @@ class _GuardMixin:
         if self._refused:
             self._answer_and_close(503, "too many open connections; retry shortly", self._limits.retry_after_s)
             return
-        if self._head_timer is not None:  # still reading a request head
-            self._head_bytes += len(data)
+        if self._head_timer is not None:  # still reading a request head: count it, not the body after it
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+            self._head_tail = window[-3:]
             if self._head_bytes > self._limits.max_header_bytes:
                 self._answer_and_close(431, f"request head exceeds {self._limits.max_header_bytes} bytes")
                 return
@@ -117,6 +121,7 @@ class _GuardMixin:
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
         self._head_bytes = 0
+        self._head_tail = b""
         self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:

@@ -1,0 +1,292 @@
+"""cifarbench serve under hostile clients: a real uvicorn server on 127.0.0.1, small scale.
+
+Idle and trickling connections, oversized and malformed heads, full queues and upload
+budgets, truncated multipart bodies, forged Host headers and path leaks. Every refusal
+must be JSON with the security headers, whatever layer (protocol or app) sends it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+
+from cifarbench.manifest import Manifest
+from test_serve import FakeBackend, manifest, png  # also skips this module without the serve extra
+
+import uvicorn  # noqa: E402  (after the skip above)
+
+from cifarbench.cli.serve import _bind  # noqa: E402
+from cifarbench.serve.app import ServeLimits, create_app  # noqa: E402
+from cifarbench.serve.protocol import ConnectionLimits  # noqa: E402
+from cifarbench.serve.server import make_config  # noqa: E402
+
+
+# ---------------------------------------------------------------------- a live server
+@contextmanager
+def live_server(backend: Any = None, limits: ServeLimits | None = None, connection: ConnectionLimits | None = None,
+                keep_alive: int = 5, model: Manifest | None = None) -> Iterator[int]:
+    """The app on a real uvicorn server (guarded protocol, as the CLI runs it) in a thread; yields the port."""
+    app = create_app(model or manifest(), backend or FakeBackend(), limits=limits)
+    sock = _bind("127.0.0.1", 0)
+    server = uvicorn.Server(make_config(app, connection, keep_alive, log_level="critical", log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return read_to_close(s)
+
+
+def read_to_close(s: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return status, headers, body
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: int) -> dict[str, Any]:
+    assert status == expected, (status, body[:200])
+    assert headers["content-type"].startswith("application/json")
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    doc = json.loads(body)
+    assert doc["status"] == expected and doc["error"]
+    return doc
+
+
+def classify_32(port: int) -> tuple[int, float]:
+    t = time.perf_counter()
+    status, _, body = request(port, "POST", "/v1/classify", png(3), {"Content-Type": "image/png"})
+    elapsed = time.perf_counter() - t
+    if status == 200:
+        assert json.loads(body)["results"][0]["label"] == "cat"
+    return status, elapsed
+
+
+# ---------------------------------------------------------------------- connections
+def test_idle_and_trickling_clients_do_not_block_health_or_classify() -> None:
+    """The issue's repro, scaled down: 64 silent sockets used to make every request a 503."""
+    conn = ConnectionLimits(header_timeout_s=1.5)
+    with live_server(limits=ServeLimits(timeout_s=2.0), connection=conn) as port:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+        heads = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        bodies = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for s in bodies:
+                s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                          b"Content-Length: 100000\r\n\r\n")
+            head = b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 1000
+            i = 0
+            while not stop.is_set() and i < len(head):
+                for s in heads + bodies:
+                    try:
+                        s.sendall(head[i:i + 1] if s in heads else b"\x89")
+                    except OSError:
+                        pass
+                i += 1
+                stop.wait(0.05)
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        try:
+            time.sleep(0.2)
+            latencies = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                status, _, body = request(port, "GET", "/health")
+                latencies.append(time.perf_counter() - t0)
+                assert status == 200 and json.loads(body)["status"] == "ok"
+                status, elapsed = classify_32(port)
+                assert status == 200
+                latencies.append(elapsed)
+            assert max(latencies) < 1.0, latencies
+
+            # The guards then end every one of them: idle closed silently, slow heads 408, slow bodies 408.
+            for s in idle + heads + bodies:
+                s.settimeout(5)
+            assert all(read_to_close(s) == b"" for s in idle)
+            stop.set()
+            for s in heads:
+                assert_json_error(*parse(read_to_close(s)), 408)
+            for s in bodies:
+                doc = assert_json_error(*parse(read_to_close(s)), 408)
+                assert "body" in doc["error"]
+        finally:
+            stop.set()
+            t.join(5)
+            for s in idle + heads + bodies:
+                s.close()
+        assert classify_32(port)[0] == 200
+
+
+def test_keep_alive_connection_gets_a_fresh_head_deadline_per_request() -> None:
+    with live_server(connection=ConnectionLimits(header_timeout_s=1.0), keep_alive=30) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for _ in range(3):  # each request well within its own deadline, 1.8 s in all
+            conn.request("GET", "/health")
+            r = conn.getresponse()
+            assert r.status == 200
+            r.read()
+            time.sleep(0.6)
+        conn.close()
+
+
+def test_connection_limit_answers_json_503_and_recovers() -> None:
+    with live_server(connection=ConnectionLimits(max_connections=4, header_timeout_s=5)) as port:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        time.sleep(0.1)
+        status, headers, body = parse(raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"))
+        assert_json_error(status, headers, body, 503)
+        assert headers["retry-after"] == "1"
+        for s in held:
+            s.close()
+        time.sleep(0.1)
+        assert request(port, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", 400),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400),  # TLS hello on plain HTTP
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 80_000 + b"\r\n\r\n", 431),
+])
+def test_protocol_level_refusals_are_json(data: bytes, expected: int) -> None:
+    with live_server() as port:
+        assert_json_error(*parse(raw(port, data)), expected)
+        assert request(port, "GET", "/health")[0] == 200
+
+
+def test_body_sent_with_the_head_is_not_counted_as_head() -> None:
+    """A client that writes head and a 100 KB body at once must not look like a 64 KB head."""
+    body = png(3, size=(400, 400)) + b"\0" * 100_000  # trailing bytes after IEND: still a valid PNG
+    with live_server(connection=ConnectionLimits(max_header_bytes=4096)) as port:
+        data = (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        status, _, answer = parse(raw(port, data))
+    assert status == 200 and json.loads(answer)["results"][0]["label"] == "cat"
+
+
+# ---------------------------------------------------------------------- requests
+def test_full_queue_is_json_503_with_retry_after() -> None:
+    backend = FakeBackend(delay=0.4)
+    with live_server(backend, limits=ServeLimits(max_active=1, max_queue=1)) as port:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: request(port, "POST", "/v1/classify", png(1),
+                                                      {"Content-Type": "image/png"}), range(6)))
+        statuses = sorted(a[0] for a in answers)
+        assert statuses.count(200) >= 2 and 503 in statuses and set(statuses) == {200, 503}
+        for status, headers, body in answers:
+            if status == 503:
+                doc = assert_json_error(status, headers, body, 503)
+                assert headers["retry-after"] == "1" and "busy" in doc["error"]
+        health = json.loads(request(port, "GET", "/health")[2])
+        assert health["admission"]["refused"] == statuses.count(503) and health["admission"]["active"] == 0
+    assert not backend.overlapped
+
+
+def test_upload_budget_refuses_while_another_upload_holds_it() -> None:
+    limits = ServeLimits(max_upload_bytes=25_000, max_buffered_bytes=30_000, timeout_s=10)
+    with live_server(limits=limits) as port:
+        holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+        holder.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                       b"Content-Length: 24000\r\n\r\n" + b"\x00" * 20_000)
+        deadline = time.monotonic() + 5
+        while json.loads(request(port, "GET", "/health")[2])["buffered_bytes"] < 20_000:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        doc = assert_json_error(*request(port, "POST", "/v1/classify", b"\x01" * 20_000,
+                                         {"Content-Type": "image/png"}), 503)
+        assert "uploads in progress" in doc["error"]
+        holder.close()  # its bytes go back to the budget
+        deadline = time.monotonic() + 5
+        while json.loads(request(port, "GET", "/health")[2])["buffered_bytes"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert classify_32(port)[0] == 200
+
+
+def test_truncated_multipart_is_a_multipart_error() -> None:
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + png(2)[:40])  # no closing boundary
+    with live_server() as port:
+        doc = assert_json_error(*request(port, "POST", "/v1/classify", body,
+                                         {"Content-Type": "multipart/form-data; boundary=xyz"}), 400)
+    assert "multipart" in doc["error"] and "truncated" in doc["error"]
+
+
+def test_every_error_is_json_with_security_headers() -> None:
+    with live_server(FakeBackend(fail=True)) as port:
+        assert_json_error(*request(port, "GET", "/nope"), 404)
+        assert_json_error(*request(port, "DELETE", "/v1/classify"), 405)
+        assert_json_error(*request(port, "POST", "/v1/classify", b"x", {"Content-Type": "text/plain"}), 415)
+        assert_json_error(*request(port, "POST", "/v1/classify", b"x" * 20, {"Content-Type": "image/png",
+                                                                             "Content-Length": "abc"}), 400)
+        doc = assert_json_error(*request(port, "POST", "/v1/classify", png(1), {"Content-Type": "image/png"}), 500)
+        assert doc["error"] == "internal error: RuntimeError"
+
+
+# ---------------------------------------------------------------------- what the server reveals
+def test_redirect_does_not_reflect_the_host_header() -> None:
+    with live_server() as port:
+        status, headers, _ = parse(raw(port, b"GET /static HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"))
+    assert 300 <= status < 400 and headers["location"] == "/static/"
+
+
+def test_model_info_shows_no_server_paths(tmp_path: Any) -> None:
+    secret = str(tmp_path / "datasets" / "cifar10.tar.xz")
+    m = Manifest(name="m", arch="fake", metrics={
+        "test": {"accuracy": 0.8},
+        "parity": {"source": secret, "split": "train", "agreement": 0.99,
+                   "not_shipped_reason": "rebuild with `cifarbench convert trained/m --out DIR`"}})
+    with live_server(model=m) as port:
+        status, _, body = request(port, "GET", "/v1/model")
+    doc = json.loads(body)
+    assert status == 200 and str(tmp_path) not in body.decode() and "trained/m" not in body.decode()
+    assert doc["metrics"] == {"test": {"accuracy": 0.8}, "parity": {"split": "train", "agreement": 0.99}}
