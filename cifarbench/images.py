@@ -23,6 +23,7 @@ import stat
 import threading
 import warnings
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import IO, BinaryIO, Iterator, Union
 
 import numpy as np
@@ -65,6 +66,24 @@ except Exception:  # pragma: no cover - optional dependency
 
 # Pillow's pixel limit is a module global; swapping it is serialised so threads (serve) never race.
 _LIMIT_LOCK = threading.RLock()
+_default_max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+
+@contextlib.contextmanager
+def default_max_pixels(value: int | None) -> Iterator[None]:
+    """Within the block, ``load_image`` calls that name no limit use ``value``.
+
+    How a command's ``--max-pixels`` reaches loads it does not call itself (``bench`` through the
+    data layer). Process-wide: meant for a CLI command's whole run, not for concurrent callers.
+    """
+    global _default_max_pixels
+    if value is not None and value < 1:
+        raise UsageError(f"--max-pixels must be >= 1, got {value}")
+    old, _default_max_pixels = _default_max_pixels, value
+    try:
+        yield
+    finally:
+        _default_max_pixels = old
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,7 @@ def load_image(
     src: ImageSource,
     size: int = 32,
     resize: str = "center-crop",
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None | EllipsisType = ...,
     *,
     draft: bool = True,
 ) -> ImageResult:
@@ -91,7 +110,8 @@ def load_image(
 
     ``resize``: ``center-crop`` (shorter side to ``size``, centre crop), ``squash`` (ignore aspect)
     or ``pad`` (longer side to ``size``, white borders). ``max_pixels`` refuses bigger images from
-    their header (``None`` disables it). Only a bad ``resize``/``size`` raises; every
+    their header (``None`` disables it; ``...``: the process default, see ``default_max_pixels``).
+    Only a bad ``resize``/``size`` raises; every
     per-file problem is returned as ``ImageResult(None, reason)``. ``draft=False`` decodes
     JPEGs at full size (the reference the loader benchmark compares against).
     """
@@ -104,6 +124,8 @@ def load_image(
     if n < 1:
         raise UsageError(f"image size must be a positive integer, got {size!r}")
     size = n
+    if max_pixels is ...:
+        max_pixels = _default_max_pixels
     try:
         data = _read_source(src)
         if isinstance(data, str):  # a reason, not bytes

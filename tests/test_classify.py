@@ -351,6 +351,7 @@ def test_disk_full_keeps_the_previous_output_and_leaves_no_lock(tiny_model: Path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)  # the atomic writer's last step before the rename
+    monkeypatch.setattr(os, "pwrite", lambda *a: full(0))  # the lock's owner line: the lock file was created empty
     r = run_cli("classify", tmp_path / "a.png", "-m", tiny_model, "-b", "onnx", "-o", out, "-q")
     assert r.exit_code == ExitStatus.ERROR and "No space left" in r.stderr and r.stderr.count("\n") == 1
     assert out.read_text() == "previous\n" and sorted(p.name for p in out.parent.iterdir()) == ["labels.csv"]

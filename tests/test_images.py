@@ -562,3 +562,14 @@ def test_fd2_is_restored_after_each_capture(capfd: pytest.CaptureFixture[str]) -
         load_image(corrupt_tiff())
     os.write(2, b"still here\n")
     assert capfd.readouterr().err == "still here\n"
+
+
+def test_a_commands_limit_reaches_loads_that_name_none() -> None:
+    data = encode(solid(RED, (40, 40)), "PNG")
+    with images.default_max_pixels(1000):  # what `bench --max-pixels 1000` sets around its run
+        assert "1,600 pixels" in load_image(data).error
+        assert load_image(data, max_pixels=None).ok  # an explicit limit still wins
+    assert load_image(data).ok
+    with pytest.raises(UsageError, match="--max-pixels"):
+        with images.default_max_pixels(0):
+            pass

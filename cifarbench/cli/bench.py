@@ -13,6 +13,7 @@ import click
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.scenarios import SCENARIOS
 from cifarbench.errors import BackendUnavailable, ExitStatus
+from cifarbench.images import DEFAULT_MAX_PIXELS
 
 FORMATS = ("table", "json", "csv", "md")
 
@@ -89,13 +90,15 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="What goes to stdout [default: table; nothing with --quiet]; the files in --output-dir are always "
                    "written.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse data images with more pixels, from their header before decoding; same default as classify/serve.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success (results still go to --output-dir).")
 @click.pass_context
 def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, backend_names: tuple[str, ...], data: str,
             limit: int | None, batch_sizes: tuple[int, ...], threads: tuple[int, ...] | None, device: str,
             scenarios: tuple[str, ...], repeat: int, isolate: bool, server_rate: float | None, p99_bound_ms: float,
             server_time: float, warmup: int, min_time: float, min_iters: int, output_dir: Path | None,
-            fmt: str | None, quiet: bool) -> None:
+            fmt: str | None, max_pixels: int, quiet: bool) -> None:
     """Accuracy, F1, agreement, latency and throughput for every model x backend.
 
     Throughput is images / wall time of the backend calls alone (decode timed apart).
@@ -106,6 +109,7 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         return
     from cifarbench import bench, report
     from cifarbench.cli.ui import progress_bar, stderr_console
+    from cifarbench.images import default_max_pixels
 
     if all_backends and backend_names:
         raise click.UsageError("--all and --backend exclude each other")
@@ -130,7 +134,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
                     printer.print(message, markup=False, highlight=False, soft_wrap=True)
                 bar.advance()
 
-        doc = bench.run_bench(config, on_progress, plan)
+        with default_max_pixels(max_pixels):
+            doc = bench.run_bench(config, on_progress, plan)
     out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)
     if not quiet:
