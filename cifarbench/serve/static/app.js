@@ -104,14 +104,7 @@
         if (big) { fillCard(cards[i], { ok: false, error: "file larger than the server's upload limit" }); failed++; }
       });
       if (!sendIdx.length) continue;
-      let body = null, status = 0;
-      try {
-        const r = await fetch(`/v1/classify?top_k=${encodeURIComponent(serving.top_k)}`, { method: "POST", body: form });
-        status = r.status;
-        body = await r.json();
-      } catch (e) {
-        body = { error: `request failed: ${e}` };
-      }
+      const { body, status } = await post(`/v1/classify?top_k=${encodeURIComponent(serving.top_k)}`, form);
       sendIdx.forEach((ci, k) => {
         const res = body && body.results ? body.results[k] : { ok: false, error: body ? body.error : `HTTP ${status}` };
         fillCard(cards[ci], res);
@@ -119,6 +112,31 @@
       });
     }
     setStatus(`${done} classified${failed ? `, ${failed} failed` : ""}`, failed > 0 && done === 0);
+  }
+
+  // POST with up to two retries when the server is busy (503 + Retry-After); a body that is not
+  // JSON (a proxy's error page) becomes a one-line error instead of a parse failure.
+  async function post(url, form) {
+    for (let attempt = 0; ; attempt++) {
+      let r;
+      try {
+        r = await fetch(url, { method: "POST", body: form });
+      } catch (e) {
+        return { body: { error: `request failed: ${e}` }, status: 0 };
+      }
+      const wait = Number(r.headers.get("Retry-After"));
+      if (r.status === 503 && attempt < 2 && wait > 0 && wait <= 10) {
+        setStatus(`server busy, retrying in ${wait} s…`);
+        await new Promise((ok) => setTimeout(ok, wait * 1000));
+        continue;
+      }
+      const type = r.headers.get("Content-Type") || "";
+      let body = null;
+      if (type.includes("json")) {
+        try { body = await r.json(); } catch (e) { body = null; }
+      }
+      return { body: body || { error: `HTTP ${r.status} ${r.statusText}`.trim() }, status: r.status };
+    }
   }
 
   input.addEventListener("change", () => {
