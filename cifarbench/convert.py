@@ -204,6 +204,8 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
 def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], say: Callable[[str], None]) -> _Data:
     """Calibration and parity images: disjoint parts of the train split's validation slice."""
     source = opts.calibration_data or _default_calibration_source(prior)
+    if source != "cifar10" and Path(source).exists():
+        source = str(Path(source).resolve())  # the manifest must still name it when read from elsewhere
     own = _trained_here(prior)
     seed = int(prior.training.get("seed", 0)) if own and prior else 0
     val_size = int(prior.training.get("data", {}).get("val", 5000)) if own and prior else opts.calibration_size + opts.parity_size

@@ -13,9 +13,9 @@ never touched):
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -56,21 +56,24 @@ def fixed_copy(path: Path) -> Iterator[Path]:
 
 
 def translate_config(cfg: Any) -> Any:
-    """Keras 2 -> Keras 3 config keys (recursively, so nested models are covered)."""
+    """Keras 2 -> Keras 3 config keys (recursively, so nested models are covered); ``cfg`` is not modified."""
+    return _translate(copy.deepcopy(cfg))
+
+
+def _translate(cfg: Any) -> Any:
     if isinstance(cfg, list):
-        return [translate_config(c) for c in cfg]
+        return [_translate(c) for c in cfg]
     if not isinstance(cfg, dict):
         return cfg
-    out = {k: translate_config(v) for k, v in cfg.items()}
-    inner = out.get("config")
-    if isinstance(inner, dict) and "class_name" in out:
-        if out["class_name"] == "Sequential" and isinstance(inner.get("layers"), list):
+    inner = cfg.get("config")
+    if isinstance(inner, dict) and "class_name" in cfg:  # a serialised layer or model: fix it before its children
+        if cfg["class_name"] == "Sequential" and isinstance(inner.get("layers"), list):
             inner["layers"] = _sequential_layers(inner["layers"])
-        elif out["class_name"] == "InputLayer" and "batch_input_shape" in inner:
+        elif cfg["class_name"] == "InputLayer" and "batch_input_shape" in inner:
             inner["batch_shape"] = inner.pop("batch_input_shape")
         else:
             inner.pop("batch_input_shape", None)
-    return out
+    return {k: _translate(v) for k, v in cfg.items()}
 
 
 def _sequential_layers(layers: list[Any]) -> list[Any]:
@@ -122,8 +125,3 @@ def _normalise_h5(blob: bytes) -> bytes:
 def _copy_attrs(src: Any, dst: Any) -> None:
     for k, v in src.attrs.items():
         dst.attrs[k] = v
-
-
-def is_keras_zip(path: str | os.PathLike[str]) -> bool:
-    p = Path(path)
-    return p.suffix.lower() == ".keras" and zipfile.is_zipfile(p)

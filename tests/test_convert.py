@@ -181,3 +181,157 @@ def test_savedmodel_and_keras_backend_uses_baked_preprocess(tmp_path: Path, synt
     m = Manifest.load(tmp_path / "o2")
     x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     np.testing.assert_allclose(load_backend("keras", m).predict(x), load_backend("onnx", m).predict(x), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- judgement and reporting
+
+
+def _par(agree: float, dp: float, acc: float) -> dict:
+    return {"images": 2000, "top1_agreement": agree, "max_abs_dprob": dp, "mean_abs_dprob": dp / 100, "accuracy": acc}
+
+
+def test_float16_is_judged_by_agreement_and_accuracy() -> None:
+    from cifarbench.convert import judge
+
+    ref = {"accuracy": 0.7000}
+    rounding = _par(0.9995, 1.19e-2, 0.7004)  # the reported case: a rounding difference, not a broken model
+    assert judge("tflite-fp16", rounding, ref) is None
+    assert rounding["status"] == "warn" and "float16 rounding" in rounding["warning"]
+    clean = _par(0.9990, 2.2e-3, 0.6995)
+    assert judge("tflite-fp16", clean, ref) is None and clean["status"] == "ok" and "warning" not in clean
+    broken = _par(0.95, 0.4, 0.69)
+    assert "tflite-fp16" in judge("tflite-fp16", broken, ref) and broken["status"] == "FAIL"
+    worse = _par(0.995, 5e-3, 0.690)  # agreement fine, accuracy 1 pp lower: fails
+    assert judge("tflite-fp16", worse, ref) and worse["status"] == "FAIL"
+    assert judge("onnx", _par(0.9995, 1.19e-2, 0.7), ref)  # float32 keeps the strict bound
+
+
+@pytest.mark.parametrize("acc, status", [(0.699, "ok"), (0.695, "flagged"), (0.685, "warn")])
+def test_int8_losses(acc: float, status: str) -> None:
+    from cifarbench.convert import judge
+
+    par = _par(0.97, 0.2, acc)
+    assert judge("onnx-int8", par, {"accuracy": 0.7}) is None  # never a failure
+    assert par["status"] == status and ("warning" in par) == (status == "warn")
+    if status == "warn":
+        assert "1.50 pp" in par["warning"]
+
+
+def test_int8_loss_above_1pp_is_a_warning_line_and_flagged(tiny_model: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from cifarbench.cli.convert import _report
+    from cifarbench.convert import judge
+
+    shutil.copytree(tiny_model, tmp_path / "m")
+    m = Manifest.load(tmp_path / "m")
+    par = m.artifacts["tflite-int8"].parity
+    ref = {"accuracy": par["accuracy"] + 0.023}  # as if the reference were 2.3 pp better
+    judge("tflite-int8", par, ref)
+    _report(m, quiet=False)
+    out, err = capsys.readouterr()
+    assert "warning: tflite-int8: int8 loses 2.30 pp accuracy" in err
+    row = next(line for line in out.splitlines() if "tflite-int8" in line)
+    assert "WARN" in row and "+2.30" in row
+
+
+def test_parity_table_is_printed_when_a_check_fails(tmp_path: Path, synthetic_tree: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import cifarbench.convert as conv
+
+    monkeypatch.setattr(conv, "FLOAT32_BOUNDS", (1.01, 0.0))  # no real artifact can pass: the failure path runs
+    r = run_cli("convert", _foreign(tmp_path), "--out", tmp_path / "o", "--formats", "onnx", "--calibration-data",
+                synthetic_tree, "--calibration-size", "20", "--parity-size", "20")
+    assert r.exit_code == ExitStatus.CHECK_FAILED
+    assert "FAIL" in r.stdout and "model.onnx" in r.stdout and "disagree" in r.stderr
+    assert Manifest.load(tmp_path / "o").artifacts["onnx"].parity["status"] == "FAIL"  # the numbers are kept
+
+
+def _foreign(tmp_path: Path) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inp))
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inp, out).save(tmp_path / "their_model.keras")
+    return tmp_path / "their_model.keras"
+
+
+def test_foreign_model_gets_test_split_accuracy_and_reconverts_from_its_folder(tmp_path: Path, synthetic_tree: Path) -> None:
+    r = run_cli("convert", _foreign(tmp_path), "--out", tmp_path / "o", "--formats", "onnx", "--preprocess", "none",
+                "--calibration-data", synthetic_tree, "--calibration-size", "20", "--parity-size", "30")
+    assert r.exit_code == 0, r.output
+    assert "accuracy (test split)" in r.stdout and "30 test-split images" in r.stdout
+    m = Manifest.load(tmp_path / "o")
+    assert m.metrics["parity"]["test_split"]["images"] == 30 and "not trained by cifarbench" in m.metrics["parity"]["test_split"]["note"]
+    assert 0 <= m.artifacts["onnx"].parity["test_accuracy"] <= 1 and "test_accuracy" in m.artifacts["keras"].parity
+    assert m.metrics["parity"]["source"] == str(synthetic_tree.resolve())
+    # The folder names its Keras artifact (their_model.keras, not model.keras); converting it again works.
+    r = run_cli("convert", tmp_path / "o", "--formats", "tflite", "--calibration-size", "20", "--parity-size", "30", "-q")
+    assert r.exit_code == 0, r.output
+    m2 = Manifest.load(tmp_path / "o")
+    assert set(m2.artifacts) == {"keras", "onnx", "tflite"} and m2.input == m.input
+    assert m2.artifacts["tflite"].parity["status"] == "ok"
+
+
+def test_own_model_keeps_the_validation_slice(tiny_model: Path) -> None:
+    par = Manifest.load(tiny_model).metrics["parity"]
+    assert "images" not in par["test_split"] and "metrics.test" in par["test_split"]["note"]
+    assert par["split"].startswith("train")
+
+
+def test_folder_without_a_keras_artifact_is_a_clear_error(tmp_path: Path) -> None:
+    from cifarbench.models import resolve_model
+
+    shipped = resolve_model("baseline-cnn").directory
+    r = run_cli("convert", shipped, "--out", tmp_path / "o")
+    assert r.exit_code == ExitStatus.DATA and "lists no Keras artifact" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_scratch_files_are_removed_when_an_exporter_raises(tmp_path: Path, synthetic_tree: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from cifarbench import exporters
+    from cifarbench.convert import convert
+
+    def broken(ctx: exporters.ExportContext, path: Path) -> dict:
+        assert ctx.fp32_onnx().is_file()  # the scratch float graph exists while quantization runs
+        raise RuntimeError("quantization blew up")
+
+    monkeypatch.setitem(exporters.EXPORTERS, "onnx-int8", exporters.Exporter("onnx-int8", broken, quantized=True))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with pytest.raises(RuntimeError, match="blew up"):
+        convert(_foreign(tmp_path), tmp_path / "o", formats=["onnx-int8"], calibration_data=str(synthetic_tree),
+                calibration_size=20, parity_size=20)
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("spec", ["scale:1/0", "mean-std:0.5/0"])
+def test_zero_division_in_preprocess_is_a_usage_error(tmp_path: Path, spec: str) -> None:
+    r = run_cli("convert", tmp_path, "--preprocess", spec)
+    assert r.exit_code == ExitStatus.USAGE and "--preprocess" in r.stderr and "Traceback" not in r.output
+
+
+def test_framework_logging_is_hidden_unless_verbose(tmp_path: Path, synthetic_tree: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    src = _foreign(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
+    runs = {}
+    for flag in ("--quiet", "--verbose"):
+        cmd = [sys.executable, "-m", "cifarbench", "convert", str(src), "--out", str(tmp_path / flag[2:]), "--formats",
+               "tflite,onnx", "--calibration-data", str(synthetic_tree), "--calibration-size", "10", "--parity-size", "10", flag]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+        runs[flag] = p.stderr.splitlines()
+    assert runs["--quiet"] == [], runs["--quiet"]
+    noise = [ln for ln in runs["--verbose"] if not ln.startswith(("convert:", "warning:"))]
+    assert any("absl" in ln or "tensorflow" in ln.lower() for ln in noise), runs["--verbose"]

@@ -96,3 +96,79 @@ def test_save_needs_a_directory_and_is_atomic(tmp_path: Path, monkeypatch: pytes
 def test_format_table_is_complete() -> None:
     assert set(FORMATS) == set(FORMAT_FILES)
     assert len(set(FORMAT_FILES.values())) == len(FORMATS)
+
+
+# --------------------------------------------------------------------------- input contract
+
+FIRST_RELEASE_INPUT = {  # the `input` block `cifarbench train`/`convert` wrote in the first release
+    "shape": [32, 32, 3], "layout": "NHWC", "dtype": "uint8", "color": "RGB", "range": [0, 255],
+    "preprocess": "inside the model", "preprocess_baked": "scale:1/255", "softmax_added": True,
+    "model_input_size": [64, 64],
+}
+
+
+def test_first_release_manifests_still_load(tmp_path: Path) -> None:
+    from cifarbench.manifest import InputContract, Step
+    from cifarbench.models import shipped_models, resolve_model
+
+    names = shipped_models()
+    assert names, "the package ships trained models"
+    for name in names:
+        m = resolve_model(name)
+        assert isinstance(m.input, InputContract)
+        assert m.input.shape == (32, 32, 3) and m.input.dtype == "uint8" and m.input.layout == "NHWC"
+        assert m.input.steps == () and m.input.softmax_added is False
+        assert m.input["shape"] == [32, 32, 3] and m.input.get("preprocess_baked") == "none"  # dict-style readers
+    make(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    raw["input"] = FIRST_RELEASE_INPUT
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
+    c = Manifest.load(tmp_path).input
+    assert c.steps == (Step("scale", scale=1 / 255),) and c.softmax_added and c.model_input_size == (64, 64)
+    del raw["input"]  # older still: no input block at all
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
+    assert Manifest.load(tmp_path).input == InputContract()
+
+
+def test_contract_round_trips_with_the_first_release_keys(tmp_path: Path) -> None:
+    from cifarbench.manifest import InputContract
+
+    m = make(tmp_path)
+    m.input = InputContract(preprocess="scale:1/255+mean-std:0.5,0.5,0.5/0.25,0.25,0.25", softmax_added=True,
+                            model_layout="NCHW")
+    m.save()
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())["input"]
+    assert {k: raw[k] for k in FIRST_RELEASE_INPUT if k in raw and k != "model_input_size"} == {
+        "shape": [32, 32, 3], "layout": "NHWC", "dtype": "uint8", "color": "RGB", "range": [0, 255],
+        "preprocess": "inside the model", "preprocess_baked": "scale:1/255+mean-std:0.5,0.5,0.5/0.25,0.25,0.25",
+        "softmax_added": True}
+    back = Manifest.load(tmp_path).input
+    assert back == m.input and [s.kind for s in back.steps] == ["scale", "mean-std"]
+    assert Manifest(name="x", arch="y", input={"shape": [28, 28, 3]}).input.size == (28, 28)  # dicts are read too
+
+
+@pytest.mark.parametrize("bad", [{"shape": [32, 32]}, {"shape": "big"}, {"preprocess_baked": "divide:3"}, ["NHWC"]])
+def test_broken_contracts_are_model_errors(tmp_path: Path, bad: object) -> None:
+    make(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    raw["input"] = bad
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="input contract"):
+        Manifest.load(tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["scale:1/0", "scale:0", "mean-std:0.5/0", "scale:inf", "mean-std:1,2/3,4", "divide:3", "scale:"])
+def test_bad_preprocess_specs_are_usage_errors(spec: str) -> None:
+    from cifarbench.errors import UsageError
+    from cifarbench.manifest import parse_preprocess
+
+    with pytest.raises(UsageError, match="--preprocess"):
+        parse_preprocess(spec)
+
+
+def test_preprocess_steps_parse_once() -> None:
+    from cifarbench.manifest import Step, parse_preprocess
+
+    assert parse_preprocess(None) == parse_preprocess("none") == ()
+    assert parse_preprocess("scale:1/255 + mean-std:0.485,0.456,0.406/0.229,0.224,0.225") == (
+        Step("scale", scale=1 / 255), Step("mean-std", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
