@@ -24,6 +24,7 @@ import numpy as np
 from cifarbench.atomic import atomic_write
 from cifarbench.decode_pool import POOLS, decode_ordered
 from cifarbench.discover import FileEntry, discover
+from cifarbench.engines import EngineOptions
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError
 from cifarbench.images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from cifarbench.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
@@ -161,6 +162,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
              stream: IO[str] | None = None, fmt: str = "csv", recursive: bool = True, include: Sequence[str] = (),
              resize: str = "center-crop", resume: bool = False, pool: str = "auto",
              max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             engine: EngineOptions | None = None,
              on_start: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
              on_note: Callable[[str], None] | None = None) -> ClassifyReport:
     """Classify ``paths`` into ``output`` (atomic file + lock) or ``stream``; see the module doc."""
@@ -229,7 +231,17 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         todo = [e for e, r in zip(entries, reuse) if r is None]
 
         predict: Callable[[np.ndarray], np.ndarray] = _no_model
-        if todo:
+        engine_rows: Callable[[Sequence[FileEntry]], Iterable[list[Row]]] | None = None
+        if todo and engine is not None and engine.name == "ray":  # rows computed on a cluster: engines/ray_engine.py
+            from cifarbench.engines import ray_engine
+
+            t0 = time.perf_counter()
+            job = ray_engine.Job(manifest, name, device, threads, batch_size, top_k, resize, size, classes,
+                                 [os.fspath(p) for p in paths])
+            run = stack.enter_context(ray_engine.session(engine, job, note))
+            report.load_seconds = time.perf_counter() - t0
+            report.runtime, engine_rows = run.describe(), run.rows
+        elif todo:
             t0 = time.perf_counter()
             be = selection.load(manifest, threads)
             report.load_seconds = time.perf_counter() - t0
@@ -238,6 +250,12 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
         def emit(fh: IO[str]) -> None:
             t0 = time.perf_counter()
             fh.write(writer.header())
+            if engine_rows is not None:
+                _emit_rows(fh, writer, reuse, engine_rows(todo), report, flush_each=out_path is None,
+                           on_progress=on_progress)
+                fh.flush()
+                report.seconds = time.perf_counter() - t0
+                return
             decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size, max_pixels=max_pixels)
             try:
                 _emit_rows(fh, writer, reuse, predict_rows(todo, decoded, predict, classes, top_k, batch_size, size),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -71,3 +72,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path) -
     keras_path = build_tiny_keras_model(out / "src", synthetic_tree)
     convert(keras_path, out / "model", calibration_data=str(synthetic_tree), calibration_size=300, parity_size=300)
     return out / "model"
+
+
+def _ray_cluster(nodes: int, cpus: int) -> Iterator[str]:
+    """A real Ray cluster of ``nodes`` nodes with ``cpus`` CPUs each, on 127.0.0.1 only; yields its address."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback addresses only
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")  # nothing in a test joins a cluster by accident
+    pytest.importorskip("ray.data")
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": cpus, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 1024**2}
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(**args)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()  # kills and waits for every raylet, gcs_server and worker it started
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[str]:
+    """One Ray node with two CPUs, started once per test session (tests/test_ray_engine.py)."""
+    yield from _ray_cluster(1, 2)
+
+
+@pytest.fixture(scope="session")
+def ray_two_nodes() -> Iterator[str]:
+    """Two Ray nodes with one CPU each on this machine: a real multi-node cluster, started once."""
+    yield from _ray_cluster(2, 1)

@@ -13,6 +13,7 @@ from typing import Iterator
 import click
 
 from cifarbench.cli.choices import BackendChoice
+from cifarbench.engines import ENGINES
 from cifarbench.errors import ExitStatus
 from cifarbench.images import DEFAULT_MAX_PIXELS
 
@@ -66,13 +67,19 @@ Cron (no flock needed: the run locks <output>.lock itself):
               help="How non-square images become 32x32.")
 @click.option("--resume", is_flag=True, help="Reuse rows of --output FILE for files whose path, size and mtime are "
               "unchanged (state in FILE.state.json); the result equals a fresh run.")
+@click.option("--engine", type=click.Choice(tuple(ENGINES)), default="local", show_default=True,
+              help="Where decoding and inference run: local (this process), ray (a Ray cluster; extra `ray`).")
+@click.option("--ray-address", metavar="ADDR", help="--engine ray: cluster to join (auto, HOST:PORT, ray://HOST:10001; "
+              "default $RAY_ADDRESS, else a local Ray started for this run).")
+@click.option("--actors", type=click.IntRange(1), help="--engine ray: inference actors, each with --threads CPUs "
+              "(default: as many as the cluster holds).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images with more pixels, from their header before decoding (a row error); same default as serve.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
 def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
             batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
-            include: tuple[str, ...], resize: str, resume: bool, max_pixels: int,
-            quiet: bool) -> None:
+            include: tuple[str, ...], resize: str, resume: bool, engine: str, ray_address: str | None,
+            actors: int | None, max_pixels: int, quiet: bool) -> None:
     """Classify image files and folders (PATH...) into CSV or JSONL rows.
 
     Folders are walked recursively in sorted order; hidden files and folders are skipped and
@@ -80,8 +87,10 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
     """
     from cifarbench.classify import classify
     from cifarbench.cli.ui import progress_bar
+    from cifarbench.engines import EngineOptions
     from cifarbench.writers import format_for
 
+    engine_options = EngineOptions(engine, ray_address, actors)
     to_stdout = output == "-"
     fmt = fmt or format_for(None if to_stdout else output)
     stream = None
@@ -97,7 +106,7 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
             report = classify(
                 list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
                 workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
-                recursive=recursive, include=include, resize=resize, resume=resume,
+                recursive=recursive, include=include, resize=resize, resume=resume, engine=engine_options,
                 max_pixels=max_pixels,
                 on_start=lambda n: bar.update(total=n), on_progress=lambda n: bar.update(completed=n), on_note=note)
     except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback

@@ -1,0 +1,399 @@
+"""``classify --engine ray``: decode as Ray Data tasks, infer in an actor pool, rows back in order.
+
+The driver (``classify``) keeps discovery, ``--resume``, the lock and the writers; this module only
+turns the files still to do into rows, so the output does not depend on the engine. Per file only an
+index, its absolute path (raw bytes, so any name survives) and a known error travel to the cluster;
+decoded 32x32 pixels stay in the object store between the decode tasks and the actors; the driver
+gets back ``(index, probabilities, error)`` in input order (Ray Data's ``preserve_order``) and
+formats rows with the local engine's own code, one batch at a time, so its memory does not grow
+with the folder.
+
+Decode tasks use the project's one loader and reserve no CPU: like the local engine's decode pool,
+they share the cores with the runtime threads (an actor reserves ``threads`` CPUs and runs that
+many). The model travels through the object store, so only the input paths need to be shared
+between nodes; a node that cannot see a PATH fails the run with a message saying so.
+
+Ray is imported only here, and only when this engine runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from cifarbench.discover import FileEntry
+from cifarbench.engines import EngineOptions
+from cifarbench.errors import BackendUnavailable, CifarbenchError, DataError, UsageError
+from cifarbench.manifest import MANIFEST_NAME, Manifest
+from cifarbench.writers import Row, display_text
+
+BLOCK_MAX = 1024  # files per decode task at most; fewer for small runs so every CPU gets work
+BLOCK_MIN = 32
+MAX_ROOTS = 64  # PATH arguments each node checks once per process (a shell glob can name thousands)
+SHARED_FS_HINT = "with --engine ray every PATH must be readable at the same path on every node (a shared filesystem)"
+
+
+def _enc(text: str) -> bytes:
+    """Any str (surrogates from non-UTF-8 names included) as bytes that round-trip exactly."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _dec(raw: Any) -> str:
+    return bytes(raw).decode("utf-8", "surrogatepass")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the cluster needs to compute rows; built by ``classify`` from its validated options."""
+
+    manifest: Manifest
+    backend: str
+    device: str  # cpu | gpu | auto, as the user asked
+    threads: int | None
+    batch_size: int
+    top_k: int
+    resize: str
+    size: int
+    classes: Sequence[str]
+    roots: Sequence[str]  # the PATH arguments: checked on every node that decodes
+
+
+# --------------------------------------------------------------------------- cluster side
+_CHECKED_ROOTS: set[bytes] = set()
+
+
+def _check_roots(roots: Sequence[bytes]) -> None:
+    """Fail the run, not each file, when this node cannot see a PATH: the filesystem is not shared."""
+    for root in roots:
+        if root in _CHECKED_ROOTS:
+            continue
+        if not os.path.exists(root):
+            host = socket.gethostname()
+            raise DataError(f"{display_text(os.fsdecode(root))} is not readable on Ray node {host}: {SHARED_FS_HINT}")
+        _CHECKED_ROOTS.add(root)
+
+
+def decode_block(batch: dict[str, np.ndarray], size: int, resize: str, roots: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """A Ray Data task: paths -> pixels with the one loader; a failed file keeps its reason."""
+    from cifarbench.images import load_image
+
+    _check_roots(roots)
+    n = len(batch["idx"])
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    ok = np.zeros(n, bool)
+    errors: list[bytes] = []
+    for i, (path, known) in enumerate(zip(batch["path"], batch["error"])):
+        if len(known):
+            errors.append(bytes(known))
+            continue
+        r = load_image(os.fsdecode(bytes(path)), size=size, resize=resize)
+        if r.array is not None:
+            pixels[i], ok[i] = r.array, True
+            errors.append(b"")
+        else:
+            errors.append(_enc(r.error or "unknown error"))
+    return {"idx": batch["idx"], "pixels": pixels, "ok": ok, "error": np.array(errors, dtype=object)}
+
+
+class Predictor:
+    """A Ray Data actor: loads the model once (from the object store), then scores decoded batches."""
+
+    def __init__(self, model: dict[str, Any], backend: str, device: str, threads: int) -> None:
+        import ray
+
+        from cifarbench import backends
+
+        artifact = ray.get(model["artifact"])
+        tmp = tempfile.mkdtemp(prefix="cifarbench-model-")
+        try:
+            Path(tmp, MANIFEST_NAME).write_bytes(model["manifest"])
+            Path(tmp, model["file"]).write_bytes(artifact)
+            manifest = Manifest.load(tmp)
+            self.backend = backends.load_backend(backend, manifest, device, threads)  # checks the sha256
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # runtimes hold the model in memory (or an open mapping)
+        self.classes = len(manifest.classes)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from cifarbench.classify import probs_of
+
+        ok = np.asarray(batch["ok"], bool)
+        probs = np.full((len(ok), self.classes), np.nan, np.float32)
+        if ok.any():
+            probs[ok] = probs_of(self.backend.predict, np.asarray(batch["pixels"])[ok])
+        return {"idx": batch["idx"], "probs": probs, "ok": ok, "error": batch["error"]}
+
+
+# --------------------------------------------------------------------------- driver side
+def _quiet_ray() -> None:
+    """Ray's own logs and progress bars never reach the terminal: cifarbench reports for it."""
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)  # a failure comes back as one CifarbenchError
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+
+
+def _import_ray(local: bool) -> Any:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine at run time
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")  # a late call must never start or join a Ray
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the driver's C++ core logs to stderr otherwise
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a private Ray: listen on 127.0.0.1 only
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise BackendUnavailable("--engine ray needs Ray Data: pip install 'cifarbench[ray]'") from None
+    _quiet_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True
+    ctx.raise_original_map_exception = True  # a worker's CifarbenchError reaches the driver as itself
+    return ray
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def connect(address: str | None) -> Iterator[Any]:
+    """Join ``address`` (or $RAY_ADDRESS), or start a private local Ray; leave both as found at the end.
+
+    A cluster the user started keeps running (the driver only disconnects, which also ends this run's
+    tasks and actors); a local Ray started here is shut down. A connection made by the caller
+    (``ray.init`` in a script) is used and left open.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray = _import_ray(local=address is None)
+    if ray.is_initialized():
+        yield ray
+        return
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    try:
+        with warnings.catch_warnings(), _fd2_aside():
+            warnings.simplefilter("ignore")
+            if address is None:
+                ray.init(address="local", num_cpus=_usable_cpus(), include_dashboard=False, **common)
+            else:
+                ray.init(address=address, **common)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise BackendUnavailable(f"cannot start or reach {where}: {_first_line(exc)}") from None
+    _quiet_ray()  # ray.init configures logging again
+    try:
+        yield ray
+    finally:
+        with _fd2_aside():
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _fd2_aside() -> Iterator[None]:
+    """Ray's C++ core prints to file descriptor 2 while it starts (below Python's logging): drop that."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a daemon): nothing reaches a terminal anyway
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> CifarbenchError | None:
+    """The cifarbench error a worker raised, found through Ray's wrappers."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CifarbenchError):
+            return type(cause)(_first_line(cause))
+        if isinstance(e, CifarbenchError) and type(e).__module__.startswith("cifarbench"):
+            return e
+        todo += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
+    return None
+
+
+@dataclass
+class RayRun:
+    """A connected cluster and the plan for this run: actors, threads per actor, GPUs."""
+
+    ray: Any
+    job: Job
+    actors: int
+    threads: int
+    gpus: int
+    nodes: int
+    cpus: int
+    model_ref: Any = None
+    open_rows: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop row streams a caller left open (an error or Ctrl-C in the writer): before disconnecting."""
+        while self.open_rows:
+            self.open_rows.pop().close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "ray", "ray": getattr(self.ray, "__version__", "?"), "nodes": self.nodes, "cpus": self.cpus,
+                "actors": self.actors, "threads_per_actor": self.threads, "gpus_per_actor": self.gpus}
+
+    def summary(self) -> str:
+        return (f"ray: {self.actors} actor{'s' * (self.actors != 1)} x {self.threads} thread{'s' * (self.threads != 1)}"
+                f" on {self.nodes} node{'s' * (self.nodes != 1)} ({self.cpus} CPUs)")
+
+    def rows(self, todo: Sequence[FileEntry]) -> Iterator[list[Row]]:
+        """Rows for ``todo`` in its order, one list per block that comes back; see the module doc."""
+        gen = self._rows(todo)
+        self.open_rows.append(gen)
+        return gen
+
+    def _rows(self, todo: Sequence[FileEntry]) -> Iterator[list[Row]]:
+        if not todo:
+            return
+        from cifarbench.classify import _rows
+
+        ray, job = self.ray, self.job
+        ds = self._dataset(todo)
+        pos = 0
+        it = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+        try:
+            for b in it:
+                idx = np.asarray(b["idx"])
+                n = len(idx)
+                if n == 0:
+                    continue
+                if not np.array_equal(idx, np.arange(pos, pos + n)):
+                    raise CifarbenchError(f"ray engine: rows came back out of order at file {pos + 1}; nothing written")
+                entries, ok, probs = todo[pos:pos + n], np.asarray(b["ok"], bool), np.asarray(b["probs"])
+                good = iter(_rows(probs[ok], [e.path for e, o in zip(entries, ok) if o], job.classes, job.top_k))
+                yield [next(good) if o else Row(e.path, error=_dec(err) or "unknown error")
+                       for e, o, err in zip(entries, ok.tolist(), b["error"])]
+                pos += n
+        except Exception as exc:  # Ray's wrappers around a worker's error, or a cluster failure
+            if isinstance(exc, CifarbenchError) and type(exc).__module__.startswith("cifarbench"):
+                raise  # our own (the driver's), not a worker's wrapped in Ray's RayTaskError(...)
+            found = _cause(exc)
+            if found is not None:
+                raise found from None
+            if isinstance(exc, ray.exceptions.RayError) or type(exc).__module__.startswith("ray"):
+                raise CifarbenchError(f"ray engine: {_first_line(exc)}") from None
+            raise
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        if pos != len(todo):
+            raise CifarbenchError(f"ray engine: {len(todo) - pos} of {len(todo)} rows never came back")
+
+    def _dataset(self, todo: Sequence[FileEntry]) -> Any:
+        import pyarrow as pa
+
+        ray, job = self.ray, self.job
+        n = len(todo)
+        block = max(BLOCK_MIN, min(BLOCK_MAX, -(-n // max(1, 4 * self.cpus))))
+        tables = []
+        for start in range(0, n, block):
+            chunk = todo[start:start + block]
+            tables.append(pa.table({
+                "idx": pa.array(np.arange(start, start + len(chunk), dtype=np.int64)),
+                "path": pa.array([os.fsencode(os.path.abspath(e.path)) for e in chunk], pa.binary()),
+                "error": pa.array([_enc(e.error) if e.error else b"" for e in chunk], pa.binary()),
+            }))
+        roots = list(dict.fromkeys(os.fsencode(os.path.abspath(r)) for r in job.roots))[:MAX_ROOTS]
+        ds = ray.data.from_arrow(tables)
+        ds = ds.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=0,
+                            compute=ray.data.TaskPoolStrategy(size=max(1, self.cpus)),
+                            fn_kwargs={"size": job.size, "resize": job.resize, "roots": roots})
+        device = "gpu" if self.gpus else ("cpu" if job.device == "auto" else job.device)
+        return ds.map_batches(Predictor, batch_size=job.batch_size, batch_format="numpy", zero_copy_batch=True,
+                              compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=self.threads,
+                              num_gpus=self.gpus or None,
+                              fn_constructor_kwargs={"model": self._model(), "backend": job.backend,
+                                                     "device": device, "threads": self.threads})
+
+    def _model(self) -> dict[str, Any]:
+        """The manifest and the one artifact the actors load, put in the object store once."""
+        spec_format = _format_of(self.job.backend)
+        src = self.job.manifest.verify(spec_format)
+        with tempfile.TemporaryDirectory(prefix="cifarbench-manifest-") as tmp:
+            m = copy.deepcopy(self.job.manifest)
+            m.save(tmp)
+            manifest = Path(tmp, MANIFEST_NAME).read_bytes()
+        if self.model_ref is None:
+            self.model_ref = self.ray.put(src.read_bytes())
+        # a dict, so Ray hands the reference itself to the actor (which fetches it on each (re)start)
+        return {"manifest": manifest, "file": self.job.manifest.artifacts[spec_format].file, "artifact": self.model_ref}
+
+
+def _format_of(backend: str) -> str:
+    from cifarbench import backends
+
+    return backends.get_spec(backend).format
+
+
+def plan(ray: Any, job: Job, options: EngineOptions) -> RayRun:
+    """Actors and threads from the cluster's CPUs (and GPUs for ``--device gpu``)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
+    total = sum(node_cpus)
+    if total < 1:
+        raise BackendUnavailable("the Ray cluster has no CPUs")
+    threads = job.threads or max(1, min(c for c in node_cpus if c >= 1))
+    hold = sum(c // threads for c in node_cpus)
+    if hold < 1:
+        raise UsageError(f"--threads {threads}: no Ray node has that many CPUs (largest: {max(node_cpus)})")
+    actors = options.actors or hold
+    if actors > hold:
+        raise UsageError(f"--actors {actors} x {threads} threads do not fit the cluster's CPUs "
+                         f"({'+'.join(map(str, node_cpus))}); at most {hold}")
+    gpus = 0
+    if job.device == "gpu":
+        have = int(ray.cluster_resources().get("GPU", 0))
+        if have < actors:
+            raise BackendUnavailable(f"--device gpu: the Ray cluster has {have} GPU{'s' * (have != 1)} "
+                                     f"for {actors} actor{'s' * (actors != 1)} (use --actors {max(have, 1)})"
+                                     if have else "--device gpu: the Ray cluster has no GPU")
+        gpus = 1
+    return RayRun(ray, job, actors, threads, gpus, len(nodes), total)
+
+
+@contextlib.contextmanager
+def session(options: EngineOptions, job: Job, note: Callable[[str], None] = lambda m: None) -> Iterator[RayRun]:
+    """Connect (or start Ray), plan the run, and clean up on exit, Ctrl-C and errors alike."""
+    with connect(options.ray_address) as ray:
+        run = plan(ray, job, options)
+        note(run.summary())
+        try:
+            yield run
+        finally:
+            run.close()
