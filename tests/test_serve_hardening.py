@@ -8,6 +8,7 @@ must be JSON with the security headers, whatever layer (protocol or app) sends i
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import socket
 import threading
@@ -32,11 +33,12 @@ from cifarbench.serve.server import make_config  # noqa: E402
 # ---------------------------------------------------------------------- a live server
 @contextmanager
 def live_server(backend: Any = None, limits: ServeLimits | None = None, connection: ConnectionLimits | None = None,
-                keep_alive: int = 5, model: Manifest | None = None) -> Iterator[int]:
+                keep_alive: int = 5, model: Manifest | None = None, protocol: str = "auto") -> Iterator[int]:
     """The app on a real uvicorn server (guarded protocol, as the CLI runs it) in a thread; yields the port."""
     app = create_app(model or manifest(), backend or FakeBackend(), limits=limits)
     sock = _bind("127.0.0.1", 0)
-    server = uvicorn.Server(make_config(app, connection, keep_alive, log_level="critical", log_config=None))
+    server = uvicorn.Server(make_config(app, connection, keep_alive, log_level="critical", protocol=protocol,
+                                       log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -192,15 +194,33 @@ def test_connection_limit_answers_json_503_and_recovers() -> None:
         assert request(port, "GET", "/health")[0] == 200
 
 
+PROTOCOLS = ["httptools", "h11"] if importlib.util.find_spec("httptools") else ["h11"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("data, expected", [
     (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", 400),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400),  # TLS hello on plain HTTP
     (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 80_000 + b"\r\n\r\n", 431),
 ])
-def test_protocol_level_refusals_are_json(data: bytes, expected: int) -> None:
-    with live_server() as port:
+def test_protocol_level_refusals_are_json(data: bytes, expected: int, protocol: str) -> None:
+    with live_server(protocol=protocol) as port:
         assert_json_error(*parse(raw(port, data)), expected)
         assert request(port, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_idle_connection_is_closed_and_slow_head_gets_408(protocol: str) -> None:
+    with live_server(connection=ConnectionLimits(header_timeout_s=0.5), protocol=protocol) as port:
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+        t0 = time.monotonic()
+        assert read_to_close(idle) == b""
+        assert_json_error(*parse(read_to_close(slow)), 408)
+        assert 0.4 < time.monotonic() - t0 < 3
+        idle.close()
+        slow.close()
 
 
 def test_body_sent_with_the_head_is_not_counted_as_head() -> None:
@@ -229,6 +249,26 @@ def test_full_queue_is_json_503_with_retry_after() -> None:
         health = json.loads(request(port, "GET", "/health")[2])
         assert health["admission"]["refused"] == statuses.count(503) and health["admission"]["active"] == 0
     assert not backend.overlapped
+
+
+def test_keep_alive_clients_below_the_limits_never_see_503() -> None:
+    """uvicorn's limit_concurrency gave 503s well below its limit under keep-alive load; admission does not."""
+    backend = FakeBackend(delay=0.01)
+    with live_server(backend, limits=ServeLimits(max_active=2, max_queue=32)) as port:
+        def client(i: int) -> list[int]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            statuses = []
+            for j in range(5):
+                conn.request("POST", "/v1/classify", body=png((i + j) % 10), headers={"Content-Type": "image/png"})
+                r = conn.getresponse()
+                r.read()
+                statuses.append(r.status)
+            conn.close()
+            return statuses
+
+        with ThreadPoolExecutor(24) as pool:
+            statuses = [s for one in pool.map(client, range(24)) for s in one]
+    assert statuses == [200] * 120
 
 
 def test_upload_budget_refuses_while_another_upload_holds_it() -> None:

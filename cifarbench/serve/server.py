@@ -12,17 +12,18 @@ from cifarbench.serve.protocol import ConnectionLimits, guarded_protocol
 
 
 def make_config(app: Any, connection: ConnectionLimits | None = None, keep_alive: int = 5, log_level: str = "info",
-                **kwargs: Any) -> Any:
+                protocol: str = "auto", **kwargs: Any) -> Any:
     """A ``uvicorn.Config`` for ``app`` (an ASGI app, or an import string with ``factory=True``).
 
     No ``limit_concurrency``: uvicorn counts idle connections against it, so 64 silent sockets
     locked every client out. Connections are bounded by the guarded protocol (head timeout,
-    head size, count); requests by the app's admission control.
+    head size, count); requests by the app's admission control. ``protocol``: ``auto``
+    (httptools when installed), ``httptools`` or ``h11``.
     """
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=keep_alive, server_header=False,
-                            http=guarded_protocol(), ws="none", **kwargs)
+                            http=guarded_protocol(protocol), ws="none", **kwargs)
     config.cifarbench_connection = connection or ConnectionLimits()  # type: ignore[attr-defined]  # pickled to workers
     return config
 
