@@ -46,9 +46,11 @@ def main() -> None:
             shutil.copy2(Path(args.run_dir) / name, dst / name)
     m.name = args.name
     m.metrics.setdefault("parity", {})["not_shipped"] = dropped
-    m.metrics["parity"]["not_shipped_reason"] = (
-        "left out of trained/ to keep the shipped models near 25 MB; rebuild with "
-        f"`cifarbench convert trained/{args.name} --out DIR --calibration-data ../shared/datasets/cifar10-jpeg.tar.xz`")
+    rebuild = (f"rebuild with `cifarbench convert trained/{args.name} --out DIR --calibration-data "
+               "../shared/datasets/cifar10-jpeg.tar.xz`" if "keras" in keep else
+               f"the Keras model is not shipped either, so they cannot be rebuilt from trained/{args.name}: retrain "
+               "with the command in training.command, then `cifarbench convert RUN_DIR --out DIR`")
+    m.metrics["parity"]["not_shipped_reason"] = f"left out of trained/ to keep the shipped models near 25 MB; {rebuild}"
     m.save(dst)
     total = sum(p.stat().st_size for p in dst.iterdir())
     print(f"{dst}: {', '.join(m.artifacts)}; {total / 1e6:.1f} MB", file=sys.stderr)
