@@ -103,6 +103,7 @@ class _App:
                 t1 = time.perf_counter()
                 async with self.admission.slot():
                     phase = "decode"
+                    tq = time.perf_counter()
                     decoded = await anyio.to_thread.run_sync(self._decode_all, [b for _, b in uploads],
                                                              limiter=self.decode_limiter)
                     del uploads[:]  # names only from here on: the bytes go back to the budget
@@ -141,7 +142,8 @@ class _App:
             results.append(entry)
         body: dict[str, Any] = {
             "model": self.manifest.name, "backend": self.backend_name, "top_k": top_k, "results": results,
-            "timing_ms": {"upload": _ms(t1 - t0), "decode": _ms(t2 - t1), "inference": _ms(t3 - t2)},
+            "timing_ms": {"upload": _ms(t1 - t0), "queue": _ms(tq - t1), "decode": _ms(t2 - tq),
+                          "inference": _ms(t3 - t2)},
         }
         if not good:
             body["error"] = "no image could be decoded" if len(results) > 1 else f"not a usable image: {results[0]['error']}"
