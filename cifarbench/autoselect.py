@@ -96,6 +96,21 @@ def cached_entries(path: Path | None = None) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: str(e.get("measured_at", "")), reverse=True)
 
 
+def cached_choice(manifest: Manifest, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """What ``auto`` would use for ``manifest`` now, without probing: the cache entry, or why there is none."""
+    from cifarbench.backends import auto_candidates
+
+    candidates = auto_candidates(manifest, device)
+    if len(candidates) == 1:
+        return {"choice": next(iter(candidates)), "how": "only candidate"}
+    entry = lookup(cache_key(manifest, candidates, threads))
+    if entry is None:
+        return {"choice": None, "candidates": list(candidates),
+                "how": "not measured yet on this machine (or its key changed): the next classify/serve probes"}
+    return {"choice": entry["choice"], "how": "measured", "measured_at": entry["measured_at"],
+            "figures": entry["figures"], "probe_s": entry.get("probe_s"), "cache": str(cache_path())}
+
+
 def probe(load: Callable[[str], Any], names: list[str], shape: tuple[int, int, int], budget_s: float = BUDGET_S,
           min_time_s: float = MIN_TIME_S, min_calls: int = MIN_CALLS, batch: int = PROBE_BATCH,
           clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -148,18 +148,26 @@ def select(manifest: Manifest, name: str | None = None, device: str = "cpu", thr
         if reason:
             raise BackendUnavailable(f"backend {name} unavailable: {reason}")
         return Selection(name, dev, "named")
-    devices = {n: resolve_device(n, manifest, device) for n in BACKENDS}
-    ok = [n for n in BACKENDS if unavailable_reason(n, manifest, devices[n]) is None]
-    if not ok:
-        raise BackendUnavailable(f"no backend can run model {manifest.name!r} here "
-                                 f"(artifacts: {', '.join(manifest.artifacts)})")
-    probeable = [n for n in ok if BACKENDS[n].probe]
-    candidates = [n for n in probeable if BACKENDS[n].int8] or probeable or ok
+    candidates = auto_candidates(manifest, device)
     if len(candidates) == 1:
-        return Selection(candidates[0], devices[candidates[0]], "only", f"{candidates[0]}: the only candidate here")
+        (only, dev), = candidates.items()
+        return Selection(only, dev, "only", f"{only}: the only candidate here")
     from cifarbench import autoselect
 
-    return autoselect.choose(manifest, {n: devices[n] for n in candidates}, threads, probe)
+    return autoselect.choose(manifest, candidates, threads, probe)
+
+
+def auto_candidates(manifest: Manifest, device: str = "cpu") -> dict[str, str]:
+    """What ``auto`` chooses among (name -> device): the int8 backends that can run here, else any."""
+    devices = {n: resolve_device(n, manifest, device) for n in BACKENDS}
+    ok = [n for n in BACKENDS if unavailable_reason(n, manifest, devices[n]) is None]
+    if not ok:  # say why for each backend the model has an artifact for (e.g. the missing CUDA provider)
+        why = "; ".join(f"{n}: {unavailable_reason(n, manifest, devices[n])}" for n in BACKENDS
+                        if BACKENDS[n].format in manifest.artifacts)
+        raise BackendUnavailable(f"no backend can run model {manifest.name!r} on device {device} here "
+                                 f"({why or 'artifacts: ' + (', '.join(manifest.artifacts) or 'none')})")
+    probeable = [n for n in ok if BACKENDS[n].probe]
+    return {n: devices[n] for n in ([n for n in probeable if BACKENDS[n].int8] or probeable or ok)}
 
 
 def default_backend(manifest: Manifest, device: str = "cpu") -> str:

@@ -169,8 +169,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
 def compare_command(old: Path, new: Path, markdown: bool, tolerance: float, quiet: bool) -> None:
     """Per-row deltas of two bench runs (results.json or their folders); exit 0 same, 3 regression.
 
-    A speed change counts only when it exceeds both --tolerance and the runs' own spread
-    (min-max across --repeat); an accuracy drop counts beyond 0.1 pp.
+    A change of img/s or p50 counts only when it exceeds both --tolerance and the sum of the
+    runs' min-max spreads across --repeat (p99 is shown, not judged); accuracy beyond 0.1 pp.
     """
     from cifarbench import compare
 

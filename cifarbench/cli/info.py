@@ -24,6 +24,7 @@ def collect() -> dict:
         m = None
     env["backends"] = {name: (unavailable_reason(name, m) or "available") for name in BACKENDS}
     env["default_model"] = default
+    env["default_backend"] = _auto(m)
     env["shipped_models"] = shipped_models()
     env["trained_dir"] = str(trained_dir())
     env["bundled_test_data"] = str(BUNDLED_TEST_ARCHIVE) if BUNDLED_TEST_ARCHIVE.is_file() else None
@@ -35,6 +36,28 @@ def collect() -> dict:
     return env
 
 
+def _auto(m: object) -> dict:
+    """The cached `auto` choice for the default model on the CPU (info never probes: it must stay instant)."""
+    if m is None:
+        return {"choice": None, "how": "no default model"}
+    from cifarbench.autoselect import cached_choice
+
+    try:
+        return cached_choice(m)  # type: ignore[arg-type]
+    except CifarbenchError as exc:
+        return {"choice": None, "how": str(exc)}
+
+
+def _auto_text(a: dict) -> str:
+    if not a.get("choice"):
+        return a["how"]
+    if a["how"] != "measured":
+        return f"{a['choice']} ({a['how']})"
+    ranked = sorted(a["figures"].items(), key=lambda kv: -kv[1]["images_per_s"])
+    figures = ", ".join(f"{n} {f['images_per_s']:,.0f} img/s, {f['batch1_ms']:.2f} ms at batch 1" for n, f in ranked)
+    return f"{a['choice']}, measured {a['measured_at']}: {figures}"
+
+
 @click.command("info")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def command(as_json: bool) -> None:
@@ -43,6 +66,7 @@ def command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from cifarbench.cli.ui import stdout_console
@@ -63,6 +87,7 @@ def command(as_json: bool) -> None:
         t.add_row(f"backend {name}", "[green]available[/green]" if status == "available" else f"[yellow]{status}[/yellow]")
     d = info["default_model"]
     t.add_row("default model", f"{d['name']} at {d['path']}" if "name" in d else f"[red]{d['error']}[/red]")
+    t.add_row("default backend (auto)", escape(_auto_text(info["default_backend"])))
     t.add_row("shipped models", ", ".join(info["shipped_models"]) or "none")
     t.add_row("bundled test data", info["bundled_test_data"] or "[red]missing[/red]")
     con.print(t)

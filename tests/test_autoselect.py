@@ -1,0 +1,150 @@
+"""`auto`: the probe on a fake clock, and the cache: hit, and a re-probe whenever a part of its key changes."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cifarbench import autoselect, backends, sysinfo
+from cifarbench.errors import ModelError
+from cifarbench.manifest import Manifest
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Timed:
+    """A backend whose call costs ``per_image`` seconds of fake time per image."""
+
+    def __init__(self, clock: Clock, per_image: float) -> None:
+        self.clock, self.per_image, self.calls = clock, per_image, 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.clock.t += self.per_image * len(x)
+        return np.zeros((len(x), 10), np.float32)
+
+
+def test_probe_ranks_by_measured_speed_and_reports_failures() -> None:
+    clock = Clock()
+    costs = {"slow": 1e-3, "fast": 1e-4}
+
+    def load(name: str) -> Timed:
+        if name == "broken":
+            raise ModelError("cannot load it")
+        return Timed(clock, costs[name])
+
+    figures, failed = autoselect.probe(load, ["slow", "fast", "broken"], (8, 8, 3), budget_s=2.0, min_time_s=0.3,
+                                       min_calls=3, batch=16, clock=clock)
+    assert failed == {"broken": "cannot load it"}
+    assert figures["fast"]["images_per_s"] == pytest.approx(10_000) and figures["slow"]["images_per_s"] == pytest.approx(1_000)
+    assert figures["fast"]["batch1_ms"] == pytest.approx(0.1)
+    assert figures["fast"]["calls"] == figures["slow"]["calls"] >= 3  # round-robin: same number of calls each
+
+
+def test_probe_stops_at_its_budget() -> None:
+    clock = Clock()
+    figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), budget_s=2.0, min_time_s=0.3,
+                                  min_calls=50, batch=16, clock=clock)
+    assert clock.t < 2.0 + 2 * 17 * 0.01 + 1e-9  # at most one round past the budget
+    assert figures["a"]["calls"] < 50
+
+
+def test_heuristic_is_vnni_aware() -> None:
+    names = ["onnx-int8", "tflite-int8"]
+    assert autoselect.heuristic(names, {"avx2": True}) == "onnx-int8"
+    assert autoselect.heuristic(names, {"avx2": True, "avx512_vnni": True}) == "tflite-int8"
+    assert autoselect.heuristic(["onnx"], {"avx_vnni": True}) == "onnx"
+
+
+@pytest.fixture
+def counted_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """Real backends, counted; a fresh cache directory per test."""
+    monkeypatch.setenv("CIFARBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    loads: list[str] = []
+    real = backends.load_backend
+
+    def load(name: str, manifest: Any, device: str = "cpu", threads: Any = None) -> Any:
+        loads.append(name)
+        return real(name, manifest, device, threads)
+
+    monkeypatch.setattr(backends, "load_backend", load)
+    return loads
+
+
+def _two(m: Manifest) -> dict[str, str]:
+    return {"onnx-int8": "cpu", "tflite-int8": "cpu"}
+
+
+def test_choice_is_cached_and_a_changed_key_reprobes(tiny_model: Path, counted_loads: list[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    m = Manifest.load(tiny_model)
+    first = autoselect.choose(m, _two(m), None)
+    assert first.how == "measured" and first.name in ("onnx-int8", "tflite-int8")
+    assert sorted(counted_loads) == ["onnx-int8", "tflite-int8"]
+    assert first.name == max(first.figures, key=lambda n: first.figures[n]["images_per_s"])
+    assert autoselect.cache_path().is_file()
+
+    again = autoselect.choose(m, _two(m), None)
+    assert again.how == "cached" and again.name == first.name and again.figures == first.figures
+    assert len(counted_loads) == 2  # nothing loaded for a cache hit
+    shown = autoselect.cached_choice(m)
+    assert shown["choice"] in ("onnx-int8", "tflite-int8", "openvino-int8") or shown["choice"] is None
+
+    # Each part of the key: artifact hash, threads, runtime versions, CPU flags.
+    changed = copy.deepcopy(m)
+    changed.artifacts["onnx-int8"].sha256 = "0" * 64
+    assert autoselect.choose(changed, _two(m), None).how == "measured"
+    assert autoselect.choose(m, _two(m), 1).how == "measured"
+    versions = sysinfo.package_versions()
+    monkeypatch.setattr(sysinfo, "package_versions", lambda: {**versions, "onnxruntime": "0.0.1"})
+    assert autoselect.choose(m, _two(m), None).how == "measured"
+    cpu = sysinfo.cpu_info()
+    monkeypatch.setattr(sysinfo, "cpu_info", lambda: {**cpu, "flags": {**cpu["flags"], "avx512_vnni": True}})
+    assert autoselect.choose(m, _two(m), None).how == "measured"
+    assert len(counted_loads) == 2 + 4 * 2
+    assert len(autoselect.cached_entries()) == 5
+
+
+def test_corrupt_or_unwritable_cache_still_chooses(tiny_model: Path, counted_loads: list[str]) -> None:
+    m = Manifest.load(tiny_model)
+    path = autoselect.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    sel = autoselect.choose(m, _two(m), None)
+    assert sel.how == "measured"
+    assert autoselect.choose(m, _two(m), None).how == "cached"  # the bad file was replaced
+    if os.geteuid() != 0:  # root writes anywhere
+        path.unlink()
+        path.parent.chmod(0o500)
+        try:
+            sel = autoselect.choose(m, _two(m), None)
+            assert sel.how == "measured" and "not cached" in sel.note
+        finally:
+            path.parent.chmod(0o700)
+
+
+def test_probing_switched_off_uses_the_cpu_flags(tiny_model: Path, counted_loads: list[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autoselect.ENV_PROBE, "0")
+    m = Manifest.load(tiny_model)
+    sel = autoselect.choose(m, _two(m), None)
+    assert sel.how == "fallback" and counted_loads == []
+    assert sel.name == autoselect.heuristic(list(_two(m)), sysinfo.cpu_info()["flags"])
+
+
+def test_select_auto_goes_through_the_probe(tiny_model: Path, counted_loads: list[str]) -> None:
+    m = Manifest.load(tiny_model)
+    sel = backends.select(m, "auto")
+    assert sel.how in ("measured", "only") and sel.name in backends.auto_candidates(m)
+    assert backends.select(m).how in ("cached", "only")

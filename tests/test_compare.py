@@ -1,0 +1,106 @@
+"""`bench compare`: a plain rerun passes, an injected 20 % slowdown is a regression (exit 3)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cifarbench import compare
+from cifarbench.errors import ExitStatus
+from conftest import run_cli
+
+RUN = ("--backend", "onnx", "--backend", "tflite-int8", "--limit", "40", "--min-time", "0.2", "--min-iters", "100",
+       "--warmup", "3", "--batch-sizes", "1,8", "--repeat", "3", "--no-isolate", "-q")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model: Path, synthetic_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("compare")
+    for name in ("old", "new"):
+        r = run_cli("bench", "--model", tiny_model, "--data", synthetic_tree, *RUN, "--output-dir", out / name)
+        assert r.exit_code == 0 and r.stdout == "" and r.stderr == "", r.stderr  # -q: silent on success
+    return out / "old", out / "new"
+
+
+def _slower(doc: dict[str, Any], factor: float) -> dict[str, Any]:
+    """Every speed figure of every row ``factor`` times worse: the injected regression."""
+    d = copy.deepcopy(doc)
+    for r in d["results"]:
+        for t in r["throughput"]:
+            t["images_per_s"] = t["images_per_s"] / factor if t["images_per_s"] else None
+        for k in ("p50_ms", "p99_ms"):
+            if k in r["latency"]:
+                r["latency"][k] *= factor
+        for k, s in r["repeat"].items():
+            if isinstance(s, dict):
+                f = 1 / factor if k == "images_per_s" else factor
+                r["repeat"][k] = {kk: ([x * f for x in v] if kk == "values" else v * f) for kk, v in s.items()}
+    return d
+
+
+def test_plain_rerun_passes(two_runs: tuple[Path, Path]) -> None:
+    old, new = two_runs
+    r = run_cli("bench", "compare", old, new)
+    assert r.exit_code == 0, r.stdout
+    assert "verdict: " in r.stdout and "regression" not in r.stdout
+    res = compare.compare_files(old, new)
+    assert {row["backend"] for row in res["rows"]} == {"onnx", "tflite-int8"}
+    assert all(row["changes"]["accuracy"]["delta_pp"] == 0 for row in res["rows"])  # same images, same answers
+
+
+def _spread(doc: dict[str, Any], rel: float) -> dict[str, Any]:
+    """The run as if its repeats had spread +-rel/2 around their medians (a quiet machine)."""
+    d = copy.deepcopy(doc)
+    for r in d["results"]:
+        for s in r["repeat"].values():
+            if isinstance(s, dict):
+                s["min"], s["max"] = s["median"] * (1 - rel / 2), s["median"] * (1 + rel / 2)
+    return d
+
+
+def test_injected_slowdown_is_a_regression_with_exit_3(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    old, _ = two_runs
+    doc = _spread(json.loads((old / "results.json").read_text()), 0.05)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(doc))
+    old = tmp_path / "old"
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "results.json").write_text(json.dumps(_slower(doc, 1.25)))  # 20 % fewer images/s
+    r = run_cli("bench", "compare", old / "results.json", tmp_path / "slow", "--markdown")
+    assert r.exit_code == ExitStatus.PARTIAL, r.stdout
+    assert r.stdout.startswith("### cifarbench bench compare: **regression**") and "**regression**" in r.stdout
+    res = compare.compare_files(old, tmp_path / "slow")
+    tp = res["rows"][0]["changes"]["images_per_s"]
+    assert tp["delta_pct"] == pytest.approx(-20) and tp["verdict"] == "regression"
+    # The other way round it is an improvement, which passes.
+    assert run_cli("bench", "compare", tmp_path / "slow", old).exit_code == 0
+
+
+def test_spread_wider_than_the_change_is_not_a_regression(two_runs: tuple[Path, Path]) -> None:
+    old, _ = two_runs
+    doc = json.loads((old / "results.json").read_text())
+    noisy = copy.deepcopy(doc)
+    for r in noisy["results"]:
+        s = r["repeat"]["images_per_s"]
+        s["min"], s["max"] = s["median"] * 0.7, s["median"] * 1.3  # +-30 % run-to-run
+    res = compare.compare_docs(noisy, _slower(noisy, 1.25))
+    assert res["rows"][0]["changes"]["images_per_s"]["verdict"] == "same"
+
+
+def test_a_row_that_stopped_working_is_a_regression(two_runs: tuple[Path, Path]) -> None:
+    old, _ = two_runs
+    doc = json.loads((old / "results.json").read_text())
+    broken = copy.deepcopy(doc)
+    broken["results"][0].update(status="failed", reason="boom")
+    res = compare.compare_docs(doc, broken)
+    assert res["verdict"] == "regression" and res["rows"][0]["status"] == "ok -> failed"
+
+
+def test_unreadable_input_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("{}")
+    r = run_cli("bench", "compare", tmp_path / "x.json", tmp_path / "x.json")
+    assert r.exit_code == ExitStatus.DATA and r.stderr.count("\n") == 1
