@@ -95,6 +95,14 @@ def make_sets(root: Path, bombs: int, big: int) -> dict[str, Path]:
     return sets
 
 
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+
+
 def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -152,17 +160,19 @@ def main() -> None:
         print("# Decode memory under hostile files\n")
         print(f"- command (repository root, project venv): `nice -n 19 python benchmarks/loader/bench_bombs.py"
               f" --bombs {args.bombs} --big {args.big} --workers {args.workers}`")
-        print(f"- machine: {cpu.get('model') or platform.processor()}, {os.cpu_count()} cores "
-              f"({len(os.sched_getaffinity(0))} usable), flags: {' '.join(cpu.get('flags_of_interest') or [])}; "
-              f"{platform.platform()}")
+        flags = " ".join(k for k, v in (cpu.get("flags") or {}).items() if v) or "none of interest"
+        print(f"- machine: {lscpu_model() or cpu.get('model') or platform.processor()}, {os.cpu_count()} cores "
+              f"({len(os.sched_getaffinity(0))} usable), flags: {flags}; {platform.platform()}, "
+              f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM")
         print(f"- software: Python {platform.python_version()}, cifarbench {cifarbench.__version__}, "
               f"Pillow {Image.__version__}, numpy {np.__version__}")
         print("- each row: a fresh process running `classify(folder, backend='onnx-int8', workers=W, pool=P)`; peak = "
               "largest summed RSS of it and its descendants, sampled every 10 ms (shared pages counted per process)")
         print(f"- bombs: {args.bombs} files of 284-1,300 bytes (BLP and PNG headers) declaring "
-              f"{9000 ** 2 / 1e6:.0f}-{(9000 + 37 * (args.bombs - 1)) ** 2 / 1e6:.0f} MP; baseline: as many valid 32x32 PNGs; "
-              f"big: {args.big} RGBA PNGs of 7000x7000 (49 MP, under the 50 MP limit, 196 MB each decoded), one at the start "
-              f"of each {CHUNK}-file decode task, among {args.big * CHUNK} files\n")
+              f"{9000 ** 2 / 1e6:.0f}-{(9000 + 37 * (args.bombs - 1)) ** 2 / 1e6:.0f} MP (half BLP named .jpg, half PNG); "
+              f"baseline: as many valid 32x32 PNGs" + (f"; big: {args.big} RGBA PNGs of 7000x7000 (49 MP, under the 50 MP "
+              f"limit, 196 MB each decoded), one at the start of each {CHUNK}-file decode task, among {args.big * CHUNK} "
+              "files" if args.big else "") + "\n")
         header = ("| set | pool | workers | files | row errors | peak RSS MB | vs baseline | stderr lines | error kinds |\n"
                   "|---|---|---:|---:|---:|---:|---:|---:|---|")
 
