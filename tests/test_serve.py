@@ -389,5 +389,6 @@ def test_listening_socket_gives_connections_tcp_nodelay() -> None:
 def test_cli_help_documents_limits() -> None:
     res = run_cli("serve", "--help")
     assert res.exit_code == 0
-    for opt in ("--max-upload-mb", "--max-pixels", "--timeout", "--workers", "--top-k", "curl"):
+    for opt in ("--max-upload-mb", "--max-pixels", "--timeout", "--workers", "--top-k", "curl", "--max-connections",
+                "--header-timeout", "--keep-alive", "--max-concurrency", "--max-queue", "--max-buffered-mb"):
         assert opt in res.output
