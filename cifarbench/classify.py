@@ -237,7 +237,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLik
 
             t0 = time.perf_counter()
             job = ray_engine.Job(manifest, name, device, threads, batch_size, top_k, resize, size, classes,
-                                 [os.fspath(p) for p in paths])
+                                 [os.fspath(p) for p in paths], max_pixels)
             run = stack.enter_context(ray_engine.session(engine, job, note))
             report.load_seconds = time.perf_counter() - t0
             report.runtime, engine_rows = run.describe(), run.rows

@@ -13,7 +13,7 @@ they share the cores with the runtime threads (an actor reserves ``threads`` CPU
 many). The model travels through the object store, so only the input paths need to be shared
 between nodes; a node that cannot see a PATH fails the run with a message saying so.
 
-Ray is imported only here, and only when this engine runs.
+Ray is imported only by this package (cluster side: ray_tasks.py), and only when this engine runs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import contextlib
 import copy
 import logging
 import os
-import shutil
-import socket
 import sys
 import tempfile
 import warnings
@@ -35,23 +33,15 @@ import numpy as np
 
 from cifarbench.discover import FileEntry
 from cifarbench.engines import EngineOptions
-from cifarbench.errors import BackendUnavailable, CifarbenchError, DataError, UsageError
+from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
+from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError
+from cifarbench.images import DEFAULT_MAX_PIXELS
 from cifarbench.manifest import MANIFEST_NAME, Manifest
-from cifarbench.writers import Row, display_text
+from cifarbench.writers import Row
 
 BLOCK_MAX = 1024  # files per decode task at most; fewer for small runs so every CPU gets work
 BLOCK_MIN = 32
 MAX_ROOTS = 64  # PATH arguments each node checks once per process (a shell glob can name thousands)
-SHARED_FS_HINT = "with --engine ray every PATH must be readable at the same path on every node (a shared filesystem)"
-
-
-def _enc(text: str) -> bytes:
-    """Any str (surrogates from non-UTF-8 names included) as bytes that round-trip exactly."""
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _dec(raw: Any) -> str:
-    return bytes(raw).decode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -68,75 +58,21 @@ class Job:
     size: int
     classes: Sequence[str]
     roots: Sequence[str]  # the PATH arguments: checked on every node that decodes
-
-
-# --------------------------------------------------------------------------- cluster side
-_CHECKED_ROOTS: set[bytes] = set()
-
-
-def _check_roots(roots: Sequence[bytes]) -> None:
-    """Fail the run, not each file, when this node cannot see a PATH: the filesystem is not shared."""
-    for root in roots:
-        if root in _CHECKED_ROOTS:
-            continue
-        if not os.path.exists(root):
-            host = socket.gethostname()
-            raise DataError(f"{display_text(os.fsdecode(root))} is not readable on Ray node {host}: {SHARED_FS_HINT}")
-        _CHECKED_ROOTS.add(root)
-
-
-def decode_block(batch: dict[str, np.ndarray], size: int, resize: str, roots: Sequence[bytes]) -> dict[str, np.ndarray]:
-    """A Ray Data task: paths -> pixels with the one loader; a failed file keeps its reason."""
-    from cifarbench.images import load_image
-
-    _check_roots(roots)
-    n = len(batch["idx"])
-    pixels = np.zeros((n, size, size, 3), np.uint8)
-    ok = np.zeros(n, bool)
-    errors: list[bytes] = []
-    for i, (path, known) in enumerate(zip(batch["path"], batch["error"])):
-        if len(known):
-            errors.append(bytes(known))
-            continue
-        r = load_image(os.fsdecode(bytes(path)), size=size, resize=resize)
-        if r.array is not None:
-            pixels[i], ok[i] = r.array, True
-            errors.append(b"")
-        else:
-            errors.append(_enc(r.error or "unknown error"))
-    return {"idx": batch["idx"], "pixels": pixels, "ok": ok, "error": np.array(errors, dtype=object)}
-
-
-class Predictor:
-    """A Ray Data actor: loads the model once (from the object store), then scores decoded batches."""
-
-    def __init__(self, model: dict[str, Any], backend: str, device: str, threads: int) -> None:
-        import ray
-
-        from cifarbench import backends
-
-        artifact = ray.get(model["artifact"])
-        tmp = tempfile.mkdtemp(prefix="cifarbench-model-")
-        try:
-            Path(tmp, MANIFEST_NAME).write_bytes(model["manifest"])
-            Path(tmp, model["file"]).write_bytes(artifact)
-            manifest = Manifest.load(tmp)
-            self.backend = backends.load_backend(backend, manifest, device, threads)  # checks the sha256
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # runtimes hold the model in memory (or an open mapping)
-        self.classes = len(manifest.classes)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cifarbench.classify import probs_of
-
-        ok = np.asarray(batch["ok"], bool)
-        probs = np.full((len(ok), self.classes), np.nan, np.float32)
-        if ok.any():
-            probs[ok] = probs_of(self.backend.predict, np.asarray(batch["pixels"])[ok])
-        return {"idx": batch["idx"], "probs": probs, "ok": ok, "error": batch["error"]}
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
 
 # --------------------------------------------------------------------------- driver side
+def rows_of_batch(entries: Sequence[FileEntry], batch: dict[str, np.ndarray], classes: Sequence[str],
+                  top_k: int) -> list[Row]:
+    """The driver's only per-row work: a returned batch -> rows, with the local engine's own ``_rows``."""
+    from cifarbench.classify import _rows
+
+    ok, probs = np.asarray(batch["ok"], bool), np.asarray(batch["probs"])
+    good = iter(_rows(probs[ok], [e.path for e, o in zip(entries, ok) if o], classes, top_k))
+    return [next(good) if o else Row(e.path, error=_dec(err) or "unknown error")
+            for e, o, err in zip(entries, ok.tolist(), batch["error"])]
+
+
 def _quiet_ray() -> None:
     """Ray's own logs and progress bars never reach the terminal: cifarbench reports for it."""
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
@@ -280,8 +216,6 @@ class RayRun:
     def _rows(self, todo: Sequence[FileEntry]) -> Iterator[list[Row]]:
         if not todo:
             return
-        from cifarbench.classify import _rows
-
         ray, job = self.ray, self.job
         ds = self._dataset(todo)
         pos = 0
@@ -294,10 +228,7 @@ class RayRun:
                     continue
                 if not np.array_equal(idx, np.arange(pos, pos + n)):
                     raise CifarbenchError(f"ray engine: rows came back out of order at file {pos + 1}; nothing written")
-                entries, ok, probs = todo[pos:pos + n], np.asarray(b["ok"], bool), np.asarray(b["probs"])
-                good = iter(_rows(probs[ok], [e.path for e, o in zip(entries, ok) if o], job.classes, job.top_k))
-                yield [next(good) if o else Row(e.path, error=_dec(err) or "unknown error")
-                       for e, o, err in zip(entries, ok.tolist(), b["error"])]
+                yield rows_of_batch(todo[pos:pos + n], b, job.classes, job.top_k)
                 pos += n
         except Exception as exc:  # Ray's wrappers around a worker's error, or a cluster failure
             if isinstance(exc, CifarbenchError) and type(exc).__module__.startswith("cifarbench"):
@@ -333,7 +264,8 @@ class RayRun:
         ds = ray.data.from_arrow(tables)
         ds = ds.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=0,
                             compute=ray.data.TaskPoolStrategy(size=max(1, self.cpus)),
-                            fn_kwargs={"size": job.size, "resize": job.resize, "roots": roots})
+                            fn_kwargs={"size": job.size, "resize": job.resize, "roots": roots,
+                                       "max_pixels": job.max_pixels})
         device = "gpu" if self.gpus else ("cpu" if job.device == "auto" else job.device)
         return ds.map_batches(Predictor, batch_size=job.batch_size, batch_format="numpy", zero_copy_batch=True,
                               compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=self.threads,
