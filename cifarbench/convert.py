@@ -3,7 +3,7 @@
 Every artifact takes raw RGB uint8 pixels (the manifest's ``InputContract``): the graph casts,
 applies the declared preprocessing and ends in probabilities. ``convert`` runs named stages:
 open the source, pick the data, export through the registry in ``exporters``, check parity
-through the runtimes ``classify`` and ``bench`` use, write the manifest once. int8 artifacts
+through the runtimes ``classify`` and ``bench`` use (``parity``), write the manifest once. int8 artifacts
 are calibrated on the train split's validation slice, never the test split; parity uses other
 images of that slice. A model cifarbench did not train is also scored on the test split
 (bundled), because its training set may well include the train-split images.
@@ -29,15 +29,9 @@ from cifarbench.data import Dataset, load_dataset, train_val_split
 from cifarbench.errors import CheckFailed, DataError, ModelError, UsageError
 from cifarbench.exporters import EXPORTERS, ExportContext, Source
 from cifarbench.manifest import FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
+from cifarbench.parity import SampleSet, check_parity
 
 EXPORT_FORMATS = tuple(f for f in FORMATS if f in EXPORTERS)  # everything but keras itself, in speed order
-# float32 must match the reference: (min top-1 agreement, max |dp|).
-FLOAT32_BOUNDS = (0.999, 1e-3)
-# float16 weights carry a 2**-11 relative rounding error by construction, so max |dp| alone is no verdict
-# (a 0.04 pp accuracy change came with max |dp| 1.2e-2): fail on agreement or accuracy, warn on rounding.
-FP16_FAIL = (0.99, 0.5)  # fail below this agreement or above this |accuracy change| in pp
-FP16_ROUNDING = (0.995, 1e-2)  # warn below this agreement or above this max |dp|
-INT8_TARGET_PP, INT8_WARN_PP = 0.3, 1.0
 
 __all__ = ["convert", "ConvertOptions", "ParityFailed", "EXPORT_FORMATS"]
 
@@ -85,17 +79,6 @@ class ParityFailed(CheckFailed):
         self.manifest = manifest
 
 
-@dataclass
-class _Data:
-    source: str
-    seed: int
-    cal_x: np.ndarray
-    par_x: np.ndarray
-    par_y: np.ndarray
-    test: Dataset | None  # a foreign model's test-split sample
-    test_note: str
-
-
 def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
             options: ConvertOptions | None = None, on_step: Callable[[str], None] | None = None,
             **fields: Any) -> Manifest:
@@ -120,7 +103,7 @@ def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | No
     manifest = _start_manifest(prior, source, out_dir, classes, formats, opts)
     with tempfile.TemporaryDirectory(prefix="cifarbench-convert-") as scratch:
         _export(ExportContext(source, out_dir, data.cal_x, opts.opset, Path(scratch)), manifest, formats, data, say)
-    failures = _check_parity(manifest, source, formats, data, say)
+    failures = check_parity(manifest, source, formats, data, say)
     manifest.save()
     if failures:
         raise ParityFailed("float artifacts disagree with the reference: " + "; ".join(failures), manifest)
@@ -201,7 +184,7 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
 # --------------------------------------------------------------------------- stage 2: data
 
 
-def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], say: Callable[[str], None]) -> _Data:
+def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], say: Callable[[str], None]) -> SampleSet:
     """Calibration and parity images: disjoint parts of the train split's validation slice."""
     source = opts.calibration_data or _default_calibration_source(prior)
     if source != "cifar10" and Path(source).exists():
@@ -220,7 +203,7 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     test, note = None, "trained by cifarbench: test accuracy is in metrics.test"
     if not own:
         test, note = _test_sample(opts, classes, seed, say)
-    return _Data(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note)
+    return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note)
 
 
 def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, say: Callable[[str], None]) -> tuple[Dataset | None, str]:
@@ -266,7 +249,7 @@ def _start_manifest(prior: Manifest | None, source: Source, out_dir: Path, class
     return m
 
 
-def _export(ctx: ExportContext, m: Manifest, formats: Sequence[str], data: _Data, say: Callable[[str], None]) -> None:
+def _export(ctx: ExportContext, m: Manifest, formats: Sequence[str], data: SampleSet, say: Callable[[str], None]) -> None:
     for fmt in formats:
         exporter = EXPORTERS[fmt]
         say(f"exporting {fmt}")
@@ -291,91 +274,3 @@ def _version(pkg: str) -> str | None:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-# --------------------------------------------------------------------------- stage 4: parity
-
-
-def _check_parity(m: Manifest, source: Source, formats: Sequence[str], data: _Data, say: Callable[[str], None]) -> list[str]:
-    """Every artifact against the source model itself; returns the failures (float artifacts only)."""
-    from cifarbench.backends import load_backend
-
-    say(f"parity check on {len(data.par_x)} images")
-    ref = source.reference(data.par_x)
-    ref_test = source.reference(data.test.images) if data.test is not None else None
-    ref_parity = _parity(ref, ref, data.par_y)
-    if ref_test is not None and data.test is not None:
-        ref_parity["test_accuracy"] = float((ref_test.argmax(1) == data.test.labels).mean())
-    if "keras" in m.artifacts and source.kind == "keras":
-        m.artifacts["keras"].parity = dict(ref_parity)
-    failures, warnings = [], []
-    for fmt in formats:
-        backend = load_backend(fmt, m, "cpu", None)
-        par = _parity(_predict(backend, data.par_x), ref, data.par_y)
-        if data.test is not None:
-            par["test_accuracy"] = float((_predict(backend, data.test.images).argmax(1) == data.test.labels).mean())
-        failure = judge(fmt, par, ref_parity)
-        m.artifacts[fmt].parity = par
-        if failure:
-            failures.append(failure)
-        if par.get("warning"):
-            warnings.append(f"{fmt}: {par['warning']}")
-    m.metrics["parity"] = {
-        "reference": "keras" if source.kind == "keras" else "the original ONNX model (onnxruntime)",
-        "reference_accuracy": ref_parity["accuracy"], "source": data.source, "split": "train (validation slice)",
-        "images": int(len(data.par_x)), "warnings": warnings,
-        "test_split": {"note": data.test_note, **({"images": len(data.test), "reference_accuracy": ref_parity["test_accuracy"]}
-                                                  if data.test is not None else {})},
-        "thresholds": {"float32 (min top-1 agreement, max |dp|)": FLOAT32_BOUNDS,
-                       "float16 fail (min top-1 agreement, max |accuracy change| pp)": FP16_FAIL,
-                       "float16 rounding warning (min top-1 agreement, max |dp|)": FP16_ROUNDING,
-                       "int8_target_drop_pp": INT8_TARGET_PP, "int8_warn_drop_pp": INT8_WARN_PP},
-    }
-    return failures
-
-
-def _predict(backend: Any, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([backend.predict(x[i : i + 256]) for i in range(0, len(x), 256)])
-
-
-def _parity(got: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    return {
-        "images": int(len(labels)),
-        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-        "max_abs_dprob": float(np.abs(got - ref).max()),
-        "mean_abs_dprob": float(np.abs(got - ref).mean()),
-        "accuracy": float((got.argmax(1) == labels).mean()),
-    }
-
-
-def judge(fmt: str, par: dict[str, Any], ref: dict[str, Any]) -> str | None:
-    """Set ``par['status']`` (ok, flagged, warn, FAIL) and ``par['warning']``; return a failure line or None.
-
-    ``warning`` is present exactly when the artifact needs a look (``bench`` shows it too).
-    """
-    drop = (ref["accuracy"] - par["accuracy"]) * 100
-    par["accuracy_drop_pp"] = round(drop, 3)
-    agree, dp = par["top1_agreement"], par["max_abs_dprob"]
-    if EXPORTERS[fmt].quantized:
-        if drop > INT8_WARN_PP:
-            par["status"] = "warn"
-            par["warning"] = f"int8 loses {drop:.2f} pp accuracy vs the reference (above {INT8_WARN_PP:g} pp)"
-        else:
-            par["status"] = "flagged" if drop > INT8_TARGET_PP else "ok"
-        return None
-    if fmt == "tflite-fp16":
-        if agree < FP16_FAIL[0] or abs(drop) > FP16_FAIL[1]:
-            par["status"] = "FAIL"
-            return f"{fmt}: agreement {agree:.4f}, accuracy change {-drop:+.2f} pp"
-        if agree < FP16_ROUNDING[0] or dp > FP16_ROUNDING[1]:
-            par["status"] = "warn"
-            par["warning"] = (f"float16 rounding: agreement {agree * 100:.2f} %, max |dp| {dp:.1e}, "
-                              f"accuracy change {-drop:+.2f} pp")
-        else:
-            par["status"] = "ok"
-        return None
-    if agree >= FLOAT32_BOUNDS[0] and dp <= FLOAT32_BOUNDS[1]:
-        par["status"] = "ok"
-        return None
-    par["status"] = "FAIL"
-    return f"{fmt}: agreement {agree:.4f}, max|dp| {dp:.2e}"

@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 from cifarbench import keras2zip
 from cifarbench.errors import ModelError
-from cifarbench.manifest import Step, parse_preprocess
+from cifarbench.manifest import InputContract, Step, parse_preprocess
 from cifarbench.tfquiet import quiet_tensorflow
 
+_DEFAULT_SHAPE = (None, *InputContract().shape)  # a model that does not say: the artifacts' own contract
 _UNSAFE_HINT = "it contains a Lambda or custom layer (arbitrary code); pass --unsafe only if you trust the file"
 
 
@@ -111,7 +112,7 @@ class _SavedModelCallable:
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         sig = layer._endpoint_signatures["serving_default"] if hasattr(layer, "_endpoint_signatures") else None
-        self.input_shape = (None, 32, 32, 3)
+        self.input_shape = _DEFAULT_SHAPE
         try:
             spec = list(sig.structured_input_signature[1].values())[0]
             self.input_shape = tuple(spec.shape)
@@ -137,7 +138,7 @@ def model_input_shape(model: Any) -> tuple:
         if len(shape) != 1:
             raise ModelError(f"model has {len(shape)} inputs; expected one image input")
         shape = shape[0]
-    return tuple(shape) if shape is not None else (None, 32, 32, 3)
+    return tuple(shape) if shape is not None else _DEFAULT_SHAPE
 
 
 def _first_line(exc: BaseException) -> str:

@@ -191,7 +191,7 @@ def _par(agree: float, dp: float, acc: float) -> dict:
 
 
 def test_float16_is_judged_by_agreement_and_accuracy() -> None:
-    from cifarbench.convert import judge
+    from cifarbench.parity import judge
 
     ref = {"accuracy": 0.7000}
     rounding = _par(0.9995, 1.19e-2, 0.7004)  # the reported case: a rounding difference, not a broken model
@@ -208,7 +208,7 @@ def test_float16_is_judged_by_agreement_and_accuracy() -> None:
 
 @pytest.mark.parametrize("acc, status", [(0.699, "ok"), (0.695, "flagged"), (0.685, "warn")])
 def test_int8_losses(acc: float, status: str) -> None:
-    from cifarbench.convert import judge
+    from cifarbench.parity import judge
 
     par = _par(0.97, 0.2, acc)
     assert judge("onnx-int8", par, {"accuracy": 0.7}) is None  # never a failure
@@ -222,7 +222,7 @@ def test_int8_loss_above_1pp_is_a_warning_line_and_flagged(tiny_model: Path, tmp
     import shutil
 
     from cifarbench.cli.convert import _report
-    from cifarbench.convert import judge
+    from cifarbench.parity import judge
 
     shutil.copytree(tiny_model, tmp_path / "m")
     m = Manifest.load(tmp_path / "m")
@@ -238,9 +238,9 @@ def test_int8_loss_above_1pp_is_a_warning_line_and_flagged(tiny_model: Path, tmp
 
 def test_parity_table_is_printed_when_a_check_fails(tmp_path: Path, synthetic_tree: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import cifarbench.convert as conv
+    import cifarbench.parity as parity
 
-    monkeypatch.setattr(conv, "FLOAT32_BOUNDS", (1.01, 0.0))  # no real artifact can pass: the failure path runs
+    monkeypatch.setattr(parity, "FLOAT32_BOUNDS", (1.01, 0.0))  # no real artifact can pass: the failure path runs
     r = run_cli("convert", _foreign(tmp_path), "--out", tmp_path / "o", "--formats", "onnx", "--calibration-data",
                 synthetic_tree, "--calibration-size", "20", "--parity-size", "20")
     assert r.exit_code == ExitStatus.CHECK_FAILED

@@ -81,6 +81,8 @@ def test_nchw_onnx_converts_with_manifest_and_parity(onnx_converted: tuple[Path,
     assert m.artifacts["onnx-int8"].details["calibration"]["images"] == 60
     assert "test_accuracy" in par and m.metrics["parity"]["test_split"]["images"] == 80  # foreign: test split too
     assert "onnx-int8" in r.stdout and "test split" in r.stdout  # type: ignore[attr-defined]
+    source_row = next(ln for ln in r.stdout.splitlines() if "torch_cnn.onnx" in ln)  # type: ignore[attr-defined]
+    assert "reference" in source_row and f"{m.metrics['parity']['reference_accuracy'] * 100:.2f}%" in source_row
 
 
 def test_artifacts_take_uint8_nhwc_pixels(onnx_converted: tuple[Path, Path, object]) -> None:

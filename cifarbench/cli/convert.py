@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -98,6 +99,12 @@ def parity_table(manifest: Manifest) -> Any:
     cols += ["accuracy (test split)"] if has_test else []
     for col in cols + ["acc drop pp", "status"]:
         t.add_column(col, justify="left" if col in ("artifact", "file", "status") else "right")
+    if not any(a.parity and "status" not in a.parity for a in manifest.artifacts.values()) and "reference_accuracy" in par:
+        # No Keras artifact (an ONNX source): the original model is the reference; show its accuracy too.
+        source = Path(str(manifest.training.get("source_file", "original model"))).name
+        row = ["source", source, "", "100.00%", "0.0e+00", f"{par['reference_accuracy'] * 100:.2f}%"]
+        row += [f"{test['reference_accuracy'] * 100:.2f}%"] if has_test else []
+        t.add_row(*row, "", "reference")
     for fmt, art in manifest.artifacts.items():
         p = art.parity
         if not p:
