@@ -198,3 +198,16 @@ def test_env_var_follows_the_flag_not_the_parameter_name(monkeypatch: pytest.Mon
     res = run_cli("fake", env={"CIFARBENCH_FAKE_OUT_FORMAT": "jsonl", "CIFARBENCH_FAKE_THREADS": "4"})
     assert res.stdout == "jsonl 4\n"
     assert run_cli("fake", "--threads", "2", env={"CIFARBENCH_FAKE_THREADS": "4"}).stdout == "csv 2\n"  # flag wins
+
+
+def test_info_table_shows_brackets_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich reads "[train]" as markup: "pip install 'cifarbench[train]'" lost its extra. Values are escaped."""
+    trained = tmp_path / "models[train]"
+    (trained / "flagship").mkdir(parents=True)
+    manifest = {"name": "flagship", "arch": "resnet", "metrics": {"test": {"accuracy": 0.9}}, "artifacts": {}}
+    (trained / "flagship" / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("CIFARBENCH_TRAINED_DIR", str(trained))
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line, so the path is not wrapped
+    res = run_cli("info")
+    assert res.exit_code == 0, res.stderr
+    assert "models[train]" in res.stdout

@@ -77,19 +77,20 @@ def command(as_json: bool) -> None:
     t.add_column(style="bold")
     t.add_column()
     for k, v in info["versions"].items():
-        t.add_row(k, v or "[dim]not installed[/dim]")
-    t.add_row("platform", info["platform"])
-    t.add_row("cpu", f"{cpu['model']} ({cpu['usable_cores']} usable of {cpu['cores']} cores)")
+        t.add_row(k, escape(v) if v else "[dim]not installed[/dim]")
+    # Every value is escaped: Rich would read "pip install 'cifarbench[train]'" as markup and drop "[train]".
+    t.add_row("platform", escape(info["platform"]))
+    t.add_row("cpu", escape(f"{cpu['model']} ({cpu['usable_cores']} usable of {cpu['cores']} cores)"))
     t.add_row("cpu flags", " ".join(f if on else f"[dim]-{f}[/dim]" for f, on in cpu["flags"].items()))
-    t.add_row("gpus", ", ".join(info["gpus"]) or "none")
-    t.add_row("onnxruntime providers", ", ".join(info["onnxruntime_providers"]) or "none")
+    t.add_row("gpus", escape(", ".join(info["gpus"]) or "none"))
+    t.add_row("onnxruntime providers", escape(", ".join(info["onnxruntime_providers"]) or "none"))
     for name, status in info["backends"].items():
-        t.add_row(f"backend {name}", "[green]available[/green]" if status == "available" else f"[yellow]{status}[/yellow]")
+        t.add_row(f"backend {name}", "[green]available[/green]" if status == "available" else f"[yellow]{escape(status)}[/yellow]")
     d = info["default_model"]
-    t.add_row("default model", f"{d['name']} at {d['path']}" if "name" in d else f"[red]{d['error']}[/red]")
+    t.add_row("default model", escape(f"{d['name']} at {d['path']}") if "name" in d else f"[red]{escape(d['error'])}[/red]")
     t.add_row("default backend (auto)", escape(_auto_text(info["default_backend"])))
-    t.add_row("shipped models", ", ".join(info["shipped_models"]) or "none")
-    t.add_row("bundled test data", info["bundled_test_data"] or "[red]missing[/red]")
+    t.add_row("shipped models", escape(", ".join(info["shipped_models"]) or "none"))
+    t.add_row("bundled test data", escape(info["bundled_test_data"]) if info["bundled_test_data"] else "[red]missing[/red]")
     con.print(t)
     for w in info["warnings"]:
         click.echo(f"warning: {w}", err=True)
