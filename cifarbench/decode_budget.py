@@ -13,6 +13,8 @@ tokens before the next starts gathering, so two big decodes never each hold half
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -70,6 +72,29 @@ class DecodeBudget:
 
 
 _process_budget = DecodeBudget()
+_MMAP_THRESHOLD = 1 * MIB
+_malloc_tuned: bool | None = None
+
+
+def return_big_frees_to_os() -> bool:
+    """Make glibc give freed image memory back to the OS at once; True if it could.
+
+    Pillow stores a big image in 16 MB blocks. glibc's malloc raises its mmap threshold after such
+    blocks are freed, so later ones come from per-thread arenas that keep the memory: four decode
+    threads kept ~200 MB each after their 49 MP images were gone, so a 256 MiB budget still peaked
+    at 676 MB (benchmarks/loader/results_bombs.md). A fixed 1 MiB threshold serves every block of
+    1 MiB or more with mmap and unmaps it on free. The loader calls this before the first decode
+    that costs 4 MiB or more, so processes that never decode big images are untouched.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if sys.platform.startswith("linux"):
+            try:
+                _malloc_tuned = bool(ctypes.CDLL(None).mallopt(-3, _MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+            except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+                pass
+    return _malloc_tuned
 
 
 def process_budget() -> DecodeBudget:

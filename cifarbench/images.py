@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageMode
 
 from cifarbench.cstderr import capture_fd2
-from cifarbench.decode_budget import process_budget
+from cifarbench.decode_budget import MIB, process_budget, return_big_frees_to_os
 from cifarbench.errors import UsageError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -66,6 +66,7 @@ except Exception:  # pragma: no cover - optional dependency
 
 # Pillow's pixel limit is a module global; swapping it is serialised so threads (serve) never race.
 _LIMIT_LOCK = threading.RLock()
+_NO_HOLD = contextlib.nullcontext(0)
 _default_max_pixels: int | None = DEFAULT_MAX_PIXELS
 
 
@@ -208,7 +209,10 @@ def _decode_unlocked(fp: IO[bytes], size: int, resize: str, max_pixels: int | No
         if draft and im.format == "JPEG" and (im.width > size or im.height > size):
             # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target.
             im.draft(None, _draft_target(im.size, size, resize))
-        with process_budget().hold(decode_cost(im, size, resize)):
+        cost = decode_cost(im, size, resize)
+        if cost >= 4 * MIB:
+            return_big_frees_to_os()  # once per process: freed decodes leave, not linger in thread arenas
+        with process_budget().hold(cost) if cost >= MIB else _NO_HOLD:  # small images: no lock at all
             _load(im)
             # plain JPEGs skip the EXIF parse
             orientation = _orientation(im) if im.format != "JPEG" or "exif" in im.info or "xmp" in im.info else 1
