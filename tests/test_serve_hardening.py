@@ -330,3 +330,13 @@ def test_model_info_shows_no_server_paths(tmp_path: Any) -> None:
     doc = json.loads(body)
     assert status == 200 and str(tmp_path) not in body.decode() and "trained/m" not in body.decode()
     assert doc["metrics"] == {"test": {"accuracy": 0.8}, "parity": {"split": "train", "agreement": 0.99}}
+
+
+def test_connection_limit_is_kept_under_the_open_file_limit() -> None:
+    resource = pytest.importorskip("resource")
+    from cifarbench.cli.serve import _fd_capped
+
+    n = _fd_capped(10**9)  # raises the soft limit as far as the hard one allows, then fits under it
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert 1 <= n <= soft - 64 or soft == resource.RLIM_INFINITY
+    assert _fd_capped(10) == 10
