@@ -92,6 +92,7 @@ def test_output_is_identical_to_the_local_engine(cluster: str, request: pytest.F
     nodes = 1 if cluster == "ray_local" else 2
     failed = 3 if cluster == "ray_local" else 4
     assert f"on {nodes} node" in r2.stderr and f"11 files, {failed} failed" in r2.stderr
+    assert all(line.startswith("classify: ") for line in r2.stderr.splitlines()), r2.stderr  # none of Ray's logs
     if cluster == "ray_two_nodes":
         assert any("big.jpg" in r["path"] and "pixels" in (r["error"] or "") for r in rows)
     assert not lock_path_for(remote).exists()
