@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from cifarbench.backends import DEVICES
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.errors import BackendUnavailable, UsageError
 from cifarbench.images import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 @click.command("serve")
@@ -60,10 +64,10 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/v1/classify?top_k=3'
     """
     try:
-        import uvicorn  # noqa: F401
+        import uvicorn  # noqa: F401  (the serve extra's server: fail here, with the hint, if missing)
 
-        from cifarbench.serve.app import ENV_CONFIG, ServeLimits, create_app
         from cifarbench.serve import server
+        from cifarbench.serve.app import ENV_CONFIG, ServeLimits, create_app
         from cifarbench.serve.protocol import ConnectionLimits
     except ImportError as exc:
         raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
