@@ -4,7 +4,9 @@ Every number is taken the same way for every runtime, through the one backend pr
 so rows are comparable: the timed region is ``backend.predict`` on uint8 batches already
 in memory; decoding and preprocessing images is timed on its own, never mixed in.
 Rows are measured by cifarbench.bench_worker (in a process of their own with
-``isolate``), with the loops of cifarbench.scenarios, ``repeat`` times each.
+``isolate``), with the loops of cifarbench.scenarios, ``repeat`` times each; the data
+comes from cifarbench.bench_data, and the figures rows get from each other (agreement,
+speed-up, int8 flags) from cifarbench.bench_derive.
 """
 
 from __future__ import annotations
@@ -14,28 +16,24 @@ import importlib
 import os
 import statistics
 import sys
-import tarfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cifarbench import __version__, backends
-from cifarbench.bench_worker import Job, measure, peak_rss_mb, run_isolated
-from cifarbench.data import IMAGE_EXTENSIONS, Dataset, load_dataset, members_of, source_path
-from cifarbench.errors import BackendUnavailable, CifarbenchError, ModelError, UsageError
-from cifarbench.images import load_image
+from cifarbench.bench_data import BenchData, load_subset, measure_decode
+from cifarbench.bench_derive import INT8_FLAG_PP, against_reference, busy_cpu_warnings, reference, spread_warnings
+from cifarbench.bench_worker import Job, measure, run_isolated
+from cifarbench.errors import ModelError, UsageError
 from cifarbench.manifest import Manifest
 from cifarbench.models import resolve_model, shipped_models
-from cifarbench.scenarios import SCENARIOS, batches, measure_latency, measure_throughput, predict_all  # noqa: F401
+from cifarbench.scenarios import SCENARIOS
 from cifarbench.sysinfo import environment
 
 SCHEMA = "cifarbench.bench"
 SCHEMA_VERSION = 2
-REFERENCE_ORDER = ("keras", "onnx")  # keras when measured, else onnx fp32
-INT8_FLAG_PP = 1.0  # an int8 row losing more accuracy than this (percentage points) is flagged
 DEFINITIONS = {
     "throughput": "offline scenario: images/s = images passed to backend.predict / summed wall time (perf_counter) "
     "of those calls; batches are uint8 arrays already decoded in memory, so decode, batching and loop overhead are "
@@ -49,7 +47,7 @@ DEFINITIONS = {
     "timed apart from inference",
     "load": "wall time of load_backend: checksum verification plus runtime session/interpreter creation "
     "(the TensorFlow import is timed separately as tensorflow_import_s when rows share a process)",
-    "peak_rss": "the measuring process's high-water mark (getrusage ru_maxrss) after the row; with isolation each "
+    "peak_rss": "the measuring process's resident high-water mark (VmHWM) after the row; with isolation each "
     "row runs in a fresh process, so it is the row's own (Python, data subset and runtime included), otherwise "
     "cumulative in run order (keras last); rss_delta_mb is resident memory after minus before loading the backend",
     "speedup": "images/s at the largest batch size divided by the reference backend's for the same model and threads",
@@ -138,77 +136,12 @@ MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "stat
 
 
 @dataclass
-class BenchData:
-    """The labelled images every row of one class list is measured on."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    subset: str  # "all N images" or "random K of N images (seed S)"
-    dataset: Dataset
-    load_s: float
-
-
-@dataclass
 class Plan:
     """What to measure, resolved once: manifests, and (model, backend, threads) jobs in run order."""
 
     manifests: list[Manifest]
     jobs: list[tuple[Manifest, str, int | None]]
     chosen: dict[str, backends.Selection] = field(default_factory=dict)  # model -> what `auto` picked
-
-
-# --------------------------------------------------------------------------- data
-
-
-def load_subset(source: str, classes: Sequence[str], limit: int | None, seed: int) -> BenchData:
-    t0 = time.perf_counter()
-    ds = load_dataset(source, "test", classes=classes)
-    load_s = time.perf_counter() - t0
-    if limit is None or limit >= len(ds):
-        return BenchData(ds.images, ds.labels, f"all {len(ds)} images", ds, load_s)
-    # A seeded random subset: the sources list images class by class, so the first N would be one class.
-    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:limit])
-    return BenchData(np.ascontiguousarray(ds.images[idx]), ds.labels[idx],
-                     f"random {limit} of {len(ds)} images (seed {seed})", ds, load_s)
-
-
-def _encoded_members(source: str, k: int) -> Iterator[bytes]:
-    """Up to ``k`` encoded image files of a folder or archive source (the data layer's walker), undecoded."""
-    count = 0
-    with members_of(source_path(source)) as members:
-        for name, read in members:
-            if count >= k:
-                return
-            base = name.rsplit("/", 1)[-1]
-            if os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS and not base.startswith("."):
-                count += 1
-                yield read()
-
-
-def measure_decode(source: str, k: int) -> dict[str, Any]:
-    """Decode + preprocess time per image through the one loader, on the source's own encoded files."""
-    if k <= 0 or source == "cifar10":
-        return {"images": 0, "note": "not measured: the source holds raw pixel arrays, nothing to decode"}
-    try:
-        blobs = list(_encoded_members(source, k))
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, CifarbenchError) as exc:
-        return {"images": 0, "note": f"not measured: {exc}"}
-    if not blobs:
-        return {"images": 0, "note": "not measured: the source holds raw pixel arrays, nothing to decode"}
-    times, failed = [], 0
-    for b in blobs:
-        t0 = time.perf_counter()
-        ok = load_image(b).ok
-        times.append(time.perf_counter() - t0)
-        failed += not ok
-    total = sum(times)
-    return {"images": len(blobs), "failed": failed, "seconds": total, "images_per_s": len(blobs) / total if total else None,
-            "mean_ms": 1000 * total / len(blobs), "mean_bytes": float(np.mean([len(b) for b in blobs]))}
-
-
-def agreement(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    return {"top1": float(np.mean(probs.argmax(1) == ref.argmax(1))),
-            "max_abs_dprob": float(np.max(np.abs(probs - ref))) if probs.size else 0.0}
 
 
 # --------------------------------------------------------------------------- the run
@@ -303,13 +236,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
             row.reason = first_line if row.status == "skipped" or config.isolate else f"{kind}: {first_line}"
         gc.collect()
         say(_one_line(row, label), True)
-    compare_notes = _compare(plan.manifests, rows, probs)
+    compare_notes = against_reference(plan.manifests, rows, probs)
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     env = environment()
     env.update(threads_requested=config.threads, device=config.device, command=config.command,
                loadavg_start=load_start, loadavg_end=load_end, nice=os.nice(0) if hasattr(os, "nice") else None,
                tensorflow_import_s=tf_import_s, isolated=config.isolate)
-    warnings = _global_warnings(env) + compare_notes + _spread_warnings(rows)
+    warnings = busy_cpu_warnings(env) + compare_notes + spread_warnings(rows)
     first = next(iter(data_cache.values()), None)
     data_doc = {"source": config.data, "split": "test", "images": int(len(first.images)) if first else 0,
                 "subset": first.subset if first else None, "fingerprint": first.dataset.fingerprint if first else None,
@@ -326,7 +259,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
         "wall_s": time.time() - started, "command": config.command, "config": cfg, "definitions": DEFINITIONS,
         "environment": env, "data": data_doc,
         "models": {m.name: {"path": str(m.directory), "arch": m.arch, "params": m.params, "classes": list(m.classes),
-                            "reference": _reference(m.name, rows),
+                            "reference": reference(m.name, rows),
                             "auto": ({"backend": plan.chosen[m.name].name, "how": plan.chosen[m.name].how,
                                       "note": plan.chosen[m.name].note} if m.name in plan.chosen else None)}
                    for m in plan.manifests},
@@ -368,85 +301,6 @@ def _fill(row: Row, runs: list[dict[str, Any]], m: Manifest) -> None:
     if spec.int8:
         drop = (m.artifacts[spec.format].parity or {}).get("accuracy_drop_pp")
         row.manifest_int8_loss_pp = float(drop) if drop is not None else None
-
-
-def _spread_warnings(rows: dict[tuple[str, str, int | None], Row]) -> list[str]:
-    """Pairs of rows whose throughput ranges across repeats overlap: their order is not established."""
-    out = []
-    by_model: dict[str, list[Row]] = {}
-    for r in rows.values():
-        if r.status == "ok" and r.repeat.get("images_per_s"):
-            by_model.setdefault(r.model, []).append(r)
-    for model, rs in by_model.items():
-        rs.sort(key=lambda r: r.repeat["images_per_s"]["median"])
-        for a, b in zip(rs, rs[1:]):
-            ra, rb = a.repeat["images_per_s"], b.repeat["images_per_s"]
-            if ra["max"] >= rb["min"]:
-                out.append(f"{model}: {a.backend} ({ra['min']:,.0f}-{ra['max']:,.0f} img/s) and {b.backend} "
-                           f"({rb['min']:,.0f}-{rb['max']:,.0f}) overlap across {a.repeat['n']} repeats: the spread "
-                           "is wider than their difference")
-    return out
-
-
-Key = tuple[str, str, "int | None"]
-
-
-def _reference(model: str, rows: dict[Any, Row], threads: int | None = None) -> str | None:
-    for b in REFERENCE_ORDER:
-        r = rows.get((model, b, threads))
-        if r is not None and r.status == "ok" and r.quality:
-            return b
-    return None
-
-
-def _compare(manifests: list[Manifest], rows: dict[Any, Row], probs: dict[Any, np.ndarray]) -> list[str]:
-    """Agreement, accuracy delta, int8 loss and speed-up of each row against its reference (same model and threads)."""
-    notes = []
-    for m in manifests:
-        for threads in dict.fromkeys(t for (model, _, t) in rows if model == m.name):
-            ref = _reference(m.name, rows, threads)
-            mine = [r for (model, _, t), r in rows.items() if model == m.name and t == threads and r.status == "ok"]
-            if ref is None:
-                if mine:
-                    notes.append(f"{m.name}: no reference backend measured ({' or '.join(REFERENCE_ORDER)}), "
-                                 "so agreement, accuracy delta and speed-up are blank")
-                for row in mine:
-                    _flag_int8(row, None)
-                continue
-            ref_row, ref_p = rows[(m.name, ref, threads)], probs[(m.name, ref, threads)]
-            ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
-            for row in mine:
-                p = probs.get((row.model, row.backend, threads))
-                if p is not None:
-                    row.agreement = {"reference": ref, **agreement(p, ref_p)}
-                row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
-                tp = row.throughput[-1]["images_per_s"] if row.throughput else None
-                row.speedup = tp / ref_tp if tp and ref_tp else None
-                ref_by = {t["batch_size"]: t["images_per_s"] for t in ref_row.throughput}
-                row.speedup_by_batch = {str(t["batch_size"]): t["images_per_s"] / ref_by[t["batch_size"]]
-                                        for t in row.throughput if t["images_per_s"] and ref_by.get(t["batch_size"])}
-                _flag_int8(row, row.accuracy_delta_pp)
-    return list(dict.fromkeys(notes))
-
-
-def _flag_int8(row: Row, delta_pp: float | None) -> None:
-    """int8 loss from bench's own accuracy (vs the fp32 reference) and from the manifest's parity check."""
-    if not backends.get_spec(row.backend).int8:
-        return
-    row.int8_loss_pp = -delta_pp if delta_pp is not None else None
-    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", row.manifest_int8_loss_pp)):
-        if loss is not None and loss > INT8_FLAG_PP:
-            row.flags.append(f"int8 accuracy loss {loss:.2f} pp > {INT8_FLAG_PP:g} pp ({source})")
-
-
-def _global_warnings(env: dict[str, Any]) -> list[str]:
-    out = []
-    cores = env["cpu"].get("usable_cores") or 1
-    loads = [x for x in (env.get("loadavg_start"), env.get("loadavg_end")) if x]
-    if loads and max(l[0] for l in loads) > 0.5 * cores:
-        out.append(f"CPU was busy (1-min load average up to {max(l[0] for l in loads):.1f} on {cores} usable cores): "
-                   "other processes competed for it, so latency and throughput are pessimistic and noisy")
-    return out
 
 
 def _one_line(row: Row, label: str) -> str:

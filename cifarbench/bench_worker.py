@@ -52,6 +52,19 @@ class Job:
 
 
 def peak_rss_mb() -> float:
+    """This process's resident high-water mark.
+
+    Linux: VmHWM of /proc/self/status, which belongs to the process image; getrusage's ru_maxrss
+    survives fork and exec, so an isolated row would report its parent's peak (measured: 980 MB
+    for a child that never imported TensorFlow).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
@@ -145,7 +158,7 @@ def run_isolated(job: Job, timeout: float | None = None) -> tuple[dict[str, Any]
 
 
 def _main() -> int:
-    from cifarbench.bench import load_subset
+    from cifarbench.bench_data import load_subset
     from cifarbench.models import resolve_model
 
     request = json.loads(sys.stdin.read())

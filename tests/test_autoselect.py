@@ -148,3 +148,29 @@ def test_select_auto_goes_through_the_probe(tiny_model: Path, counted_loads: lis
     sel = backends.select(m, "auto")
     assert sel.how in ("measured", "only") and sel.name in backends.auto_candidates(m)
     assert backends.select(m).how in ("cached", "only")
+
+
+def test_info_shows_the_cached_choice_without_probing(tiny_model: Path, counted_loads: list[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from conftest import run_cli
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "flagship").symlink_to(tiny_model, target_is_directory=True)  # the tiny model as the default one
+    monkeypatch.setenv("CIFARBENCH_TRAINED_DIR", str(trained))
+    before = json.loads(run_cli("info", "--json").stdout)["default_backend"]
+    assert counted_loads == []  # info never probes
+    m = Manifest.load(tiny_model)
+    if len(backends.auto_candidates(m)) == 1:
+        assert before["how"] == "only candidate"
+        return
+    assert before["choice"] is None and "not measured yet" in before["how"]
+    sel = backends.select(m)
+    after = json.loads(run_cli("info", "--json").stdout)["default_backend"]
+    assert after["choice"] == sel.name and after["how"] == "measured" and after["measured_at"]
+    assert set(after["figures"]) == set(backends.auto_candidates(m))
+    text = run_cli("info").stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("default backend (auto)"))
+    assert sel.name in line and "img/s" in line and after["measured_at"] in line

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cifarbench import backends, bench, plots
+from cifarbench import backends, bench, bench_derive, bench_worker, plots, scenarios
 from cifarbench.errors import ExitStatus, ModelError
 from cifarbench.manifest import Manifest
 from cifarbench.report import load_results, validate
@@ -41,42 +41,42 @@ IMAGES = np.arange(5 * 32 * 32 * 3, dtype=np.int64).astype(np.uint8).reshape(5, 
 
 def test_latency_runs_until_both_iterations_and_time_are_met() -> None:
     clock = FakeClock(0.001)
-    stats, warnings = bench.measure_latency(clock.predict, IMAGES, warmup=3, min_iters=10, min_time=0.5, clock=clock)
+    stats, warnings = scenarios.measure_latency(clock.predict, IMAGES, warmup=3, min_iters=10, min_time=0.5, clock=clock)
     assert stats["n"] == 500 and clock.calls == 503  # 0.5 s of 1 ms calls, warm-up not counted
     assert stats["p50_ms"] == pytest.approx(1.0) and stats["total_s"] == pytest.approx(0.5)
     assert warnings == []
     clock = FakeClock(0.001)
-    stats, warnings = bench.measure_latency(clock.predict, IMAGES, warmup=0, min_iters=20, min_time=0.0, clock=clock)
+    stats, warnings = scenarios.measure_latency(clock.predict, IMAGES, warmup=0, min_iters=20, min_time=0.0, clock=clock)
     assert stats["n"] == 20
     assert warnings and "only 20" in warnings[0]
 
 
 def test_throughput_counts_only_timed_calls() -> None:
     clock = FakeClock(0.001)
-    tp = bench.measure_throughput(clock.predict, IMAGES, 4, min_time=0.1, min_calls=3, warmup=2, clock=clock)
+    tp = scenarios.measure_throughput(clock.predict, IMAGES, 4, min_time=0.1, min_calls=3, warmup=2, clock=clock)
     assert tp["calls"] == 25 and clock.calls == 27 and tp["images"] == 100
     assert tp["images_per_s"] == pytest.approx(1000.0)
 
 
 def test_batches_wrap_around_the_data_at_exact_size() -> None:
-    gen = bench.batches(IMAGES, 3)
+    gen = scenarios.batches(IMAGES, 3)
     first, second, third = next(gen), next(gen), next(gen)
     assert [len(b) for b in (first, second, third)] == [3, 3, 3]
     assert (second[2] == IMAGES[0]).all() and (third[0] == IMAGES[1]).all()
-    assert len(next(bench.batches(IMAGES, 12))) == 12
+    assert len(next(scenarios.batches(IMAGES, 12))) == 12
 
 
 def test_predict_all_preallocates_and_checks_shape() -> None:
-    p, seconds = bench.predict_all(lambda x: np.full((len(x), 10), 0.1, np.float32), IMAGES, 2, 10)
+    p, seconds = scenarios.predict_all(lambda x: np.full((len(x), 10), 0.1, np.float32), IMAGES, 2, 10)
     assert p.shape == (5, 10) and seconds >= 0
     with pytest.raises(ModelError, match="shape"):
-        bench.predict_all(lambda x: np.zeros((len(x), 3), np.float32), IMAGES, 2, 10)
+        scenarios.predict_all(lambda x: np.zeros((len(x), 3), np.float32), IMAGES, 2, 10)
 
 
 def test_agreement() -> None:
     ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32)
     other = np.array([[0.8, 0.2], [0.2, 0.8], [0.3, 0.7]], np.float32)
-    a = bench.agreement(other, ref)
+    a = bench_derive.agreement(other, ref)
     assert a["top1"] == pytest.approx(2 / 3) and a["max_abs_dprob"] == pytest.approx(0.3)
 
 
@@ -215,3 +215,124 @@ def test_without_a_reference_the_comparisons_are_blank_and_said_so(tiny_model: P
     assert row["status"] == "ok" and row["speedup"] is None and row["agreement"] == {}
     assert any("no reference backend measured" in w for w in doc["warnings"])
     assert "no reference backend measured" in res.stderr
+
+
+# --------------------------------------------------------------------------- bench v2: isolation, repeats, sweeps, scenarios
+
+
+def test_isolated_rows_measure_in_their_own_process(tiny_model: Path, synthetic_tree: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    with open(model / "model_int8.onnx", "ab") as fh:
+        fh.write(b"garbage")
+    res, doc = _bench(tmp_path, "--model", str(model), "--backend", "onnx", "--backend", "tflite-int8",
+                      "--backend", "onnx-int8", "--data", str(synthetic_tree), "--limit", "20",
+                      *[a for a in FAST if a != "--no-isolate"], "--isolate")
+    assert res.exit_code == ExitStatus.PARTIAL, res.stderr
+    rows = {r["backend"]: r for r in doc["results"]}
+    assert rows["onnx-int8"]["status"] == "failed" and "checksum" in rows["onnx-int8"]["reason"]
+    parent = bench_worker.peak_rss_mb()  # this process imported TensorFlow to build the tiny model
+    for name in ("onnx", "tflite-int8"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["isolated"] and r["load_s"] > 0 and r["quality"]["support"] == 20
+        assert 0 < r["peak_rss_mb"] < parent  # the child's own high-water mark, not this process's
+    assert rows["tflite-int8"]["agreement"]["reference"] == "onnx"  # probabilities came back from the child
+    assert doc["environment"]["isolated"] is True
+
+
+def test_repeats_thread_sweep_and_quiet(tiny_model: Path, synthetic_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    res = run_cli("bench", "--model", tiny_model, "--backend", "onnx", "--backend", "onnx-int8", "--data", synthetic_tree,
+                  "--limit", "20", *FAST, "--repeat", "3", "--threads", "1,2", "--output-dir", out, "-q")
+    assert res.exit_code == 0 and res.stdout == "" and res.stderr == "", res.stderr
+    doc = load_results(out / "results.json")
+    assert [(r["backend"], r["threads"]) for r in doc["results"]] == [("onnx", 1), ("onnx", 2), ("onnx-int8", 1),
+                                                                       ("onnx-int8", 2)]
+    for r in doc["results"]:
+        rep = r["repeat"]
+        assert rep["n"] == 3 and len(rep["images_per_s"]["values"]) == 3
+        assert rep["images_per_s"]["min"] <= rep["images_per_s"]["median"] <= rep["images_per_s"]["max"]
+        assert r["throughput"][-1]["images_per_s"] == rep["images_per_s"]["median"]  # the median repeat is shown
+        assert r["runtime"]["threads"] == r["threads"]
+        assert r["agreement"]["reference"] == "onnx"  # each thread count has its own reference row
+    md = (out / "report.md").read_text()
+    assert "## Repeats: median (min–max)" in md and "onnx-int8 (2t)" in md
+    assert "threads" in (out / "results.csv").read_text().splitlines()[0]
+
+
+def test_server_scenario_and_auto(tiny_model: Path, synthetic_tree: Path, tmp_path: Path) -> None:
+    res, doc = _bench(tmp_path, "--model", str(tiny_model), "--backend", "auto", "--data", str(synthetic_tree),
+                      "--limit", "20", *FAST, "--scenario", "single-stream", "--scenario", "server",
+                      "--server-time", "0.2", "--server-rate", "50", "--p99-bound-ms", "50")
+    assert res.exit_code == 0, res.stderr
+    name = Manifest.load(tiny_model).name
+    auto = doc["models"][name]["auto"]
+    assert auto["backend"] in backends.auto_candidates(Manifest.load(tiny_model))
+    (row,) = doc["results"]
+    assert row["backend"] == auto["backend"] and row["throughput"][0]["batch_size"] == 1  # no offline sweep
+    at = row["server"]["at_rate"]
+    assert at["target_rate"] == 50 and at["queries"] > 0 and at["achieved_rate"] > 0 and at["p50_ms"] <= at["p99_ms"]
+    search = row["server"]["search"]
+    assert search["p99_bound_ms"] == 50 and search["trials"]
+    if search["max_rate"] is not None:
+        assert search["at_max"]["p99_ms"] <= 50
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Server scenario" in md
+
+
+def test_int8_loss_is_flagged_from_the_manifest_and_from_bench(tiny_model: Path, synthetic_tree: Path,
+                                                               tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    m = Manifest.load(model)
+    m.artifacts["tflite-int8"].parity["accuracy_drop_pp"] = 1.7
+    m.save(model)
+    res = run_cli("bench", "--model", model, "--backend", "onnx", "--backend", "tflite-int8", "--data", synthetic_tree,
+                  "--limit", "20", *FAST, "--output-dir", tmp_path / "o")
+    assert res.exit_code == 0, res.stderr
+    doc = load_results(tmp_path / "o" / "results.json")
+    row = next(r for r in doc["results"] if r["backend"] == "tflite-int8")
+    assert row["manifest_int8_loss_pp"] == 1.7 and any("1.70 pp > 1 pp (manifest parity check)" in f for f in row["flags"])
+    assert row["int8_loss_pp"] == pytest.approx(-row["accuracy_delta_pp"])
+    assert "! " in res.stdout and "manifest parity check" in res.stdout
+    assert "## Flags" in (tmp_path / "o" / "report.md").read_text()
+    # bench's own measurement: an int8 row 2 pp below its fp32 reference
+    r = bench.Row(model="x", backend="onnx-int8")
+    bench_derive.flag_int8(r, -2.0)
+    assert r.int8_loss_pp == 2.0 and r.flags == ["int8 accuracy loss 2.00 pp > 1 pp (measured here)"]
+    fp32 = bench.Row(model="x", backend="onnx")
+    bench_derive.flag_int8(fp32, -2.0)
+    assert fp32.flags == [] and fp32.int8_loss_pp is None
+
+
+def test_row_schema_is_derived_from_row_and_v1_results_still_load() -> None:
+    from dataclasses import asdict, fields
+
+    from cifarbench.report import row_schema
+
+    schema = row_schema()
+    assert schema["required"] == [f.name for f in fields(bench.Row)]
+    assert validate(asdict(bench.Row(model="m", backend="onnx", status="skipped", reason="r")), schema) == []
+    bad = asdict(bench.Row(model="m", backend="onnx"))
+    del bad["repeat"]
+    bad["threads"] = "two"
+    errs = validate(bad, schema)
+    assert any("missing 'repeat'" in e for e in errs) and any("threads" in e for e in errs)
+    v1 = load_results(REPO / "benchmarks" / "results" / "results.json")  # written by the first release
+    assert v1["schema_version"] == bench.SCHEMA_VERSION and all(r["threads"] is None for r in v1["results"])
+
+
+def test_decode_timing_reads_archives_through_the_data_layer() -> None:
+    d = bench.measure_decode("bundled", 5)
+    assert d["images"] == 5 and d["failed"] == 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--threads", "0"), "positive"),
+    (("--threads", "a,b"), "comma-separated"),
+    (("--repeat", "0"), "repeat"),
+    (("--scenario", "batch"), "batch"),
+])
+def test_bad_v2_options_exit_2(args: tuple[str, ...], needle: str) -> None:
+    res = run_cli("bench", "--model", "nowhere", *args)
+    assert res.exit_code == ExitStatus.USAGE and needle in res.stderr
