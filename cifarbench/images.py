@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import operator
 import os
 import stat
@@ -27,11 +26,12 @@ from types import EllipsisType
 from typing import IO, BinaryIO, Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageMode
+from PIL import Image, ImageFile
 
 from cifarbench.cstderr import capture_fd2
 from cifarbench.decode_budget import MIB, process_budget, return_big_frees_to_os
 from cifarbench.errors import UsageError
+from cifarbench.image_reduce import REDUCING_GAP, decode_cost, draft_target, pixel_bytes, shrink
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
@@ -40,12 +40,10 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .avif .heic .heif .jp2 .tga .ico".split()
 )
 DEFAULT_MAX_PIXELS = 50_000_000  # per image, for classify, bench and serve: 200 MB as RGBA
-REDUCING_GAP = 3.0  # big images are box-reduced to >= 3x the target, then Lanczos-resampled
 # Formats whose decoders never write to fd 2 (Pillow's own code, or libjpeg with Pillow's handlers):
 # they skip the capture. Everything else (libtiff above all) is decoded with fd 2 captured.
 _SILENT_FORMATS = frozenset(("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "PPM", "TGA", "ICO", "BLP", "DDS", "QOI",
                              "PCX", "SGI", "IM"))
-_REDUCIBLE = frozenset(("L", "RGB", "RGBA", "LA", "CMYK", "I", "F", "RGBX", "YCbCr", "LAB"))
 PAD_COLOR = (255, 255, 255)  # same white that transparency is composited on
 _HIGH_BIT_MODES = frozenset(("I;16", "I;16B", "I;16L", "I;16N", "I", "F"))
 _ALPHA_MODES = frozenset(("RGBA", "LA", "RGBa", "La", "PA"))
@@ -208,7 +206,7 @@ def _decode_unlocked(fp: IO[bytes], size: int, resize: str, max_pixels: int | No
     try:
         if draft and im.format == "JPEG" and (im.width > size or im.height > size):
             # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target.
-            im.draft(None, _draft_target(im.size, size, resize))
+            im.draft(None, draft_target(im.size, size, resize))
         cost = decode_cost(im, size, resize)
         if cost >= 4 * MIB:
             return_big_frees_to_os()  # once per process: freed decodes leave, not linger in thread arenas
@@ -216,7 +214,7 @@ def _decode_unlocked(fp: IO[bytes], size: int, resize: str, max_pixels: int | No
             _load(im)
             # plain JPEGs skip the EXIF parse
             orientation = _orientation(im) if im.format != "JPEG" or "exif" in im.info or "xmp" in im.info else 1
-            small, mode = _shrink(im, size, resize)
+            small, mode = shrink(im, size, resize)
             if small is not im:
                 im.close()  # the full-size pixels go now, before any conversion
             out = _fit(_to_rgb(small, mode), size, resize)
@@ -253,79 +251,6 @@ def _load(im: Image.Image) -> None:
     raise _DecodeFailed(f"{kind} ({msg}; {lib}: {said})")
 
 
-def decode_cost(im: Image.Image, size: int = 32, resize: str = "center-crop") -> int:
-    """Bytes a decode of the opened (not yet loaded) ``im`` allocates at its peak, from the header alone.
-
-    Pixels x bytes per pixel as Pillow stores them (1 for L/P/1, 2 for 16-bit, 4 for every
-    multi-band mode, RGB included), plus one strip of working copy when ``_shrink`` converts.
-    Measured peaks match it (7000x7000: RGBA PNG 196 MB, RGB 196 MB, palette 49 MB, + strip).
-    """
-    w, h = im.size
-    stored = w * h * _pixel_bytes(im.mode)
-    if _needs_shrink(im, _reduce_factors((w, h), size, resize)):
-        stored += 3 * _STRIP_BYTES  # the converted strip, its premultiplied copy, its reduction
-    return stored
-
-
-_STRIP_BYTES = 4 << 20  # working copies are made one strip of rows at a time
-
-
-def _pixel_bytes(mode: str) -> int:
-    try:
-        if Image.getmodebands(mode) > 1:
-            return 4
-        return max(1, int(ImageMode.getmode(mode).typestr[-1]))
-    except (KeyError, ValueError):
-        return 4
-
-
-def _reduce_factors(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int]:
-    """Integer box-reduction factors that keep at least ``REDUCING_GAP`` x the resampling target."""
-    tw, th = _draft_target(wh, size, resize)
-    return max(1, int(wh[0] / tw / REDUCING_GAP)), max(1, int(wh[1] / th / REDUCING_GAP))
-
-
-def _needs_shrink(im: Image.Image, factors: tuple[int, int]) -> bool:
-    """Plain RGB is reduced inside the resize, from the crop box, without a copy: nothing to gain."""
-    if factors == (1, 1) or (im.mode == "RGB" and "transparency" not in im.info):
-        return False
-    return im.mode in _REDUCIBLE or im.mode in ("P", "PA", "1") or im.mode.startswith("I;16")
-
-
-def _shrink(im: Image.Image, size: int, resize: str) -> tuple[Image.Image, str]:
-    """Box-reduce a big decoded image before any full-size conversion; returns it and the mode to scale from.
-
-    Without this, a 50 MP RGBA PNG is copied four times at full size on its way to RGB. Conversions
-    that reduce() needs (palette/1-bit/transparent to RGB(A), 16-bit to ``I``, alpha premultiplied)
-    are made one strip of rows at a time, so the full-size image is the only big allocation. The
-    second value is the original mode, so 16-bit scaling stays right.
-    """
-    mode = im.mode
-    factors = _reduce_factors(im.size, size, resize)
-    if not _needs_shrink(im, factors):
-        return im, mode
-    if mode in ("P", "PA", "1") or "transparency" in im.info:
-        target = "RGBA" if mode == "PA" or "transparency" in im.info else "RGB"
-    elif mode.startswith("I;16"):
-        target = "I"
-    else:
-        target = mode
-    (fx, fy), (w, h) = factors, im.size
-    rows = fy * max(1, _STRIP_BYTES // (4 * w * fy))
-    out: Image.Image | None = None
-    for top in range(0, h, rows):
-        strip = im.crop((0, top, w, min(h, top + rows)))
-        if strip.mode != target:
-            strip = strip.convert(target)
-        part = strip.reduce((fx, fy))
-        if out is None:
-            out = Image.new(part.mode, (-(-w // fx), -(-h // fy)))
-        out.paste(part, (0, top // fy))
-    assert out is not None
-    out.info = {k: v for k, v in im.info.items() if k != "transparency" or target == mode}
-    return out, mode
-
-
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
@@ -357,7 +282,7 @@ def _open_checked(fp: IO[bytes], max_pixels: int | None) -> Image.Image:
         im = Image.open(fp)
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
-        need = w * h * _pixel_bytes(im.mode)
+        need = w * h * pixel_bytes(im.mode)
         im.close()
         raise Image.DecompressionBombError(f"{w}x{h} = {w * h:,} pixels, {need / 1e6:,.0f} MB to decode; "
                                            f"limit {max_pixels:,} pixels (--max-pixels)")
@@ -365,15 +290,6 @@ def _open_checked(fp: IO[bytes], max_pixels: int | None) -> Image.Image:
         im.close()
         raise ValueError(f"image has no pixels ({w}x{h})")
     return im
-
-
-def _draft_target(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int]:
-    """The smallest decoded size from which ``_fit`` still downsamples (never upsamples)."""
-    w, h = wh
-    if resize == "squash":
-        return (size, size)
-    scale = size / (min(w, h) if resize == "center-crop" else max(w, h))
-    return (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
 
 
 def _to_rgb(im: Image.Image, source_mode: str | None = None) -> Image.Image:
@@ -433,6 +349,9 @@ def _fit(im: Image.Image, size: int, resize: str) -> Image.Image:
     side = min(w, h)  # center-crop: the centred square, resampled straight from the source
     left, top = (w - side) / 2, (h - side) / 2
     return im.resize((size, size), lanczos, box=(left, top, left + side, top + side), reducing_gap=REDUCING_GAP)
+
+
+_draft_target = draft_target  # the names the loader's tests and benchmark have used
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from cifarbench import images
+from cifarbench import image_reduce, images
 from cifarbench.errors import UsageError
 from cifarbench.images import load_image
 
@@ -464,10 +464,10 @@ def test_decode_cost_from_the_header() -> None:
     def opened(im: Image.Image, fmt: str) -> Image.Image:
         return Image.open(io.BytesIO(encode(im, fmt)))
 
-    assert images.decode_cost(opened(solid(RED, (300, 200)), "PNG")) == 300 * 200 * 4  # RGB is stored in 4 bytes
-    assert images.decode_cost(opened(solid(128, (300, 200), "L"), "PNG")) == 300 * 200 + 3 * images._STRIP_BYTES
-    assert images.decode_cost(opened(solid(128, (30, 20), "L"), "PNG")) == 30 * 20  # small: no shrink
-    assert images.decode_cost(opened(Image.new("I;16", (300, 200)), "PNG")) == 300 * 200 * 2 + 3 * images._STRIP_BYTES
+    assert image_reduce.decode_cost(opened(solid(RED, (300, 200)), "PNG")) == 300 * 200 * 4  # RGB is stored in 4 bytes
+    assert image_reduce.decode_cost(opened(solid(128, (300, 200), "L"), "PNG")) == 300 * 200 + 3 * image_reduce._STRIP_BYTES
+    assert image_reduce.decode_cost(opened(solid(128, (30, 20), "L"), "PNG")) == 30 * 20  # small: no shrink
+    assert image_reduce.decode_cost(opened(Image.new("I;16", (300, 200)), "PNG")) == 300 * 200 * 2 + 3 * image_reduce._STRIP_BYTES
 
 
 def _reference(im: Image.Image, resize: str = "center-crop") -> np.ndarray:
@@ -500,9 +500,9 @@ def test_big_images_are_reduced_before_conversion_and_match_the_full_pipeline(ki
 
 def test_shrink_reduces_in_strips_identically_to_one_reduce(monkeypatch: pytest.MonkeyPatch) -> None:
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (700, 500, 4), dtype=np.uint8), "RGBA")
-    monkeypatch.setattr(images, "_STRIP_BYTES", 4 * 500 * 7)  # strips of 7 rows: many, with a ragged last one
-    out, mode = images._shrink(big, 32, "center-crop")
-    whole = big.reduce(images._reduce_factors(big.size, 32, "center-crop"))
+    monkeypatch.setattr(image_reduce, "_STRIP_BYTES", 4 * 500 * 7)  # strips of 7 rows: many, with a ragged last one
+    out, mode = image_reduce.shrink(big, 32, "center-crop")
+    whole = big.reduce(image_reduce.reduce_factors(big.size, 32, "center-crop"))
     assert mode == "RGBA" and out.size == whole.size
     np.testing.assert_array_equal(np.asarray(out), np.asarray(whole))
 
@@ -534,7 +534,7 @@ def test_each_decode_holds_its_cost_in_the_process_budget() -> None:
         ok(load_image(encode(solid(RED), "PNG")))
     finally:
         decode_budget.set_process_budget(old)
-    assert held == [1200 * 1000 * 4 + 3 * images._STRIP_BYTES]  # under 1 MiB: not counted, no lock taken
+    assert held == [1200 * 1000 * 4 + 3 * image_reduce._STRIP_BYTES]  # under 1 MiB: not counted, no lock taken
 
 
 # ----------------------------------------------------------------------------- C libraries' stderr
