@@ -121,3 +121,143 @@ def test_augment_is_deterministic_and_label_preserving() -> None:
 def test_unknown_arch_is_usage_error(tmp_path: Path) -> None:
     r = run_cli("train", "--arch", "resnet9000")
     assert r.exit_code == 2
+
+
+# --------------------------------------------------------------------------- the airbench port
+
+
+def test_flagship_recipe_is_airbench94_translated() -> None:
+    from cifarbench.zoo import get_arch
+
+    r = get_arch("flagship").recipe
+    assert r.batch_size == 1024 and r.momentum == 0.85 and r.loss_reduction == "sum" and r.drop_remainder
+    assert r.lr == pytest.approx(1.4648e-3, rel=1e-3)  # 11.5 / (1024 * (1 + 1 / 0.15)) on the summed loss
+    assert r.lr * 2 * r.l2 == pytest.approx(1.9957e-3, rel=1e-3)  # lr x coupled decay per step, as PyTorch's
+    assert r.lookahead and r.whiten_bias_epochs == 3 and "alternating-flip" in r.augment
+
+
+def test_training_graph_folds_into_the_plain_flagship() -> None:
+    import keras
+
+    from cifarbench import airbench
+
+    m = airbench.build_train()
+    airbench.dirac_init(m)
+    rng = np.random.default_rng(0)
+    for v in m.weights:
+        if v.path.endswith("/b") or v.path.endswith("moving_mean"):
+            v.assign(rng.normal(size=v.shape).astype("float32"))
+    plain = airbench.to_plain(m)
+    assert not any(type(layer).__module__.startswith("cifarbench") for layer in plain.layers)  # loads anywhere
+    x = rng.integers(0, 256, (8, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(m.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-5)
+    k = keras.ops.convert_to_numpy(m.get_layer("g0_conv2").kernel)
+    assert np.array_equal(k[1, 1, :, :64], np.eye(64)) and k[0, 0, :, :64].max() == 0  # Dirac init
+
+
+def test_schedule_and_whitening_bias_gate() -> None:
+    from cifarbench.airbench import WarmupDecay
+
+    s = WarmupDecay(1.0, 100)
+    got = [float(s(i)) for i in (0, 23, 100)]
+    assert got == pytest.approx([0.2, 1.0, 0.07], abs=1e-6)
+
+
+def test_flagship_resume_is_exact_with_lookahead(tmp_path: Path, tree: Path) -> None:
+    """Fractional epochs, dropped remainder, lookahead EMA and the flip phase all survive a restart."""
+    from cifarbench.train import TrainOptions, train
+
+    opts = TrainOptions(data=str(tree), epochs=2.5, batch_size=64, val_size=0, precision="float32", threads=1)
+    train("flagship", tmp_path / "full", opts)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train("flagship", tmp_path / "cut", opts, on_epoch=stop_after_first)
+    assert (tmp_path / "cut" / "checkpoint" / "lookahead.npz").is_file()
+    m = train("flagship", tmp_path / "cut", opts, resume=True)
+    assert m.training["steps"] == 10 and m.training["epochs_run"] == 3 and "val" not in m.metrics  # 260 // 64 = 4 a epoch
+
+    import keras
+
+    a = keras.models.load_model(tmp_path / "full" / "model.keras").get_weights()
+    b = keras.models.load_model(tmp_path / "cut" / "model.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+
+
+def test_flat_tree_without_test_data_is_refused(tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    make_tree(tmp_path / "nested", per_class=2, splits=("train",), seed=1)
+    (tmp_path / "nested" / "train").rename(flat)
+    r = run_cli("train", "--arch", "tiny-cnn", "--data", flat, "--epochs", "1", "--val-size", "5", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--test-data" in r.output and "Traceback" not in r.output
+
+
+def test_alternating_flip_mirrors_the_whole_set_on_odd_epochs() -> None:
+    from cifarbench.train import augment
+
+    x = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3)).astype(np.uint8)
+    mask = np.random.default_rng(1).random(20) < 0.5
+    e0 = augment(x, ("alternating-flip",), np.random.default_rng(0), mask, epoch=0)
+    e1 = augment(x, ("alternating-flip",), np.random.default_rng(0), mask, epoch=1)
+    assert np.array_equal(e0[mask], x[mask, :, ::-1]) and np.array_equal(e0[~mask], x[~mask])
+    assert np.array_equal(e1, e0[:, :, ::-1])
+
+
+def test_checkpoints_are_written_atomically(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that dies part-way leaves the previous best/last checkpoint intact."""
+    import cifarbench.train as train_mod
+
+    opts = train_mod.TrainOptions(data=str(tree), epochs=1, batch_size=64, val_size=30, precision="float32", threads=1)
+    train_mod.train("tiny-cnn", tmp_path / "o", opts)
+    before = (tmp_path / "o" / "checkpoint" / "best.keras").read_bytes()
+
+    def dying_save(self, path, *a, **kw):  # type: ignore[no-untyped-def]
+        Path(path).write_bytes(b"half a zip")
+        raise KeyboardInterrupt
+
+    import keras
+
+    monkeypatch.setattr(keras.Model, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train("tiny-cnn", tmp_path / "o", opts.__class__(**{**opts.__dict__, "epochs": 2}), resume=True)
+    assert (tmp_path / "o" / "checkpoint" / "best.keras").read_bytes()[:2] == b"PK"
+    assert (tmp_path / "o" / "checkpoint" / "last.keras").read_bytes()[:2] == b"PK"
+    assert before[:2] == b"PK"
+
+
+_NON_TF_TRAIN = r"""
+import sys
+sys.modules["tensorflow"] = None  # poisoned: any import of TensorFlow raises ImportError
+from cifarbench.train import TrainOptions, train
+m = train("{arch}", sys.argv[1], TrainOptions(data=sys.argv[2], epochs=1.5, batch_size=64, val_size=20,
+                                               precision="float32", threads=1))
+import keras
+assert keras.backend.backend() == "{backend}", keras.backend.backend()
+print("OK", m.training["device"]["backend"], m.metrics["test"]["accuracy"])
+"""
+
+
+@pytest.mark.parametrize("arch", ["tiny-cnn", "flagship"])
+def test_trains_on_a_non_tensorflow_keras_backend(tmp_path: Path, tree: Path, arch: str) -> None:
+    """A GPU box with only PyTorch (or JAX) can train; TensorFlow is needed only to convert."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    backend = next((b for b, mod in (("torch", "torch"), ("jax", "jax")) if importlib.util.find_spec(mod)), None)
+    if backend is None:
+        pytest.skip("neither torch nor jax is installed")
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-c", _NON_TF_TRAIN.format(arch=arch, backend=backend),
+                        str(tmp_path / "o"), str(tree)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"OK {backend}" in r.stdout
+    assert (tmp_path / "o" / "model.keras").is_file()

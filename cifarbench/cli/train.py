@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cifarbench.train import PRECISIONS
+from cifarbench.train import JIT_CHOICES, PRECISIONS
 from cifarbench.zoo import ZOO
 
 
@@ -19,34 +19,40 @@ def _fmt_eta(s: float) -> str:
 @click.command("train")
 @click.option("--arch", type=click.Choice(sorted(ZOO)), required=True, help="Zoo architecture.")
 @click.option("--data", default="cifar10", show_default=True, help="Data source (see README: bundled, cifar10, dir, archive).")
-@click.option("--epochs", type=click.IntRange(1), help="Epochs (default: the architecture's recipe).")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True),
+              help="Epochs (default: the recipe's; fractional: the last epoch stops part-way).")
 @click.option("--batch-size", type=click.IntRange(1), help="Batch size (default: the recipe's).")
-@click.option("--val-size", type=click.IntRange(1), default=5000, show_default=True, help="Validation images held out of train.")
+@click.option("--val-size", type=click.IntRange(0), default=5000, show_default=True,
+              help="Validation images held out of train for model selection; 0: train on all, keep the last epoch.")
+@click.option("--test-data", help="Test split source when --data has none (e.g. a flat <class>/ tree); default: --data.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with native bf16, else float32.")
-@click.option("--threads", type=click.IntRange(1), help="TensorFlow intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1), help="Framework intra-op threads (default: all cores).")
+@click.option("--jit", type=click.Choice(JIT_CHOICES), default="auto", show_default=True,
+              help="XLA jit_compile; auto: on for GPUs, off on CPUs (slower there, see benchmarks/train).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: runs/<arch>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def command(arch: str, data: str, epochs: int | None, batch_size: int | None, val_size: int, seed: int,
-            precision: str, threads: int | None, out: str | None, resume: bool, quiet: bool) -> None:
+def command(arch: str, data: str, epochs: float | None, batch_size: int | None, val_size: int, test_data: str | None,
+            seed: int, precision: str, threads: int | None, jit: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train ARCH; writes model.keras, manifest.json, history.json, report.txt, curves.png, confusion.png."""
-    from cifarbench.train import train
+    from cifarbench.train import TrainOptions, train
 
     def on_epoch(r: dict[str, Any]) -> None:
         if not quiet:
+            val = f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.4f}  " if "val_acc" in r else ""
             click.echo(
-                f"epoch {r['epoch']}/{r['epochs']}  loss {r['loss']:.4f}  acc {r['acc']:.4f}  "
-                f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.4f}  {r['img_per_s']:.0f} img/s  "
-                f"ETA {_fmt_eta(r['eta_s'])}", err=True)
+                f"epoch {r['epoch']}/{r['epochs']}  loss {r['loss']:.4f}  acc {r['acc']:.4f}  {val}"
+                f"{r['img_per_s']:.0f} img/s  ETA {_fmt_eta(r['eta_s'])}", err=True)
 
     out = out or f"runs/{arch}"
-    manifest = train(arch, out, data=data, epochs=epochs, batch_size=batch_size, val_size=val_size, seed=seed,
-                     precision=precision, resume=resume, threads=threads, on_epoch=on_epoch,
-                     command=" ".join(["cifarbench"] + sys.argv[1:]))
+    opts = TrainOptions(data=data, epochs=epochs, batch_size=batch_size, val_size=val_size, seed=seed,
+                        precision=precision, resume=resume, threads=threads, jit=jit, test_data=test_data,
+                        command=" ".join(["cifarbench"] + sys.argv[1:]))
+    manifest = train(arch, out, opts, on_epoch=on_epoch)
     if not quiet:
         t = manifest.metrics["test"]
+        val = f"val {manifest.metrics['val']['accuracy']:.4f}; " if "val" in manifest.metrics else ""
         click.echo(f"{arch}: test accuracy {t['accuracy']:.4f} (macro F1 {t['macro_f1']:.4f}) on {t['size']} images; "
-                   f"val {manifest.metrics['val']['accuracy']:.4f}; {manifest.training['wall_seconds']:.0f} s; "
-                   f"written to {out}", err=True)
+                   f"{val}{manifest.training['wall_seconds']:.0f} s; written to {out}", err=True)
