@@ -46,7 +46,8 @@ DEFINITIONS = {
     "decode": "load_image on encoded files of the data source (decode + EXIF transpose + resize to 32x32 RGB), "
     "timed apart from inference",
     "load": "wall time of load_backend: checksum verification plus runtime session/interpreter creation "
-    "(the TensorFlow import is timed separately as tensorflow_import_s when rows share a process)",
+    "(isolated rows: a keras row's load includes importing TensorFlow; rows sharing a process time that import "
+    "separately as tensorflow_import_s)",
     "peak_rss": "the measuring process's resident high-water mark (VmHWM) after the row; with isolation each "
     "row runs in a fresh process, so it is the row's own (Python, data subset and runtime included), otherwise "
     "cumulative in run order (keras last); rss_delta_mb is resident memory after minus before loading the backend",
@@ -128,6 +129,7 @@ class Row:
     peak_rss_mb: float | None = None
     rss_delta_mb: float | None = None
     isolated: bool = False
+    pinned_cpus: list[int] | None = None  # isolated rows with --threads N run pinned to N usable CPUs
     runtime: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -184,7 +186,16 @@ def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, fi
                limit=config.limit, seed=config.seed, batch_sizes=sorted(set(int(b) for b in config.batch_sizes)),
                scenarios=list(config.scenarios), warmup=config.warmup, min_time=config.min_time,
                min_iters=config.min_iters, min_calls=config.min_calls, quality=first, server_rate=config.server_rate,
-               p99_bound_ms=config.p99_bound_ms, server_time=config.server_time)
+               p99_bound_ms=config.p99_bound_ms, server_time=config.server_time,
+               pin=_cpus(threads) if config.isolate else None)
+
+
+def _cpus(threads: int | None) -> list[int] | None:
+    """The first ``threads`` usable CPUs, so a 1-thread row cannot borrow a second core; None: no pinning."""
+    if not threads or not hasattr(os, "sched_getaffinity"):
+        return None
+    usable = sorted(os.sched_getaffinity(0))
+    return usable[:threads] if threads < len(usable) else None
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None,

@@ -49,6 +49,7 @@ class Job:
     p99_bound_ms: float | None = 10.0
     server_time: float = 2.0
     server_max_batch: int | None = None  # default: the largest batch size
+    pin: list[int] | None = None  # CPUs the isolated process is pinned to (sched_setaffinity), if any
 
 
 def peak_rss_mb() -> float:
@@ -157,6 +158,17 @@ def run_isolated(job: Job, timeout: float | None = None) -> tuple[dict[str, Any]
         return answer["row"], probs
 
 
+def _pin(cpus: list[int] | None) -> list[int] | None:
+    """Pin this process where the OS allows it (Linux); the CPUs actually pinned to, or None."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        os.sched_setaffinity(0, cpus)
+        return sorted(os.sched_getaffinity(0))
+    except OSError:
+        return None
+
+
 def _main() -> int:
     from cifarbench.bench_data import load_subset
     from cifarbench.models import resolve_model
@@ -164,9 +176,11 @@ def _main() -> int:
     request = json.loads(sys.stdin.read())
     job = Job(**request["job"])
     try:
+        pinned = _pin(job.pin)
         manifest = resolve_model(job.model)
         data = load_subset(job.data, manifest.classes, job.limit, job.seed)
         row, probs = measure(job, manifest, data.images, data.labels)
+        row["pinned_cpus"] = pinned
         if probs is not None:
             np.save(request["probs"], probs)
         answer: dict[str, Any] = {"row": row}

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cifarbench.report import load_results
+from cifarbench.results_schema import load_results
 
 ACCURACY_PP = 0.1
 METRICS = (  # (metric, higher is better)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from cifarbench import backends, bench, bench_derive, bench_worker, plots, scenarios
 from cifarbench.errors import ExitStatus, ModelError
 from cifarbench.manifest import Manifest
-from cifarbench.report import load_results, validate
+from cifarbench.results_schema import load_results, validate
 from conftest import REPO, run_cli
 
 FAST = ("--min-time", "0", "--min-iters", "5", "--warmup", "1", "--batch-sizes", "1,8", "--no-isolate")
@@ -227,7 +228,7 @@ def test_isolated_rows_measure_in_their_own_process(tiny_model: Path, synthetic_
         fh.write(b"garbage")
     res, doc = _bench(tmp_path, "--model", str(model), "--backend", "onnx", "--backend", "tflite-int8",
                       "--backend", "onnx-int8", "--data", str(synthetic_tree), "--limit", "20",
-                      *[a for a in FAST if a != "--no-isolate"], "--isolate")
+                      *[a for a in FAST if a != "--no-isolate"], "--isolate", "--threads", "1")
     assert res.exit_code == ExitStatus.PARTIAL, res.stderr
     rows = {r["backend"]: r for r in doc["results"]}
     assert rows["onnx-int8"]["status"] == "failed" and "checksum" in rows["onnx-int8"]["reason"]
@@ -236,6 +237,8 @@ def test_isolated_rows_measure_in_their_own_process(tiny_model: Path, synthetic_
         r = rows[name]
         assert r["status"] == "ok" and r["isolated"] and r["load_s"] > 0 and r["quality"]["support"] == 20
         assert 0 < r["peak_rss_mb"] < parent  # the child's own high-water mark, not this process's
+        usable = sorted(os.sched_getaffinity(0))
+        assert r["pinned_cpus"] == (usable[:1] if len(usable) > 1 else None)  # 1 thread: pinned to one CPU
     assert rows["tflite-int8"]["agreement"]["reference"] == "onnx"  # probabilities came back from the child
     assert doc["environment"]["isolated"] is True
 
@@ -308,7 +311,7 @@ def test_int8_loss_is_flagged_from_the_manifest_and_from_bench(tiny_model: Path,
 def test_row_schema_is_derived_from_row_and_v1_results_still_load() -> None:
     from dataclasses import asdict, fields
 
-    from cifarbench.report import row_schema
+    from cifarbench.results_schema import row_schema
 
     schema = row_schema()
     assert schema["required"] == [f.name for f in fields(bench.Row)]

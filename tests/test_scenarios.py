@@ -41,6 +41,15 @@ def test_overload_batches_up_to_the_limit_and_queues() -> None:
     r = run_server(s.predict, IMAGES, rate=2000, duration=1, max_batch=8, clock=s.clock, sleep=s.sleep)
     assert max(s.batches) == 8 and r["mean_batch"] > 7
     assert r["achieved_rate"] < 800 and r["p99_ms"] > 100  # the queue grows without bound
+    assert r["dropped"] == 0 and r["served"] == r["queries"]
+
+
+def test_a_trial_far_behind_stops_and_counts_the_rest_as_dropped() -> None:
+    s = Service(0.01, 0.0)  # 100 calls/s at batch 1
+    r = run_server(s.predict, IMAGES, rate=10_000, duration=1, max_batch=1, clock=s.clock, sleep=s.sleep)
+    assert s.t < 3.1 + 0.011  # stopped near 2 x duration + 1 s instead of serving ~10,000 queries (100 s)
+    assert r["dropped"] > 9000 and r["served"] + r["dropped"] == r["queries"]
+    assert r["achieved_rate"] == pytest.approx(100, rel=0.05)
 
 
 def test_rate_search_finds_the_highest_rate_within_the_bound() -> None:
