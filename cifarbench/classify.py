@@ -22,13 +22,12 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from cifarbench.atomic import atomic_write
-from cifarbench.decode_pool import POOLS, decode_ordered
+from cifarbench.classify_options import ClassifyOptions
+from cifarbench.decode_pool import decode_ordered
 from cifarbench.discover import FileEntry, discover
-from cifarbench.engines import EngineOptions
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError
-from cifarbench.images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from cifarbench.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
-from cifarbench.writers import FORMATS, Row, RowWriter, display_text, make_writer
+from cifarbench.writers import Row, RowWriter, display_text, make_writer
 
 # --------------------------------------------------------------------------- rows
 def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarray | None, str | None]],
@@ -156,36 +155,25 @@ class ClassifyReport:
         return "classify: " + ", ".join(parts) + (f" -> {display_text(self.output)}" if self.output else "")
 
 
-def classify(paths: Sequence[str | os.PathLike[str]], *, model: str | os.PathLike[str] | None = None,
-             backend: str | None = None, device: str = "cpu", threads: int | None = None, batch_size: int = 256,
-             workers: int | None = None, top_k: int = 1, output: str | os.PathLike[str] | None = None,
-             stream: IO[str] | None = None, fmt: str = "csv", recursive: bool = True, include: Sequence[str] = (),
-             resize: str = "center-crop", resume: bool = False, pool: str = "auto",
-             max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             engine: EngineOptions | None = None,
-             on_start: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
-             on_note: Callable[[str], None] | None = None) -> ClassifyReport:
-    """Classify ``paths`` into ``output`` (atomic file + lock) or ``stream``; see the module doc."""
+def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions | None = None, *,
+             stream: IO[str] | None = None, on_start: Callable[[int], None] | None = None,
+             on_progress: Callable[[int], None] | None = None, on_note: Callable[[str], None] | None = None,
+             **kwargs: Any) -> ClassifyReport:
+    """Classify ``paths`` into ``options.output`` (atomic file + lock) or ``stream``; see the module doc.
+
+    Options come as a ``ClassifyOptions`` or as its fields by keyword (``model=..., top_k=3``),
+    and are validated once, before anything is loaded or locked.
+    """
     from cifarbench import backends
     from cifarbench.lock import OutputLock, lock_path_for
     from cifarbench.models import resolve_model
 
-    if pool not in POOLS:
-        raise UsageError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if resize not in RESIZE_POLICIES:
-        raise UsageError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
-    if batch_size < 1 or top_k < 1 or (threads is not None and threads < 1) or (workers is not None and workers < 0):
-        raise UsageError("--batch-size, --top-k and --threads must be >= 1, --workers >= 0")
-    if max_pixels is not None and max_pixels < 1:
-        raise UsageError(f"--max-pixels must be >= 1, got {max_pixels}")
-    if device not in backends.DEVICES:
-        raise UsageError(f"unknown device {device!r}; choose from {', '.join(backends.DEVICES)}")
-    if (output is None) == (stream is None):
-        raise UsageError("give exactly one of an output file or a stream")
-    if resume and output is None:
-        raise UsageError("--resume needs --output FILE (it reuses that file's rows)")
+    if options is not None and kwargs:
+        raise TypeError("pass a ClassifyOptions or keyword options, not both")
+    opts = (options or ClassifyOptions(**kwargs)).validated(has_stream=stream is not None)
+    model, backend, device, threads, batch_size = opts.model, opts.backend, opts.device, opts.threads, opts.batch_size
+    workers, top_k, output, fmt, recursive, include = opts.workers, opts.top_k, opts.output, opts.fmt, opts.recursive, opts.include
+    resize, resume, pool, max_pixels, engine = opts.resize, opts.resume, opts.pool, opts.max_pixels, opts.engine
     # a symlinked output is written through: the link stays, its target is replaced and locked
     out_path = Path(os.path.realpath(output)) if output is not None else None
     if out_path is not None and out_path.is_dir():
