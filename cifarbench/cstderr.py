@@ -28,7 +28,10 @@ class Captured:
         self.text = ""
 
     def first_line(self, limit: int = 160) -> str:
+        """The first line a C library wrote; terminal redraws (a progress bar's ANSI codes) are skipped."""
         for line in self.text.splitlines():
+            if "\x1b" in line:
+                continue
             line = " ".join(line.split())
             if line:
                 return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -45,3 +45,9 @@ def test_captures_in_threads_do_not_mix(capfd: pytest.CaptureFixture[str]) -> No
     for t in threads:
         t.join()
     assert got == {i: f"thread {i}\n" for i in range(8)} and capfd.readouterr().err == ""
+
+
+def test_a_progress_bar_redraw_is_not_taken_for_the_librarys_message() -> None:
+    with capture_fd2() as cap:
+        _c_write(b"\x1b[2K\rclassify 40% 12/30\r\nTIFFFillStrip: Read error on strip 3\n")
+    assert cap.first_line() == "TIFFFillStrip: Read error on strip 3"
