@@ -29,8 +29,8 @@ class Captured:
 
     def first_line(self, limit: int = 160) -> str:
         """The first line a C library wrote; terminal redraws (a progress bar's ANSI codes) are skipped."""
-        for line in self.text.splitlines():
-            if "\x1b" in line:
+        for line in self.text.split("\n"):
+            if "\x1b" in line or "\r" in line.rstrip("\r"):  # a redraw: escape codes or carriage returns
                 continue
             line = " ".join(line.split())
             if line:
