@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import threading
-from typing import Iterator
+from typing import IO, Iterator
 
 _LOCK = threading.Lock()
 MAX_KEEP = 4096  # bytes of captured text kept per decode
@@ -51,13 +51,25 @@ def capture_fd2() -> Iterator[Captured]:
             yield out
             return
         try:
-            with tempfile.TemporaryFile() as tmp:
-                os.dup2(tmp.fileno(), 2)
-                try:
-                    yield out
-                finally:
-                    os.dup2(saved, 2)
-                    tmp.seek(0)
-                    out.text = tmp.read(MAX_KEEP).decode("utf-8", "replace")
+            tmp = _scratch()
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield out
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                out.text = tmp.read(MAX_KEEP).decode("utf-8", "replace")
         finally:
             os.close(saved)
+
+
+_SCRATCH: list[IO[bytes]] = []  # one unlinked temp file per process, reused (used under _LOCK only)
+
+
+def _scratch() -> IO[bytes]:
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryFile())
+    tmp = _SCRATCH[0]
+    tmp.seek(0)
+    tmp.truncate()
+    return tmp

@@ -43,7 +43,7 @@ DEFAULT_MAX_PIXELS = 50_000_000  # per image, for classify, bench and serve: 200
 # Formats whose decoders never write to fd 2 (Pillow's own code, or libjpeg with Pillow's handlers):
 # they skip the capture. Everything else (libtiff above all) is decoded with fd 2 captured.
 _SILENT_FORMATS = frozenset(("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "PPM", "TGA", "ICO", "BLP", "DDS", "QOI",
-                             "PCX", "SGI", "IM"))
+                             "PCX", "SGI", "IM", "WEBP", "JPEG2000"))
 PAD_COLOR = (255, 255, 255)  # same white that transparency is composited on
 _HIGH_BIT_MODES = frozenset(("I;16", "I;16B", "I;16L", "I;16N", "I", "F"))
 _ALPHA_MODES = frozenset(("RGBA", "LA", "RGBa", "La", "PA"))
