@@ -30,6 +30,9 @@ from cifarbench.serve.protocol import ConnectionLimits  # noqa: E402
 from cifarbench.serve.server import make_config  # noqa: E402
 
 
+PROTOCOLS = ["httptools", "h11"] if importlib.util.find_spec("httptools") else ["h11"]
+
+
 # ---------------------------------------------------------------------- a live server
 @contextmanager
 def live_server(backend: Any = None, limits: ServeLimits | None = None, connection: ConnectionLimits | None = None,
@@ -41,7 +44,7 @@ def live_server(backend: Any = None, limits: ServeLimits | None = None, connecti
                                        log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.01)
@@ -82,7 +85,7 @@ def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-            timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+            timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -112,89 +115,101 @@ def classify_32(port: int) -> tuple[int, float]:
 
 
 # ---------------------------------------------------------------------- connections
+def still_open(s: socket.socket) -> bool:
+    """True if the server has neither closed ``s`` nor answered on it."""
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""  # data waiting: the server answered (then closes)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.setblocking(True)
+
+
+def wait_for(check: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
 def test_idle_and_trickling_clients_do_not_block_health_or_classify() -> None:
-    """The issue's repro, scaled down: 64 silent sockets used to make every request a 503."""
-    conn = ConnectionLimits(header_timeout_s=1.5)
-    with live_server(limits=ServeLimits(timeout_s=2.0), connection=conn) as port:
+    """The issue's repro, scaled up: 64 silent sockets used to make every request a 503.
+
+    No latency is asserted (that is benchmarks/serve/bench_hardening.py's job); what must hold is that
+    every probe is answered 200 while all the idle and trickling connections are still open.
+    """
+    with live_server(connection=ConnectionLimits(header_timeout_s=60.0)) as port:
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
         heads = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
         bodies = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
-        stop = threading.Event()
-
-        def trickle() -> None:
-            for s in bodies:
-                s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                          b"Content-Length: 100000\r\n\r\n")
-            head = b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 1000
-            i = 0
-            while not stop.is_set() and i < len(head):
-                for s in heads + bodies:
-                    try:
-                        s.sendall(head[i:i + 1] if s in heads else b"\x89")
-                    except OSError:
-                        pass
-                i += 1
-                stop.wait(0.05)
-
-        t = threading.Thread(target=trickle, daemon=True)
-        t.start()
+        for s in bodies:
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 100000\r\n\r\n")
+        for s in heads:
+            s.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
         try:
-            time.sleep(0.2)
-            latencies = []
-            for _ in range(10):
-                t0 = time.perf_counter()
+            for i in range(10):
+                for s in heads + bodies:  # keep trickling between probes
+                    s.sendall(b"a" if s in heads else b"\x89")
                 status, _, body = request(port, "GET", "/health")
-                latencies.append(time.perf_counter() - t0)
                 assert status == 200 and json.loads(body)["status"] == "ok"
-                status, elapsed = classify_32(port)
-                assert status == 200
-                latencies.append(elapsed)
-            assert max(latencies) < 1.0, latencies
-
-            # The guards then end every one of them: idle closed silently, slow heads 408, slow bodies 408.
-            for s in idle + heads + bodies:
-                s.settimeout(5)
-            assert all(read_to_close(s) == b"" for s in idle)
-            stop.set()
-            for s in heads:
-                assert_json_error(*parse(read_to_close(s)), 408)
-            for s in bodies:
-                doc = assert_json_error(*parse(read_to_close(s)), 408)
-                assert "body" in doc["error"]
+                assert classify_32(port)[0] == 200
+            assert all(still_open(s) for s in idle + heads + bodies)  # the probes ran while all were held
         finally:
-            stop.set()
-            t.join(5)
             for s in idle + heads + bodies:
                 s.close()
         assert classify_32(port)[0] == 200
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_idle_connection_is_closed_and_slow_head_and_body_get_408(protocol: str) -> None:
+    with live_server(limits=ServeLimits(timeout_s=0.5), connection=ConnectionLimits(header_timeout_s=0.5),
+                     protocol=protocol) as port:
+        t0 = time.monotonic()  # before connecting: the server's deadlines start later than this
+        idle = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow_head = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow_head.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+        slow_body = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow_body.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                          b"Content-Length: 1000\r\n\r\n\x89PNG")  # the rest never comes
+        assert read_to_close(idle) == b""
+        assert_json_error(*parse(read_to_close(slow_head)), 408)
+        doc = assert_json_error(*parse(read_to_close(slow_body)), 408)
+        assert "body" in doc["error"] and time.monotonic() - t0 >= 0.5  # never before the deadline
+        for s in (idle, slow_head, slow_body):
+            s.close()
+        assert request(port, "GET", "/health")[0] == 200
+
+
 def test_keep_alive_connection_gets_a_fresh_head_deadline_per_request() -> None:
-    with live_server(connection=ConnectionLimits(header_timeout_s=1.0), keep_alive=30) as port:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        for _ in range(3):  # each request well within its own deadline, 1.8 s in all
+    with live_server(connection=ConnectionLimits(header_timeout_s=3.0), keep_alive=60) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(3):  # 3.6 s in all on one connection, each head well within its own 3 s
             conn.request("GET", "/health")
             r = conn.getresponse()
             assert r.status == 200
             r.read()
-            time.sleep(0.6)
+            time.sleep(1.2)
         conn.close()
 
 
 def test_connection_limit_answers_json_503_and_recovers() -> None:
-    with live_server(connection=ConnectionLimits(max_connections=4, header_timeout_s=5)) as port:
+    with live_server(connection=ConnectionLimits(max_connections=4, header_timeout_s=60)) as port:
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
-        time.sleep(0.1)
-        status, headers, body = parse(raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"))
+        wait_for(lambda: all(still_open(s) for s in held))
+        status, headers, body = parse(raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=30))
         assert_json_error(status, headers, body, 503)
         assert headers["retry-after"] == "1"
         for s in held:
             s.close()
-        time.sleep(0.1)
-        assert request(port, "GET", "/health")[0] == 200
 
+        def healthy() -> bool:
+            return request(port, "GET", "/health")[0] == 200  # 503 until the server has seen the closes
 
-PROTOCOLS = ["httptools", "h11"] if importlib.util.find_spec("httptools") else ["h11"]
+        wait_for(healthy)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -209,20 +224,6 @@ def test_protocol_level_refusals_are_json(data: bytes, expected: int, protocol: 
         assert request(port, "GET", "/health")[0] == 200
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_idle_connection_is_closed_and_slow_head_gets_408(protocol: str) -> None:
-    with live_server(connection=ConnectionLimits(header_timeout_s=0.5), protocol=protocol) as port:
-        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
-        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
-        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
-        t0 = time.monotonic()
-        assert read_to_close(idle) == b""
-        assert_json_error(*parse(read_to_close(slow)), 408)
-        assert 0.4 < time.monotonic() - t0 < 3
-        idle.close()
-        slow.close()
-
-
 def test_body_sent_with_the_head_is_not_counted_as_head() -> None:
     """A client that writes head and a 100 KB body at once must not look like a 64 KB head."""
     body = png(3, size=(400, 400)) + b"\0" * 100_000  # trailing bytes after IEND: still a valid PNG
@@ -234,20 +235,40 @@ def test_body_sent_with_the_head_is_not_counted_as_head() -> None:
 
 
 # ---------------------------------------------------------------------- requests
+class GatedBackend(FakeBackend):
+    """Holds every predict until the test opens the gate: a request's turn lasts exactly as long as needed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def predict(self, batch: Any) -> Any:
+        assert self.gate.wait(60), "gate never opened"
+        return super().predict(batch)
+
+
 def test_full_queue_is_json_503_with_retry_after() -> None:
-    backend = FakeBackend(delay=0.4)
+    backend = GatedBackend()
     with live_server(backend, limits=ServeLimits(max_active=1, max_queue=1)) as port:
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: request(port, "POST", "/v1/classify", png(1),
-                                                      {"Content-Type": "image/png"}), range(6)))
-        statuses = sorted(a[0] for a in answers)
-        assert statuses.count(200) >= 2 and 503 in statuses and set(statuses) == {200, 503}
-        for status, headers, body in answers:
-            if status == 503:
-                doc = assert_json_error(status, headers, body, 503)
-                assert headers["retry-after"] == "1" and "busy" in doc["error"]
-        health = json.loads(request(port, "GET", "/health")[2])
-        assert health["admission"]["refused"] == statuses.count(503) and health["admission"]["active"] == 0
+        def admission() -> dict[str, int]:
+            return json.loads(request(port, "GET", "/health")[2])["admission"]
+
+        def post(_: int) -> tuple[int, dict[str, str], bytes]:
+            return request(port, "POST", "/v1/classify", png(1), {"Content-Type": "image/png"}, timeout=60)
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, 0)
+            wait_for(lambda: admission()["active"] == 1)  # holds the one slot, stuck in predict
+            second = pool.submit(post, 1)
+            wait_for(lambda: admission()["waiting"] == 1)  # fills the queue
+            refused = [post(i) for i in range(3)]  # answered at once, while the other two wait
+            backend.gate.set()
+            admitted = [first.result(), second.result()]
+        assert [a[0] for a in admitted] == [200, 200]
+        for status, headers, body in refused:
+            doc = assert_json_error(status, headers, body, 503)
+            assert headers["retry-after"] == "1" and "busy" in doc["error"]
+        assert admission() == {"active": 0, "waiting": 0, "max_active": 1, "max_queue": 1, "refused": 3}
     assert not backend.overlapped
 
 
@@ -272,23 +293,17 @@ def test_keep_alive_clients_below_the_limits_never_see_503() -> None:
 
 
 def test_upload_budget_refuses_while_another_upload_holds_it() -> None:
-    limits = ServeLimits(max_upload_bytes=25_000, max_buffered_bytes=30_000, timeout_s=10)
+    limits = ServeLimits(max_upload_bytes=25_000, max_buffered_bytes=30_000, timeout_s=60)
     with live_server(limits=limits) as port:
-        holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+        holder = socket.create_connection(("127.0.0.1", port), timeout=60)
         holder.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                        b"Content-Length: 24000\r\n\r\n" + b"\x00" * 20_000)
-        deadline = time.monotonic() + 5
-        while json.loads(request(port, "GET", "/health")[2])["buffered_bytes"] < 20_000:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: json.loads(request(port, "GET", "/health")[2])["buffered_bytes"] >= 20_000)
         doc = assert_json_error(*request(port, "POST", "/v1/classify", b"\x01" * 20_000,
                                          {"Content-Type": "image/png"}), 503)
         assert "uploads in progress" in doc["error"]
         holder.close()  # its bytes go back to the budget
-        deadline = time.monotonic() + 5
-        while json.loads(request(port, "GET", "/health")[2])["buffered_bytes"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: json.loads(request(port, "GET", "/health")[2])["buffered_bytes"] == 0)
         assert classify_32(port)[0] == 200
 
 
