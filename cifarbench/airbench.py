@@ -3,8 +3,8 @@
 Why a training graph separate from the shipped one: two of airbench's pieces are per-parameter
 optimizer settings that Keras optimizers do not have — BatchNorm biases at 64x the learning rate
 and a whitening bias that trains for 3 epochs and then freezes. Both become tiny layers here
-(``ScaledBias`` adds 8*b, so SGD moves the effective bias 64x faster at an equal lr x decay;
-``GatedBias`` passes its gradient only while ``gate`` is 1). After training, ``to_plain`` folds
+(``BiasScaledBN`` uses 8*beta as its offset, so SGD moves the effective bias 64x faster at an equal
+lr x decay; ``GatedBias`` passes its gradient only while ``gate`` is 1). After training, ``to_plain`` folds
 them into an ordinary Conv2D/BatchNormalization/Dense model, so ``model.keras`` needs no custom
 objects to load and converts like any other model.
 
@@ -26,7 +26,7 @@ LR = 11.5 / KILOSTEP  # lr on the *summed* loss (~1.465e-3; ~1.5 on a batch-1024
 WD_PER_STEP = 0.0153 * 1024 / KILOSTEP  # lr x weight_decay per step for every parameter group (~2.0e-3)
 # PyTorch's coupled decay adds wd/lr * w to the gradient; an L2 penalty c*|w|^2 adds 2c*w.
 L2 = WD_PER_STEP / LR / 2
-BIAS_SCALE = 8.0  # ScaledBias adds 8*b: the effective BN bias moves 8^2 = 64x faster
+BIAS_SCALE = 8.0  # the BN offset is 8*beta: the effective bias moves 8^2 = 64x faster
 BN_MOMENTUM = 0.6  # Keras convention (PyTorch momentum 0.4)
 BN_EPSILON = 1e-12
 LOGIT_SCALE = 1 / 9
@@ -39,22 +39,31 @@ def torch_default_init() -> Any:
 
 
 @keras.saving.register_keras_serializable(package="cifarbench")
-class ScaledBias(keras.layers.Layer):
-    """Adds ``scale * b`` per channel, with an L2 penalty on ``b``: a bias with ``scale**2`` x the lr."""
+class BiasScaledBN(keras.layers.BatchNormalization):
+    """BatchNorm without gamma whose offset is ``scale * beta``: a bias with 64x the lr (its gradient is 8x, and
+    so is its effect), folded into the normalisation's per-channel affine, so it costs no extra pass over the tensor."""
 
-    def __init__(self, scale: float = BIAS_SCALE, l2: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.scale, self.l2 = float(scale), float(l2)
+    def __init__(self, bias_scale: float = BIAS_SCALE, l2: float = 0.0, **kwargs: Any) -> None:
+        for key in ("center", "scale", "beta_regularizer"):
+            kwargs.pop(key, None)
+        super().__init__(center=True, scale=False, beta_regularizer=keras.regularizers.L2(l2) if l2 else None, **kwargs)
+        self.bias_scale, self.l2 = float(bias_scale), float(l2)
 
-    def build(self, input_shape: Any) -> None:
-        reg = keras.regularizers.L2(self.l2) if self.l2 else None
-        self.b = self.add_weight(shape=(input_shape[-1],), initializer="zeros", regularizer=reg, name="b")
-
-    def call(self, x: Any) -> Any:
-        return x + ops.cast(self.b * self.scale, x.dtype)
+    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        x = ops.cast(inputs, "float32")
+        if training and self.trainable:
+            mean, variance = self._moments(x, mask)
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+            self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        out = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=self.beta * self.bias_scale,
+                                      scale=None, epsilon=self.epsilon)
+        return ops.cast(out, self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "scale": self.scale, "l2": self.l2}
+        return {**super().get_config(), "bias_scale": self.bias_scale, "l2": self.l2}
 
 
 @keras.saving.register_keras_serializable(package="cifarbench")
@@ -120,9 +129,7 @@ def build_train(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 
                          kernel_regularizer=reg, name=f"g{i}_conv{j}")(x)
             if j == 1:
                 x = L.MaxPooling2D(2, name=f"g{i}_pool")(x)
-            x = L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=False, scale=False,
-                                     dtype="float32", name=f"g{i}_bn{j}")(x)
-            x = ScaledBias(l2=l2, name=f"g{i}_bn{j}_bias")(x)
+            x = BiasScaledBN(l2=l2, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype="float32", name=f"g{i}_bn{j}")(x)
             x = L.ReLU()(x)
     x = L.GlobalMaxPooling2D()(x)
     x = L.Dense(num_classes, use_bias=False, kernel_initializer=torch_default_init(), kernel_regularizer=reg,
@@ -161,9 +168,8 @@ def to_plain(train_model: Any, num_classes: int = 10) -> Any:
         if isinstance(layer, keras.layers.Conv2D) and layer.name != "whiten":
             layer.set_weights(w(layer.name))
         elif isinstance(layer, keras.layers.BatchNormalization):
-            mean, var = w(layer.name)
-            bias = w(f"{layer.name}_bias")[0] * src[f"{layer.name}_bias"].scale
-            layer.set_weights([bias, mean, var])
+            beta, mean, var = w(layer.name)
+            layer.set_weights([beta * src[layer.name].bias_scale, mean, var])
     plain.get_layer("logits").set_weights([w("logits")[0] * src["logit_scale"].scale])
     return plain
 

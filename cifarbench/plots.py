@@ -26,10 +26,12 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | os.PathLike[str
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [h["loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    if all("val_loss" in h for h in history):  # --val-size 0 trains without a validation slice
+        a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
     b.plot(ep, [h["acc"] for h in history], "o-", label="train (augmented)")
-    b.plot(ep, [h["val_acc"] for h in history], "o-", label="val")
+    if all("val_acc" in h for h in history):
+        b.plot(ep, [h["val_acc"] for h in history], "o-", label="val")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
