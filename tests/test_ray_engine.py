@@ -71,6 +71,22 @@ def test_ray_options_without_the_ray_engine_are_a_usage_error(tmp_path: Path) ->
     assert r.exit_code == ExitStatus.USAGE and "need --engine ray" in r.stderr and r.stdout == ""
 
 
+def test_ray_is_not_contacted_when_there_is_nothing_to_classify(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    r = run_cli("classify", tmp_path / "empty", *MODEL, "--engine", "ray", "--ray-address", "127.0.0.1:1")
+    assert r.exit_code == 0 and r.stdout_bytes == b"path,label,class_index,confidence,error\r\n", r.stderr
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_7(tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    out = tmp_path / "labels.csv"
+    out.write_text("previous output\n")
+    r = run_cli("classify", tmp_path / "a.png", *MODEL, "--engine", "ray", "--ray-address", "127.0.0.1:1", "-o", out)
+    assert r.exit_code == ExitStatus.UNAVAILABLE, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "cannot reach the Ray cluster at 127.0.0.1:1" in r.stderr
+    assert out.read_text() == "previous output\n" and not lock_path_for(out).exists()
+
+
 # --------------------------------------------------------------------------- real Ray
 
 @pytest.mark.slow
@@ -96,6 +112,15 @@ def test_output_is_identical_to_the_local_engine(cluster: str, request: pytest.F
     if cluster == "ray_two_nodes":
         assert any("big.jpg" in r["path"] and "pixels" in (r["error"] or "") for r in rows)
     assert not lock_path_for(remote).exists()
+
+
+@pytest.mark.slow
+def test_actors_and_threads_must_fit_the_cluster(ray_two_nodes: str, tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    for opts, msg in ((("--actors", "3"), "--actors 3 x 1 threads do not fit the cluster's CPUs (1+1); at most 2"),
+                      (("--threads", "2"), "--threads 2: no Ray node has that many CPUs (largest: 1)")):
+        r = run_cli("classify", tmp_path, *MODEL, "--engine", "ray", "--ray-address", ray_two_nodes, *opts)
+        assert r.exit_code == ExitStatus.USAGE and msg in r.stderr and r.stdout == "", r.stderr
 
 
 @pytest.mark.slow

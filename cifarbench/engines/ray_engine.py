@@ -22,6 +22,7 @@ import contextlib
 import copy
 import logging
 import os
+import socket
 import sys
 import tempfile
 import warnings
@@ -113,6 +114,8 @@ def connect(address: str | None) -> Iterator[Any]:
     (``ray.init`` in a script) is used and left open.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _probe(address)
     ray = _import_ray(local=address is None)
     if ray.is_initialized():
         yield ray
@@ -125,15 +128,29 @@ def connect(address: str | None) -> Iterator[Any]:
                 ray.init(address="local", num_cpus=_usable_cpus(), include_dashboard=False, **common)
             else:
                 ray.init(address=address, **common)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise BackendUnavailable(f"cannot start or reach {where}: {_first_line(exc)}") from None
+    except Exception as exc:  # Ray raises plain Exception too (a node that times out while starting)
+        where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
+        raise BackendUnavailable(f"cannot {where}: {_first_line(exc)}") from None
     _quiet_ray()  # ray.init configures logging again
     try:
         yield ray
     finally:
         with _fd2_aside():
             ray.shutdown()
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """A HOST:PORT that does not answer is one clear error at once (``ray.init`` would wait forever)."""
+    if "://" in address or address in ("auto", "local"):
+        return  # Ray Client and discovery have their own timeouts
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot reach the Ray cluster at {address}: "
+                                 f"{(exc.strerror or str(exc) or type(exc).__name__).lower()}") from None
 
 
 @contextlib.contextmanager
