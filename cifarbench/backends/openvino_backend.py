@@ -61,8 +61,13 @@ def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f
         return hit
     core = _get_core()
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
-    if threads and ov_device == "CPU":
-        config["INFERENCE_NUM_THREADS"] = threads
+    if ov_device == "CPU":
+        # Unpinned: a thread pinned to a core that another process holds (decode workers, a busy host) stalls
+        # the whole request. On a loaded 2-core host pinned batch-1 p50 was 1.04-10x unpinned, never faster
+        # (benchmarks/openvino/results.md).
+        config["ENABLE_CPU_PINNING"] = False
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
     if strict_f32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     try:
@@ -171,6 +176,7 @@ class OpenVINOBackend:
         streams = int(tput.get_property("NUM_STREAMS")) if cpu else "?"
         return {"runtime": "openvino", "version": self.version, "device": self.device, "ov_device": self.ov_device,
                 "threads": int(lat.get_property("INFERENCE_NUM_THREADS")) if cpu else None,
+                "cpu_pinning": bool(lat.get_property("ENABLE_CPU_PINNING")) if cpu else None,
                 "precision": precision_summary(precision, _compute_precisions(tput)),
                 "precision_requested": "f32" if self.name in STRICT_F32 else "runtime default",
                 "mode": f"batch > 1: throughput ({streams} streams, {len(self._requests)} async requests); "
