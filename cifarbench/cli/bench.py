@@ -65,7 +65,8 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--threads", callback=_threads, metavar="N[,N...]",
               help="Intra-op threads per backend; a list (1,2) measures one row per count (default: each runtime's own).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="gpu: CUDA for onnx/keras rows; backends that cannot use it are listed as skipped.")
+              help="gpu: CUDA for onnx/keras rows, OpenVINO's GPU plugin (Intel GPUs) for openvino rows; backends "
+                   "that cannot use it are listed as skipped.")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIOS),
               help="single-stream (batch-1 latency), offline (throughput per batch size), server (Poisson arrivals); "
                    "repeatable [default: single-stream and offline].")

@@ -49,7 +49,8 @@ Cron (no flock needed: the run locks <output>.lock itself):
 @click.option("--backend", "-b", type=BackendChoice(),
               help="Runtime (default auto: the fastest int8 one, measured on this machine once and cached).")
 @click.option("--device", type=click.Choice(("cpu", "gpu", "auto")), default="cpu", show_default=True,
-              help="gpu: onnxruntime CUDA or TensorFlow GPU; fails clearly when absent. TFLite is CPU only.")
+              help="gpu: onnxruntime CUDA, TensorFlow GPU or OpenVINO's GPU plugin (Intel GPUs); fails clearly when "
+                   "absent. TFLite is CPU only.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads (default: all usable cores).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Images per model call.")
 @click.option("--workers", type=click.IntRange(0), help="Decode workers: processes for big runs, threads for small ones (default: all usable cores; "
