@@ -22,6 +22,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from cifarbench.atomic import atomic_write
+from cifarbench.backends.tta import with_tta
 from cifarbench.classify_options import ClassifyOptions
 from cifarbench.decode_pool import decode_ordered
 from cifarbench.discover import FileEntry, discover
@@ -207,7 +208,8 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
             on_start(len(entries))
         fingerprint = {"model": manifest.name, "artifact_sha256": manifest.artifacts[spec.format].sha256,
                        "backend": name, "device": device, "threads": threads, "top_k": top_k, "resize": resize,
-                       "format": fmt, "classes": classes, "max_pixels": max_pixels}
+                       "format": fmt, "classes": classes, "max_pixels": max_pixels,
+                       **({"tta": opts.tta} if opts.tta != "none" else {})}
         kept: dict[tuple[str, int, int], str] = {}
         if resume and out_path is not None:
             kept, msg = load_previous(out_path, writer, fingerprint)
@@ -225,13 +227,13 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
 
             t0 = time.perf_counter()
             job = ray_engine.Job(manifest, name, device, threads, batch_size, top_k, resize, size, classes,
-                                 [os.fspath(p) for p in paths], max_pixels)
+                                 [os.fspath(p) for p in paths], max_pixels, opts.tta)
             run = stack.enter_context(ray_engine.session(engine, job, note))
             report.load_seconds = time.perf_counter() - t0
             report.runtime, engine_rows = run.describe(), run.rows
         elif todo:
             t0 = time.perf_counter()
-            be = selection.load(manifest, threads)
+            be = with_tta(selection.load(manifest, threads), opts.tta)
             report.load_seconds = time.perf_counter() - t0
             report.device, report.runtime, predict = be.device, be.describe(), be.predict
 

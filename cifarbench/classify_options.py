@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from cifarbench.backends.tta import TTA_MODES
 from cifarbench.decode_pool import POOLS
 from cifarbench.errors import UsageError
 from cifarbench.images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
@@ -43,10 +44,11 @@ class ClassifyOptions:
     pool: str = "auto"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     engine: "EngineOptions | None" = None
+    tta: str = "none"  # test-time augmentation: none | flip | flip-translate (backends/tta.py)
 
     def validated(self, has_stream: bool) -> "ClassifyOptions":
         """Self, if every option is usable (``has_stream``: rows go to a stream instead of ``output``)."""
-        choices = {"--pool": (self.pool, POOLS), "--format": (self.fmt, FORMATS),
+        choices = {"--pool": (self.pool, POOLS), "--format": (self.fmt, FORMATS), "--tta": (self.tta, TTA_MODES),
                    "--resize": (self.resize, RESIZE_POLICIES), "--device": (self.device, DEVICES)}
         for flag, (value, allowed) in choices.items():
             if value not in allowed:

@@ -57,3 +57,30 @@ def test_wrapper_reports_views_and_passes_single_view_through() -> None:
     assert with_tta(b, "none") is b
     w = with_tta(b, "flip")
     assert w.describe() == {"runtime": "fake", "tta": "flip", "views": 2} and w.name == "fake"
+
+
+def test_classify_tta_flip_prints_the_mean_of_the_image_and_its_mirror(tmp_path) -> None:
+    """End to end through the CLI with a shipped model: the confidences are the two views' mean."""
+    import json
+
+    from PIL import Image
+
+    from cifarbench import backends
+    from cifarbench.models import resolve_model
+    from conftest import run_cli
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    r = run_cli("classify", tmp_path, "--model", "flagship", "--backend", "onnx", "--format", "jsonl",
+                "--top-k", "10", "--tta", "flip", "-q")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    be = backends.load_backend("onnx", resolve_model("flagship"))
+    x = np.stack(arrays)
+    expect = 0.5 * (be.predict(x) + be.predict(np.ascontiguousarray(x[:, :, ::-1])))
+    for row, p in zip(rows, expect):
+        assert row["class_index"] == int(p.argmax())
+        assert row["confidence"] == pytest.approx(float(p.max()), abs=2e-6)
+    assert run_cli("classify", tmp_path, "--tta", "rotate").exit_code == 2

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import click
 
+from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.engines import ENGINES
 from cifarbench.errors import ExitStatus
@@ -76,11 +77,14 @@ Cron (no flock needed: the run locks <output>.lock itself):
               "(default: as many as the cluster holds).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images with more pixels, from their header before decoding (a row error); same default as serve.")
+@click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
+              help="Test-time augmentation: average the probabilities of the image and its mirror (flip, 2x the "
+                   "model work) or of 6 mirrored/shifted views (flip-translate, 6x).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
 def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
             batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
             include: tuple[str, ...], resize: str, resume: bool, engine: str, ray_address: str | None,
-            actors: int | None, max_pixels: int, quiet: bool) -> None:
+            actors: int | None, max_pixels: int, tta: str, quiet: bool) -> None:
     """Classify image files and folders (PATH...) into CSV or JSONL rows.
 
     Folders are walked recursively in sorted order; hidden files and folders are skipped and
@@ -108,7 +112,7 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
                 list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
                 workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
                 recursive=recursive, include=include, resize=resize, resume=resume, engine=engine_options,
-                max_pixels=max_pixels,
+                max_pixels=max_pixels, tta=tta,
                 on_start=lambda n: bar.update(total=n), on_progress=lambda n: bar.update(completed=n), on_note=note)
     except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback
         _silence_stdout()

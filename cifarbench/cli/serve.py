@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cifarbench.backends import DEVICES
+from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.errors import BackendUnavailable, UsageError
 from cifarbench.images import DEFAULT_MAX_PIXELS
@@ -51,12 +52,15 @@ if TYPE_CHECKING:
               help="Server processes, each with its own copy of the model.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Backend threads per process [default: runtime's choice].")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
+              help="Test-time augmentation: average over the image and its mirror (flip, 2x the model work) "
+                   "or 6 mirrored/shifted views (flip-translate).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level (logs go to stderr).")
 def command(model: str | None, backend: str | None, host: str, port: int, max_upload_mb: float, max_pixels: int,
             max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, max_queue: int,
             max_buffered_mb: float, max_connections: int, header_timeout: float, keep_alive: int, workers: int,
-            threads: int | None, device: str, log_level: str) -> None:
+            threads: int | None, device: str, tta: str, log_level: str) -> None:
     """Serve a model over HTTP: GET / (upload page), GET /health, GET /v1/model, POST /v1/classify.
 
     \b
@@ -72,6 +76,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     except ImportError as exc:
         raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
     from cifarbench.backends import select
+    from cifarbench.backends.tta import with_tta
     from cifarbench.models import resolve_model
 
     if workers > 1 and port == 0:
@@ -93,7 +98,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
                    "(no authentication, no TLS; put a reverse proxy in front)", err=True)
 
     if workers == 1:
-        app = create_app(manifest, selection.load(manifest, threads), backend_name=name, top_k=top_k,
+        app = create_app(manifest, with_tta(selection.load(manifest, threads), tta), backend_name=name, top_k=top_k,
                          limits=limits, max_batch=max_batch)
         click.echo(f"serving {manifest.name} with {name} on {url}  (Ctrl-C to stop)", err=True)
         server.run(app, sock, connection, keep_alive, log_level)
@@ -102,7 +107,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     # Several processes: each worker builds its own app from a JSON config (uvicorn imports the factory).
     os.environ[ENV_CONFIG] = json.dumps({
         "model": os.path.abspath(model) if model and os.path.exists(model) else model, "backend": name,
-        "device": selection.device, "threads": threads, "top_k": top_k, "max_batch": max_batch,
+        "device": selection.device, "threads": threads, "tta": tta, "top_k": top_k, "max_batch": max_batch,
         "limits": dataclasses.asdict(limits),
     })
     click.echo(f"serving {manifest.name} with {name} on {url} in {workers} worker processes  (Ctrl-C to stop)", err=True)

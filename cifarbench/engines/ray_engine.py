@@ -60,6 +60,7 @@ class Job:
     classes: Sequence[str]
     roots: Sequence[str]  # the PATH arguments: checked on every node that decodes
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    tta: str = "none"  # test-time augmentation, applied by each actor (backends/tta.py)
 
 
 # --------------------------------------------------------------------------- driver side
@@ -288,7 +289,7 @@ class RayRun:
                               compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=self.threads,
                               num_gpus=self.gpus or None,
                               fn_constructor_kwargs={"model": self._model(), "backend": job.backend,
-                                                     "device": device, "threads": self.threads})
+                                                     "device": device, "threads": self.threads, "tta": job.tta})
 
     def _model(self) -> dict[str, Any]:
         """The manifest and the one artifact the actors load, put in the object store once."""

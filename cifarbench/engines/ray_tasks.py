@@ -74,10 +74,11 @@ def decode_block(batch: dict[str, np.ndarray], size: int, resize: str, roots: Se
 class Predictor:
     """A Ray Data actor: loads the model once (from the object store), then scores decoded batches."""
 
-    def __init__(self, model: dict[str, Any], backend: str, device: str, threads: int) -> None:
+    def __init__(self, model: dict[str, Any], backend: str, device: str, threads: int, tta: str = "none") -> None:
         import ray
 
         from cifarbench import backends
+        from cifarbench.backends.tta import with_tta
 
         artifact = ray.get(model["artifact"])
         tmp = tempfile.mkdtemp(prefix="cifarbench-model-")
@@ -85,7 +86,7 @@ class Predictor:
             Path(tmp, MANIFEST_NAME).write_bytes(model["manifest"])
             Path(tmp, model["file"]).write_bytes(artifact)
             manifest = Manifest.load(tmp)
-            self.backend = backends.load_backend(backend, manifest, device, threads)  # checks the sha256
+            self.backend = with_tta(backends.load_backend(backend, manifest, device, threads), tta)  # checks the sha256
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # runtimes hold the model in memory (or an open mapping)
         self.classes = len(manifest.classes)

@@ -297,14 +297,15 @@ def close_app(app: Starlette) -> None:
 
 
 def load_app(model: str | None = None, backend: str | None = None, device: str = "cpu", threads: int | None = None,
-             **kwargs: Any) -> Starlette:
+             tta: str = "none", **kwargs: Any) -> Starlette:
     """Resolve a model, load its backend and build the app: what ``cifarbench serve`` runs."""
     from cifarbench.backends import select
+    from cifarbench.backends.tta import with_tta
     from cifarbench.models import resolve_model
 
     manifest = resolve_model(model)
     selection = select(manifest, backend, device, threads)
-    return create_app(manifest, selection.load(manifest, threads), backend_name=selection.name, **kwargs)
+    return create_app(manifest, with_tta(selection.load(manifest, threads), tta), backend_name=selection.name, **kwargs)
 
 
 ENV_CONFIG = "CIFARBENCH_SERVE_CONFIG"
