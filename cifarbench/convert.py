@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import numpy as np
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.data import Dataset, load_dataset, train_val_split
-from cifarbench.errors import CheckFailed, DataError, ModelError, UsageError
+from cifarbench.errors import BackendUnavailable, CheckFailed, DataError, ModelError, UsageError
 from cifarbench.exporters import EXPORTERS, ExportContext, Source
 from cifarbench.manifest import FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
 from cifarbench.parity import SampleSet, check_parity
@@ -148,7 +149,11 @@ def _open_source(src: Path, prior: Manifest | None, opts: ConvertOptions, n_clas
     contract = dataclasses.replace(
         before, preprocess=opts.preprocess if opts.preprocess is not None else before.preprocess,
         model_input_size=tuple(opts.input_size) if opts.input_size else before.model_input_size)  # type: ignore[arg-type]
-    if src.suffix.lower() == ".onnx":
+    is_onnx = src.suffix.lower() == ".onnx"
+    missing = [m for m in (("onnx", "onnxruntime") if is_onnx else ("tensorflow",)) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(f"converting {src.name} needs {', '.join(missing)}: pip install 'cifarbench[train]'")
+    if is_onnx:
         if opts.input_size is not None:
             raise UsageError("--input-size applies to Keras models; export the ONNX model at 32x32")
         from cifarbench.onnxio import OnnxSource
@@ -209,11 +214,12 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
 def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, say: Callable[[str], None]) -> tuple[Dataset | None, str]:
     if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
         return None, "not measured: the model's classes are not CIFAR-10's"
-    say(f"loading test split from {opts.test_data} (the model was not trained by cifarbench)")
-    test = load_dataset(opts.test_data, "test", classes=classes)
+    where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
+    say(f"loading test split from {where} (the model was not trained by cifarbench)")
+    test = load_dataset(where, "test", classes=classes)
     idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
     sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
-    return sample, f"test split of {opts.test_data} ({len(idx)} images): the model was not trained by cifarbench"
+    return sample, f"test split of {where} ({len(idx)} images): the model was not trained by cifarbench"
 
 
 def _default_calibration_source(prior: Manifest | None) -> str:

@@ -16,6 +16,12 @@ pytestmark = pytest.mark.slow
 tf = pytest.importorskip("tensorflow")
 
 
+@pytest.fixture(autouse=True)
+def _small_test_split(monkeypatch: pytest.MonkeyPatch, synthetic_tree: Path) -> None:
+    """Foreign models are scored on a test split: the synthetic one here (100 images), not the bundled 10,000."""
+    monkeypatch.setenv("CIFARBENCH_CONVERT_TEST_DATA", str(synthetic_tree))
+
+
 def test_round_trip_every_format(tiny_model: Path) -> None:
     m = Manifest.load(tiny_model)
     assert set(m.artifacts) == {"keras", "tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8"}
@@ -259,13 +265,15 @@ def _foreign(tmp_path: Path) -> Path:
     return tmp_path / "their_model.keras"
 
 
-def test_foreign_model_gets_test_split_accuracy_and_reconverts_from_its_folder(tmp_path: Path, synthetic_tree: Path) -> None:
+def test_foreign_model_gets_test_split_accuracy_and_reconverts_from_its_folder(
+        tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CIFARBENCH_CONVERT_TEST_DATA")  # the default: the bundled CIFAR-10 test split
     r = run_cli("convert", _foreign(tmp_path), "--out", tmp_path / "o", "--formats", "onnx", "--preprocess", "none",
                 "--calibration-data", synthetic_tree, "--calibration-size", "20", "--parity-size", "30")
     assert r.exit_code == 0, r.output
     assert "accuracy (test split)" in r.stdout and "30 test-split images" in r.stdout
     m = Manifest.load(tmp_path / "o")
-    assert m.metrics["parity"]["test_split"]["images"] == 30 and "not trained by cifarbench" in m.metrics["parity"]["test_split"]["note"]
+    assert m.metrics["parity"]["test_split"]["images"] == 30 and "test split of bundled" in m.metrics["parity"]["test_split"]["note"]
     assert 0 <= m.artifacts["onnx"].parity["test_accuracy"] <= 1 and "test_accuracy" in m.artifacts["keras"].parity
     assert m.metrics["parity"]["source"] == str(synthetic_tree.resolve())
     # The folder names its Keras artifact (their_model.keras, not model.keras); converting it again works.
@@ -308,7 +316,7 @@ def test_scratch_files_are_removed_when_an_exporter_raises(tmp_path: Path, synth
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(RuntimeError, match="blew up"):
         convert(_foreign(tmp_path), tmp_path / "o", formats=["onnx-int8"], calibration_data=str(synthetic_tree),
-                calibration_size=20, parity_size=20)
+                calibration_size=20, parity_size=20, test_data=str(synthetic_tree))
     assert list(scratch.iterdir()) == []
 
 

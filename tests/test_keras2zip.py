@@ -18,6 +18,12 @@ tf_keras = pytest.importorskip("tf_keras")
 h5py = pytest.importorskip("h5py")
 
 
+@pytest.fixture(autouse=True)
+def _small_test_split(monkeypatch: pytest.MonkeyPatch, synthetic_tree: Path) -> None:
+    """Foreign models are scored on a test split: the synthetic one here (100 images), not the bundled 10,000."""
+    monkeypatch.setenv("CIFARBENCH_CONVERT_TEST_DATA", str(synthetic_tree))
+
+
 def _windows_weights(blob: bytes) -> bytes:
     """What Keras 2 wrote on Windows: ``os.path.join`` put ``\\`` between the layer path's parts."""
     out = io.BytesIO()

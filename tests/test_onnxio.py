@@ -19,6 +19,12 @@ MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 SPEC = f"scale:1/255+mean-std:{','.join(map(str, MEAN))}/{','.join(map(str, STD))}"
 
 
+@pytest.fixture(autouse=True)
+def _small_test_split(monkeypatch: pytest.MonkeyPatch, synthetic_tree: Path) -> None:
+    """Foreign models are scored on a test split: the synthetic one here (100 images), not the bundled 10,000."""
+    monkeypatch.setenv("CIFARBENCH_CONVERT_TEST_DATA", str(synthetic_tree))
+
+
 def build_onnx(path: Path, layout: str = "nchw", batch: str | int = "batch") -> Path:
     """A small CNN the way PyTorch exports one: float input, conv/relu/pool/gemm, logits out."""
     from onnx import TensorProto, helper, numpy_helper
@@ -64,7 +70,7 @@ def onnx_converted(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Pat
     tmp = tmp_path_factory.mktemp("onnx_in")
     src = build_onnx(tmp / "torch_cnn.onnx")
     r = run_cli("convert", src, "--preprocess", SPEC, "--layout", "nchw", "--out", tmp / "out", "--calibration-data",
-                synthetic_tree, "--calibration-size", "60", "--parity-size", "80")
+                synthetic_tree, "--test-data", synthetic_tree, "--calibration-size", "60", "--parity-size", "80")
     return src, tmp / "out", r
 
 
@@ -80,6 +86,7 @@ def test_nchw_onnx_converts_with_manifest_and_parity(onnx_converted: tuple[Path,
     assert par["status"] == "ok" and par["top1_agreement"] == 1.0 and par["max_abs_dprob"] < 1e-5
     assert m.artifacts["onnx-int8"].details["calibration"]["images"] == 60
     assert "test_accuracy" in par and m.metrics["parity"]["test_split"]["images"] == 80  # foreign: test split too
+    assert m.metrics["parity"]["test_split"]["note"].startswith("test split of ")
     assert "onnx-int8" in r.stdout and "test split" in r.stdout  # type: ignore[attr-defined]
     source_row = next(ln for ln in r.stdout.splitlines() if "torch_cnn.onnx" in ln)  # type: ignore[attr-defined]
     assert "reference" in source_row and f"{m.metrics['parity']['reference_accuracy'] * 100:.2f}%" in source_row
@@ -137,3 +144,18 @@ def test_onnx_input_errors(tmp_path: Path, synthetic_tree: Path) -> None:
     r = run_cli("convert", bad, *common)
     assert r.exit_code == ExitStatus.DATA and "not a readable ONNX model" in r.stderr
     assert "Traceback" not in r.output
+
+
+def test_onnx_conversion_never_imports_tensorflow(tmp_path: Path, synthetic_tree: Path) -> None:
+    import subprocess
+    import sys
+
+    src = build_onnx(tmp_path / "m.onnx")
+    code = (f"import sys; from cifarbench.convert import convert; "
+            f"convert({str(src)!r}, {str(tmp_path / 'o')!r}, preprocess={SPEC!r}, calibration_data={str(synthetic_tree)!r}, "
+            f"test_data={str(synthetic_tree)!r}, "
+            "calibration_size=10, parity_size=10); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]"

@@ -39,6 +39,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--formats", default="all", show_default=True, callback=_formats,
               help=f"Comma-separated: {', '.join(FORMAT_NAMES)} (an ONNX model: onnx, onnx-int8).")
 @click.option("--calibration-data", help="Train-split source for int8 calibration and parity (default: the model's training data).")
+@click.option("--test-data", default="bundled", show_default=True,
+              help="Test-split source scoring a model cifarbench did not train (its train split may be in the parity images).")
 @click.option("--calibration-size", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--parity-size", type=click.IntRange(1), default=2000, show_default=True, help="Images for the parity check.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset (Keras models).")
