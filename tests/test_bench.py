@@ -184,6 +184,10 @@ def test_nothing_runnable_exits_7_but_writes_the_report(tiny_model: Path, synthe
     (("--batch-sizes", "1,x"), "comma-separated"),
     (("--batch-sizes", "0,4"), "positive"),
     (("--backend", "pytorch"), "pytorch"),
+    (("--threads", "0"), "positive"),
+    (("--threads", "a,b"), "comma-separated"),
+    (("--repeat", "0"), "repeat"),
+    (("--scenario", "batch"), "batch"),
 ])
 def test_bad_options_exit_2(args: tuple[str, ...], needle: str) -> None:
     res = run_cli("bench", "--model", "nowhere", *args)
@@ -328,14 +332,3 @@ def test_row_schema_is_derived_from_row_and_v1_results_still_load() -> None:
 def test_decode_timing_reads_archives_through_the_data_layer() -> None:
     d = bench.measure_decode("bundled", 5)
     assert d["images"] == 5 and d["failed"] == 0
-
-
-@pytest.mark.parametrize("args,needle", [
-    (("--threads", "0"), "positive"),
-    (("--threads", "a,b"), "comma-separated"),
-    (("--repeat", "0"), "repeat"),
-    (("--scenario", "batch"), "batch"),
-])
-def test_bad_v2_options_exit_2(args: tuple[str, ...], needle: str) -> None:
-    res = run_cli("bench", "--model", "nowhere", *args)
-    assert res.exit_code == ExitStatus.USAGE and needle in res.stderr
