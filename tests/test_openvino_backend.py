@@ -4,8 +4,10 @@ the per-process compile cache, CLI classify, bench rows, and the reasons it cann
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -23,8 +25,11 @@ from cifarbench.models import resolve_model
 from cifarbench.sysinfo import has_fast_bf16
 from conftest import make_tree, run_cli
 
-ov = pytest.importorskip("openvino")
+if importlib.util.find_spec("openvino") is None:
+    pytest.skip("openvino is not installed (pip install 'cifarbench[openvino]')", allow_module_level=True)
 from cifarbench.backends import openvino_backend as ovb  # noqa: E402
+
+ov = ovb.import_openvino()  # as the backend does: a plain `import openvino` would send its import telemetry
 
 PARITY_IMAGES = 300
 
@@ -171,7 +176,8 @@ def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
 
 
 def test_classify_cli_with_openvino_int8_never_imports_tensorflow(sample: np.ndarray, tmp_path: Path) -> None:
-    """A subprocess like a user's: labels as OpenVINO computes them in-process, nothing on stderr with -q."""
+    """A subprocess like a user's: labels as OpenVINO computes them in-process, nothing on stderr with -q,
+    and none of OpenVINO's import-time telemetry: no openvino_telemetry module, no ~/intel/ files, no child."""
     images = sample[:23]
     _write_pngs(tmp_path / "in", images)
     out = tmp_path / "labels.csv"
@@ -182,14 +188,20 @@ def test_classify_cli_with_openvino_int8_never_imports_tensorflow(sample: np.nda
             cli.main(sys.argv[1:], prog_name="cifarbench")
         except SystemExit as exc:
             status = exc.code
+        import multiprocessing
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "tf2onnx"))
-        print(json.dumps({"status": status, "heavy": heavy}))
+        print(json.dumps({"status": status, "heavy": heavy, "openvino": "openvino" in sys.modules,
+                          "telemetry": repr(sys.modules.get("openvino_telemetry")),
+                          "children": len(multiprocessing.active_children())}))
     """)
+    home = tmp_path / "home"
+    home.mkdir()
     p = subprocess.run([sys.executable, "-c", code, "classify", str(tmp_path / "in"), "-b", "openvino-int8",
                         "--threads", "1", "--batch-size", "8", "-o", str(out), "-q"],
-                       capture_output=True, text=True, timeout=300)
-    assert json.loads(p.stdout.strip().splitlines()[-1]) == {"status": 0, "heavy": []}, p.stderr
-    assert p.stderr == ""
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(home)})
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == \
+        {"status": 0, "heavy": [], "openvino": True, "telemetry": "None", "children": 0}, p.stderr
+    assert p.stderr == "" and list(home.iterdir()) == []
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     expect = backends.load_backend("openvino-int8", resolve_model("flagship")).predict(images)
     assert [Path(r["path"]).name for r in rows] == [f"img{i:03d}.png" for i in range(len(images))]

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cifarbench.backends.openvino_backend import import_openvino
 from cifarbench.sysinfo import environment
 
 ARTIFACTS = ("trained/flagship/model.onnx", "trained/flagship/model_int8.onnx", "trained/baseline-cnn/model_int8.onnx")
@@ -73,7 +74,7 @@ def _round_robin(calls: dict[str, Callable[[], None]], rounds: int, warmup: int 
 
 
 def measure(path: str, rounds: int, big_rounds: int) -> dict[str, Any]:
-    import openvino as ov
+    ov = import_openvino()  # without OpenVINO's import-time telemetry
 
     core = ov.Core()
     model = core.read_model(path)
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--artifact", action="append", help=f"ONNX file(s) [default: {', '.join(ARTIFACTS)}]")
     ap.add_argument("--out", type=Path, help="write the JSON results here")
     args = ap.parse_args()
-    import openvino as ov
+    ov = import_openvino()
 
     try:
         lscpu = next((l for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()

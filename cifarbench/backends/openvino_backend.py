@@ -13,6 +13,7 @@ read back from the runtime, never what was asked for.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -31,13 +32,26 @@ _core: Any = None
 _compiled: dict[tuple[Any, ...], Any] = {}
 
 
+def import_openvino() -> Any:
+    """``import openvino`` without its import-time telemetry.
+
+    ``import openvino`` imports its converter, which sends a Google Analytics event and writes ~/intel/
+    unless the user opted out: network traffic and files a classifier must not cause. Its converter falls
+    back to a no-op stub when the ``openvino_telemetry`` package cannot be imported, so that import is
+    blocked for this process (only if nothing imported it yet; inference never needs it).
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
 def _get_core() -> Any:
     global _core
     with _lock:
         if _core is None:
-            import openvino as ov
-
-            _core = ov.Core()
+            _core = import_openvino().Core()
         return _core
 
 
@@ -104,8 +118,7 @@ def precision_summary(inference_precision: str, kernels: Counter[str]) -> str:
 
 class OpenVINOBackend:
     def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
-        import openvino as ov
-
+        ov = import_openvino()
         self.name, self.device, self.threads_requested = name, device, threads
         self.ov_device = "GPU" if device == "gpu" else "CPU"
         strict = name in STRICT_F32
