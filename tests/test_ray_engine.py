@@ -155,11 +155,11 @@ def test_an_actor_killed_mid_run_is_replaced_and_the_output_is_unchanged(ray_two
             actors = sorted(_procs(b"ray::MapWorker"))
             assert actors, "no Ray Data actor process found"
             os.kill(actors[0], signal.SIGKILL)
-            killed.append(actors[0])
+            killed.append(done)
 
     rep = classify([root], output=remote, batch_size=8, engine=EngineOptions("ray", ray_two_nodes),
                    on_progress=kill_one_actor, **KW)
-    assert killed and rep.files == 301 and rep.failed == 1
+    assert killed and killed[0] < 301 and rep.files == 301 and rep.failed == 1  # killed with rows still to come
     assert remote.read_bytes() == local.read_bytes()
 
 
