@@ -70,7 +70,7 @@ def test_processes_share_one_budget() -> None:
 
 
 def test_memory_of_big_decodes_in_threads_goes_back_to_the_os() -> None:
-    """Four threads decoding 25 MB images three times over: resident memory returns to where it was."""
+    """Four threads decoding 25 MB images twice over: resident memory returns to where it was."""
     import subprocess
     import sys
     import textwrap
@@ -89,13 +89,13 @@ def test_memory_of_big_decodes_in_threads_goes_back_to_the_os() -> None:
         del arr
         rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
         before = rss()
-        for _ in range(3):
+        for _ in range(2):
             ts = [threading.Thread(target=images.load_image, args=(data,)) for _ in range(4)]
             [t.start() for t in ts]
             [t.join() for t in ts]
         print(decode_budget.return_big_frees_to_os(), rss() - before)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     tuned, kept = out.stdout.split()
     if tuned != "True":
         pytest.skip("not glibc: malloc cannot be tuned here")
