@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cifarbench import __version__, backends
+from cifarbench.backends.tta import check_mode as check_tta
 from cifarbench.bench_data import BenchData, load_subset, measure_decode
 from cifarbench.bench_derive import INT8_FLAG_PP, against_reference, busy_cpu_warnings, reference, spread_warnings
 from cifarbench.bench_worker import Job, measure, run_isolated
@@ -82,6 +83,7 @@ class BenchConfig:
     server_rate: float | None = None
     p99_bound_ms: float | None = 10.0
     server_time: float = 2.0
+    tta: str = "none"  # also measure test-time augmentation: accuracy and cost beside single view
 
     def thread_list(self) -> list[int | None]:
         t = self.threads
@@ -94,6 +96,7 @@ class BenchConfig:
             raise UsageError("--repeat must be >= 1")
         if any(t is not None and t < 1 for t in self.thread_list()):
             raise UsageError("--threads must be positive integers")
+        check_tta(self.tta)
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad or not self.scenarios:
             raise UsageError(f"unknown scenario {', '.join(bad) or '(none)'}; choose from {', '.join(SCENARIOS)}")
@@ -118,6 +121,7 @@ class Row:
     server: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    tta: dict[str, Any] = field(default_factory=dict)  # --tta: mode, views, accuracy, img/s and cost vs single view
     agreement: dict[str, Any] = field(default_factory=dict)
     speedup: float | None = None
     speedup_by_batch: dict[str, float] = field(default_factory=dict)  # str(batch size) -> ratio, for JSON keys
@@ -186,7 +190,7 @@ def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, fi
                limit=config.limit, seed=config.seed, batch_sizes=sorted(set(int(b) for b in config.batch_sizes)),
                scenarios=list(config.scenarios), warmup=config.warmup, min_time=config.min_time,
                min_iters=config.min_iters, min_calls=config.min_calls, quality=first, server_rate=config.server_rate,
-               p99_bound_ms=config.p99_bound_ms, server_time=config.server_time,
+               p99_bound_ms=config.p99_bound_ms, server_time=config.server_time, tta=config.tta,
                pin=_cpus(threads) if config.isolate else None)
 
 
@@ -319,6 +323,8 @@ def _one_line(row: Row, label: str) -> str:
         return f"{label}: {row.status} ({row.reason})"
     tp = row.throughput[-1] if row.throughput else {}
     parts = [f"accuracy {row.quality['accuracy']:.4f}"] if row.quality else []
+    if row.tta:
+        parts.append(f"{row.tta['mode']} TTA {row.tta['accuracy']:.4f} at {row.tta['cost_x'] or 0:.1f}x the time")
     if row.latency:
         parts.append(f"p50 {row.latency['p50_ms']:.3f} ms")
     if tp:

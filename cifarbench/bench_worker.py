@@ -50,6 +50,7 @@ class Job:
     server_time: float = 2.0
     server_max_batch: int | None = None  # default: the largest batch size
     pin: list[int] | None = None  # CPUs the isolated process is pinned to (sched_setaffinity), if any
+    tta: str = "none"
 
 
 def peak_rss_mb() -> float:
@@ -102,6 +103,8 @@ def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray
         cm = confusion_matrix(labels, probs.argmax(1), len(manifest.classes))
         out["quality"] = classification_report(cm, manifest.classes)
         out["quality"]["confusion"] = cm.tolist()
+        if job.tta != "none":
+            out["tta"] = _tta(be.predict, images, labels, job.tta, sizes[-1], len(manifest.classes), seconds)
     tp: list[dict[str, Any]] = []
     if "single-stream" in job.scenarios:
         lat, out["warnings"] = measure_latency(be.predict, images, job.warmup, job.min_iters, job.min_time)
@@ -119,6 +122,17 @@ def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray
     del be
     out["peak_rss_mb"] = peak_rss_mb()
     return out, probs
+
+
+def _tta(predict: Any, images: np.ndarray, labels: np.ndarray, mode: str, batch: int, classes: int,
+         single_s: float) -> dict[str, Any]:
+    """The accuracy pass again with test-time augmentation, timed the same way: what the views buy and cost."""
+    from cifarbench.backends.tta import VIEWS, predict_tta
+
+    probs, seconds = predict_all(lambda b: predict_tta(predict, b, mode), images, batch, classes)
+    return {"mode": mode, "views": VIEWS[mode], "accuracy": float((probs.argmax(1) == labels).mean()),
+            "images_per_s": len(images) / seconds if seconds else None,
+            "cost_x": seconds / single_s if single_s else None}
 
 
 def _server(job: Job, predict: Any, images: np.ndarray, tp: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
             "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"], "rss_delta_mb": r.get("rss_delta_mb"),
             "runtime_note": runtime_note(r["runtime"]),
+            "tta_mode": (r.get("tta") or {}).get("mode"), "tta_accuracy": (r.get("tta") or {}).get("accuracy"),
+            "tta_cost_x": (r.get("tta") or {}).get("cost_x"),
             **_repeat_columns(r.get("repeat") or {}), **_server_columns(r.get("server") or {}),
         }
         out.append(row)
@@ -131,6 +133,12 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
                       _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
                       _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _f(r["speedup"], ".2f") + "×",
                       _f(r["size_mb"], ".2f")] for r in ok])
+    tta = [r for r in ok if r.get("tta_accuracy") is not None]
+    if tta:
+        lines += ["", "Test-time augmentation (the accuracy pass again over the views; cost = its time / single view's):", ""]
+        lines += _table(["model", "backend", "single view", "TTA", "mode", "cost"],
+                        [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["tta_accuracy"], ".4f"), r["tta_mode"],
+                          _f(r["tta_cost_x"], ".1f") + "×"] for r in tta])
     noted = [r for r in ok if r.get("runtime_note")]
     if noted:
         lines += ["", "What ran, as the runtime reports it:", ""]

@@ -332,3 +332,16 @@ def test_row_schema_is_derived_from_row_and_v1_results_still_load() -> None:
 def test_decode_timing_reads_archives_through_the_data_layer() -> None:
     d = bench.measure_decode("bundled", 5)
     assert d["images"] == 5 and d["failed"] == 0
+
+
+def test_tta_accuracy_and_cost_beside_single_view(tmp_path: Path) -> None:
+    """--tta flip re-runs the accuracy pass over the image and its mirror, with the shipped model."""
+    out = tmp_path / "o"
+    res = run_cli("bench", "--model", "flagship", "--backend", "onnx", "--limit", "64", *FAST, "--tta", "flip",
+                  "--output-dir", out, "-q")
+    assert res.exit_code == 0, res.stderr
+    r = load_results(out / "results.json")["results"][0]
+    assert r["tta"]["mode"] == "flip" and r["tta"]["views"] == 2 and 0.0 <= r["tta"]["accuracy"] <= 1.0
+    assert r["tta"]["cost_x"] > 1.0  # two views cost more than one
+    assert "Test-time augmentation" in (out / "report.md").read_text()
+    assert "tta_accuracy" in (out / "results.csv").read_text().splitlines()[0]
