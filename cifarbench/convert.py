@@ -201,13 +201,16 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     full = load_dataset(source, "train", classes=classes)  # only ever the train split
     if len(full) <= 2:
         raise DataError(f"{source}: too few images for calibration ({len(full)})")
-    _, val = train_val_split(full, min(val_size, len(full) - 1), seed)
+    whole = own and val_size == 0  # trained with --val-size 0: no train image is unseen, so sample the split
+    _, val = (full, full) if whole else train_val_split(full, min(val_size, len(full) - 1), seed)
     order = np.random.default_rng(seed).permutation(len(val))
     n_cal = min(opts.calibration_size, max(1, len(val) // 2))
     par_idx = order[n_cal : n_cal + opts.parity_size] if len(val) > n_cal else order[: opts.parity_size]
     test, note = None, "trained by cifarbench: test accuracy is in metrics.test"
-    if not own:
+    if not own or whole:  # accuracy on images the model never saw: the test split
         test, note = _test_sample(opts, classes, seed, say)
+        if whole:
+            note = f"{note.split(':')[0]}: the model trained on the whole train split (parity images were seen in training)"
     return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note)
 
 
@@ -215,7 +218,7 @@ def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, say: Calla
     if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
         return None, "not measured: the model's classes are not CIFAR-10's"
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
-    say(f"loading test split from {where} (the model was not trained by cifarbench)")
+    say(f"loading test split from {where} (accuracy on images the model never saw)")
     test = load_dataset(where, "test", classes=classes)
     idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
     sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
