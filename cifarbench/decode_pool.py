@@ -76,6 +76,24 @@ def _exit_with(pid: int) -> None:
     os._exit(0)
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its stderr on /dev/null.
+
+    After a kill -9 the tracker still unlinks the pool's semaphores (nothing leaks), but it inherited
+    our stderr and warns there ("N leaked semaphore objects"): noise on a cron run's terminal.
+    """
+    from multiprocessing import resource_tracker
+
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def pick_pool(pool: str, workers: int, files: int) -> str:
     """``auto``: processes for big runs (decoding is mostly Python, so threads share one core), else threads."""
     if pool not in POOLS:
@@ -114,6 +132,7 @@ class _Pool:
 
         ctx = multiprocessing.get_context("forkserver")  # fork is unsafe once a runtime has started threads
         ctx.set_forkserver_preload(["cifarbench.images"])
+        _quiet_resource_tracker()
         # a new budget with every pool: a rebuilt pool's workers are all new, and tokens a dead one held are gone
         budget = DecodeBudget(self.budget_bytes, ctx)
         return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,

@@ -152,3 +152,49 @@ def test_c_library_noise_never_reaches_the_terminal_from_workers(tmp_path: Path)
     for line in p.stdout.splitlines():
         (error,) = json.loads(line)
         assert "libtiff: ZIPDecode" in error
+
+
+
+def _children_cmdlines(pid: int) -> list[str]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                if ppid == pid:
+                    with open(f"/proc/{d}/cmdline", "rb") as fh:
+                        out.append(fh.read().decode(errors="replace"))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_kill_9_leaves_no_resource_tracker_warning(tmp_path) -> None:
+    """A cron run killed with SIGKILL: the tracker cleans up the pool's semaphores without a word on stderr."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3)).astype("uint8")).save(src / f"{i:05d}.png")
+    proc = subprocess.Popen([sys.executable, "-m", "cifarbench", "classify", str(src),
+                             "--workers", "2", "--batch-size", "8", "-o", str(tmp_path / "out.csv")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any("resource_tracker" in c for c in _children_cmdlines(proc.pid)):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "classify ended before its process pool could be killed"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert b"leaked" not in err, err.decode(errors="replace")
