@@ -57,7 +57,8 @@ def calibration_images(manifest: Manifest, source: str, size: int) -> np.ndarray
     seed = int(manifest.training.get("seed", 0))
     val_size = int(manifest.training.get("data", {}).get("val", 5000))
     full = load_dataset(source, "train", classes=manifest.classes)
-    _, val = train_val_split(full, min(val_size, len(full) - 1), seed)
+    # a model trained on the whole split (--val-size 0) has no held-out slice: calibrate on a sample of it
+    _, val = (full, full) if val_size == 0 else train_val_split(full, min(val_size, len(full) - 1), seed)
     order = np.random.default_rng(seed).permutation(len(val))
     return val.images[order[:size]]
 
