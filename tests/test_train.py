@@ -51,21 +51,23 @@ def test_macs_and_params_by_hand() -> None:
     assert model.count_params() == 216 + 32 + 1152 + 64 + 170
 
 
+class _Stop(Exception):
+    """Raised from the epoch callback: an interruption after the first epoch's checkpoint."""
+
+
+def _stop_after_first(row: dict) -> None:
+    if row["epoch"] == 1:
+        raise _Stop
+
+
 def test_resume_equals_uninterrupted(tmp_path: Path, tree: Path) -> None:
     from cifarbench.train import train
 
     train("tiny-cnn", tmp_path / "full", data=str(tree), epochs=2, val_size=30, precision="float32", threads=1)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(row: dict) -> None:
-        if row["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
+    with pytest.raises(_Stop):
         train("tiny-cnn", tmp_path / "cut", data=str(tree), epochs=2, val_size=30, precision="float32", threads=1,
-              on_epoch=stop_after_first)
+              on_epoch=_stop_after_first)
     assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["epoch"] == 1
     train("tiny-cnn", tmp_path / "cut", data=str(tree), epochs=2, val_size=30, precision="float32", threads=1, resume=True)
 
@@ -170,15 +172,8 @@ def test_flagship_resume_is_exact_with_lookahead(tmp_path: Path, tree: Path) -> 
     opts = TrainOptions(data=str(tree), epochs=2.5, batch_size=64, val_size=0, precision="float32", threads=1)
     train("flagship", tmp_path / "full", opts)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(row: dict) -> None:
-        if row["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train("flagship", tmp_path / "cut", opts, on_epoch=stop_after_first)
+    with pytest.raises(_Stop):
+        train("flagship", tmp_path / "cut", opts, on_epoch=_stop_after_first)
     assert (tmp_path / "cut" / "checkpoint" / "lookahead.npz").is_file()
     m = train("flagship", tmp_path / "cut", opts, resume=True)
     assert m.training["steps"] == 10 and m.training["epochs_run"] == 3 and "val" not in m.metrics  # 260 // 64 = 4 a epoch
