@@ -77,21 +77,17 @@ def _exit_with(pid: int) -> None:
 
 
 def _quiet_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker with its stderr on /dev/null.
+    """Start multiprocessing's resource tracker with our one fd-2 capture around it, discarding what it says.
 
     After a kill -9 the tracker still unlinks the pool's semaphores (nothing leaks), but it inherited
     our stderr and warns there ("N leaked semaphore objects"): noise on a cron run's terminal.
     """
     from multiprocessing import resource_tracker
 
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
+    from cifarbench.cstderr import capture_fd2
+
+    with capture_fd2():
         resource_tracker.ensure_running()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 def pick_pool(pool: str, workers: int, files: int) -> str:
