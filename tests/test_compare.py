@@ -42,14 +42,61 @@ def _slower(doc: dict[str, Any], factor: float) -> dict[str, Any]:
     return d
 
 
-def test_plain_rerun_passes(two_runs: tuple[Path, Path]) -> None:
+def test_real_rerun_compares_every_row_with_equal_accuracy(two_runs: tuple[Path, Path]) -> None:
+    # Two real runs on a shared machine: their speed verdict depends on the machine's load (a CI run once saw a
+    # 0.05 ms p50 double), so only what is deterministic is asserted here; the pass rule is tested below.
     old, new = two_runs
     r = run_cli("bench", "compare", old, new)
-    assert r.exit_code == 0, r.stdout
-    assert "verdict: " in r.stdout and "regression" not in r.stdout
+    assert r.exit_code in (0, ExitStatus.PARTIAL) and "verdict: " in r.stdout, r.stdout
     res = compare.compare_files(old, new)
     assert {row["backend"] for row in res["rows"]} == {"onnx", "tflite-int8"}
     assert all(row["changes"]["accuracy"]["delta_pp"] == 0 for row in res["rows"])  # same images, same answers
+
+
+def _shifted(doc: dict[str, Any], frac: float) -> dict[str, Any]:
+    """The run as a rerun within its own noise: every speed figure moved by ``frac`` of its repeat spread."""
+    d = copy.deepcopy(doc)
+    for r in d["results"]:
+        for k, s in r["repeat"].items():
+            if isinstance(s, dict) and s.get("median"):
+                shift = frac * (s["max"] - s["min"])
+                r["repeat"][k] = {kk: ([x + shift for x in v] if kk == "values" else v + shift)
+                                  for kk, v in s.items()}
+    return d
+
+
+@pytest.mark.parametrize("frac", [0.9, -0.9])
+def test_rerun_within_its_noise_passes(two_runs: tuple[Path, Path], tmp_path: Path, frac: float) -> None:
+    old, _ = two_runs
+    doc = json.loads((old / "results.json").read_text())
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "results.json").write_text(json.dumps(_shifted(doc, frac)))
+    r = run_cli("bench", "compare", old, tmp_path / "new")
+    assert r.exit_code == 0, r.stdout
+    assert "verdict: " in r.stdout and "regression" not in r.stdout
+
+
+def _doc(p50: float, p50_spread: float = 0.0) -> dict[str, Any]:
+    return {"data": {}, "environment": {}, "results": [{
+        "model": "m", "backend": "onnx", "threads": None, "status": "ok", "throughput": [], "latency": {},
+        "repeat": {"p50_ms": {"median": p50, "min": p50, "max": p50 * (1 + p50_spread), "values": [p50]}}}]}
+
+
+def test_sub_floor_p50_change_is_shown_not_judged(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    small = compare.compare_docs(_doc(0.047), _doc(0.099))  # the CI run's jitter: +111 %, 0.05 ms
+    assert small["rows"][0]["changes"]["p50_ms"]["delta_pct"] == pytest.approx(110.6, abs=0.1)
+    assert small["verdict"] == "same"
+    assert compare.compare_docs(_doc(0.047), _doc(0.099), latency_floor_ms=0)["verdict"] == "regression"
+    assert compare.compare_docs(_doc(1.0), _doc(2.0))["verdict"] == "regression"  # 1 ms more is judged
+    real = json.loads((two_runs[0] / "results.json").read_text())
+    for name, p50 in (("old.json", 0.047), ("new.json", 0.099)):
+        doc = copy.deepcopy(real)
+        for r in doc["results"]:
+            r["repeat"]["p50_ms"] = _doc(p50)["results"][0]["repeat"]["p50_ms"]
+        (tmp_path / name).write_text(json.dumps(doc))
+    assert run_cli("bench", "compare", tmp_path / "old.json", tmp_path / "new.json").exit_code == 0
+    r = run_cli("bench", "compare", tmp_path / "old.json", tmp_path / "new.json", "--latency-floor-ms", "0")
+    assert r.exit_code == ExitStatus.PARTIAL, r.stdout
 
 
 def _spread(doc: dict[str, Any], rel: float) -> dict[str, Any]:

@@ -170,16 +170,20 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
 @click.option("--markdown", is_flag=True, help="Markdown (for a pull-request comment) instead of a plain table.")
 @click.option("--tolerance", type=click.FloatRange(0, 100), default=5.0, show_default=True,
               help="Smallest speed change in percent that counts, when the runs' own spread is narrower.")
+@click.option("--latency-floor-ms", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="Smallest p50 change in milliseconds that counts (sub-0.1 ms calls jitter by that much).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit code says it.")
-def compare_command(old: Path, new: Path, markdown: bool, tolerance: float, quiet: bool) -> None:
+def compare_command(old: Path, new: Path, markdown: bool, tolerance: float, latency_floor_ms: float,
+                    quiet: bool) -> None:
     """Per-row deltas of two bench runs (results.json or their folders); exit 0 same, 3 regression.
 
     A change of img/s or p50 counts only when it exceeds both --tolerance and the sum of the
-    runs' min-max spreads across --repeat (p99 is shown, not judged); accuracy beyond 0.1 pp.
+    runs' min-max spreads across --repeat, a p50 change only beyond --latency-floor-ms (p99 is
+    shown, not judged); accuracy beyond 0.1 pp.
     """
     from cifarbench import compare
 
-    result = compare.compare_files(old, new, tolerance / 100)
+    result = compare.compare_files(old, new, tolerance / 100, latency_floor_ms)
     if not quiet:
         click.echo(compare.to_markdown(result) if markdown else compare.to_text(result), nl=False)
     if result["verdict"] == "regression":
