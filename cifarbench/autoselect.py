@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from cifarbench.atomic import atomic_write
-from cifarbench.errors import CifarbenchError
+from cifarbench.errors import CifarbenchError, first_line
 from cifarbench.manifest import Manifest
 from cifarbench.paths import cache_dir
 
@@ -130,7 +130,7 @@ def probe(load: Callable[[str], Any], names: list[str], shape: tuple[int, int, i
             be.predict(x)  # warm-up: first calls allocate and pick kernels
             loaded[n] = be
         except (CifarbenchError, RuntimeError, ValueError, OSError, ImportError) as exc:
-            failed[n] = (str(exc).splitlines() or [type(exc).__name__])[0]
+            failed[n] = first_line(exc)
     batch_s: dict[str, list[float]] = {n: [] for n in loaded}
     one_s: dict[str, list[float]] = {n: [] for n in loaded}
     while loaded:

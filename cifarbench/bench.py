@@ -27,7 +27,7 @@ from cifarbench.backends.tta import check_mode as check_tta
 from cifarbench.bench_data import BenchData, load_subset, measure_decode
 from cifarbench.bench_derive import INT8_FLAG_PP, against_reference, busy_cpu_warnings, reference, spread_warnings
 from cifarbench.bench_worker import Job, measure, run_isolated
-from cifarbench.errors import ModelError, UsageError
+from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.manifest import Manifest
 from cifarbench.models import resolve_model, shipped_models
 from cifarbench.scenarios import SCENARIOS
@@ -247,8 +247,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
         except Exception as exc:  # one broken artifact must not sink the other rows
             kind = getattr(exc, "kind", type(exc).__name__)
             row.status = "skipped" if kind == "BackendUnavailable" else "failed"
-            first_line = (str(exc).splitlines() or [""])[0]
-            row.reason = first_line if row.status == "skipped" or config.isolate else f"{kind}: {first_line}"
+            line = first_line(exc)
+            row.reason = line if row.status == "skipped" or config.isolate else f"{kind}: {line}"
         gc.collect()
         say(_one_line(row, label), True)
     compare_notes = against_reference(plan.manifests, rows, probs)

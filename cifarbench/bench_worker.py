@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.errors import CifarbenchError
+from cifarbench.errors import CifarbenchError, first_line
 from cifarbench.manifest import Manifest
 from cifarbench.metrics import classification_report, confusion_matrix
 from cifarbench.scenarios import find_max_rate, measure_latency, measure_throughput, predict_all, run_server
@@ -199,7 +199,7 @@ def _main() -> int:
             np.save(request["probs"], probs)
         answer: dict[str, Any] = {"row": row}
     except Exception as exc:  # reported to the parent, which marks the row failed or skipped
-        answer = {"error": (str(exc).splitlines() or [""])[0], "kind": type(exc).__name__}
+        answer = {"error": first_line(exc), "kind": type(exc).__name__}
     sys.stdout.write("\n" + json.dumps(answer, default=str) + "\n")
     return 0
 

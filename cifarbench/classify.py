@@ -26,7 +26,7 @@ from cifarbench.backends.tta import with_tta
 from cifarbench.classify_options import ClassifyOptions
 from cifarbench.decode_pool import decode_ordered
 from cifarbench.discover import FileEntry, discover
-from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError
+from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
 from cifarbench.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.writers import Row, RowWriter, display_text, make_writer
 
@@ -94,8 +94,7 @@ def probs_of(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> 
     try:
         probs = np.asarray(predict(batch), dtype=np.float32)
     except Exception as exc:  # runtimes raise their own types
-        msg = str(exc).strip()
-        raise ModelError(f"inference failed: {msg.splitlines()[0] if msg else type(exc).__name__}") from None
+        raise ModelError(f"inference failed: {first_line(exc)}") from None
     if probs.ndim != 2 or probs.shape[0] != len(batch):
         raise ModelError(f"model returned shape {probs.shape} for a batch of {len(batch)}")
     return probs

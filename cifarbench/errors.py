@@ -9,6 +9,17 @@ from __future__ import annotations
 import enum
 
 
+def first_line(exc_or_text: BaseException | str, limit: int | None = None) -> str:
+    """The first line of a message, stripped, cut to ``limit`` characters when given.
+
+    An exception with an empty message gives its type name; empty text gives "".
+    """
+    text = str(exc_or_text).strip()
+    if not text and isinstance(exc_or_text, BaseException):
+        text = type(exc_or_text).__name__
+    return text.splitlines()[0][:limit] if text else ""
+
+
 class ExitStatus(enum.IntEnum):
     """Process exit codes, documented in ``--help`` and the README."""
 

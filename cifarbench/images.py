@@ -30,7 +30,7 @@ from PIL import Image, ImageFile
 
 from cifarbench.cstderr import capture_fd2
 from cifarbench.decode_budget import MIB, process_budget, return_big_frees_to_os
-from cifarbench.errors import UsageError
+from cifarbench.errors import UsageError, first_line
 from cifarbench.image_reduce import REDUCING_GAP, decode_cost, draft_target, pixel_bytes, shrink
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -135,7 +135,7 @@ def load_image(
         finally:
             fp.close()
     except Image.DecompressionBombError as exc:
-        return ImageResult(None, f"image too large, refused as a decompression bomb ({_one_line(exc)})")
+        return ImageResult(None, f"image too large, refused as a decompression bomb ({first_line(exc)})")
     except _DecodeFailed as exc:  # a decoder error with what the C library printed
         return ImageResult(None, str(exc))
     except Image.UnidentifiedImageError:
@@ -147,7 +147,7 @@ def load_image(
     except IsADirectoryError:
         return ImageResult(None, "is a directory, not an image")
     except OSError as exc:
-        msg = _one_line(exc)
+        msg = first_line(exc)
         low = msg.lower()
         if "truncated" in low or "broken data stream" in low or "premature end" in low:
             return ImageResult(None, f"truncated image ({msg})")
@@ -155,7 +155,7 @@ def load_image(
     except MemoryError:
         return ImageResult(None, "out of memory while decoding")
     except Exception as exc:  # a corrupt file can make any plugin raise anything; never break the batch
-        return ImageResult(None, f"corrupt or unsupported image ({type(exc).__name__}: {_one_line(exc)})")
+        return ImageResult(None, f"corrupt or unsupported image ({type(exc).__name__}: {first_line(exc)})")
 
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -245,7 +245,7 @@ def _load(im: Image.Image) -> None:
     said = cap.first_line()
     if not said:
         raise failure
-    msg = _one_line(failure)
+    msg = first_line(failure)
     kind = "truncated image" if "truncated" in msg.lower() else "corrupt or unreadable image"
     lib = "libtiff" if im.format == "TIFF" else f"{im.format} decoder"
     raise _DecodeFailed(f"{kind} ({msg}; {lib}: {said})")
@@ -352,8 +352,3 @@ def _fit(im: Image.Image, size: int, resize: str) -> Image.Image:
 
 
 _draft_target = draft_target  # the names the loader's tests and benchmark have used
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cifarbench import keras2zip
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import InputContract, Step, parse_preprocess
 from cifarbench.tfquiet import quiet_tensorflow
 
@@ -39,7 +39,7 @@ def load_keras_model(path: str | os.PathLike[str], unsafe: bool = False) -> Any:
         try:
             fix = keras2zip.needs_fixing(p)
         except Exception as exc:  # a zip with a broken member or weights file
-            raise ModelError(f"{p}: not a readable .keras file ({_first_line(exc)})") from None
+            raise ModelError(f"{p}: not a readable .keras file ({first_line(exc, 300)})") from None
         if fix:
             with keras2zip.fixed_copy(p) as fixed:
                 return _load_file(fixed, unsafe, shown=p)
@@ -55,7 +55,7 @@ def _load_file(p: Path, unsafe: bool, shown: Path) -> Any:
     try:
         return keras.saving.load_model(p, compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises ValueError/TypeError/KeyError for config trouble
-        first = _first_line(exc)
+        first = first_line(exc, 300)
         if _is_unsafe_error(first):
             raise ModelError(f"{shown}: {_UNSAFE_HINT}") from None
         keras3_error = first
@@ -70,9 +70,9 @@ def _load_file(p: Path, unsafe: bool, shown: Path) -> Any:
         try:
             return tf_keras.models.load_model(p, compile=False)
         except Exception as exc:
-            raise ModelError(f"{shown}: cannot load ({keras3_error}; tf_keras: {_first_line(exc)})") from None
+            raise ModelError(f"{shown}: cannot load ({keras3_error}; tf_keras: {first_line(exc, 300)})") from None
     except Exception as exc:
-        msg = _first_line(exc)
+        msg = first_line(exc, 300)
         if _is_unsafe_error(msg):
             raise ModelError(f"{shown}: {_UNSAFE_HINT}") from None
         raise ModelError(f"{shown}: cannot load with Keras 3 ({keras3_error}) nor tf_keras ({msg})") from None
@@ -91,7 +91,7 @@ def _check_h5(p: Path) -> None:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"{p}: not a readable HDF5 file ({_first_line(exc)})") from None
+        raise ModelError(f"{p}: not a readable HDF5 file ({first_line(exc, 300)})") from None
 
 
 def _load_saved_model(p: Path) -> Any:
@@ -102,7 +102,7 @@ def _load_saved_model(p: Path) -> Any:
     try:
         layer = keras.layers.TFSMLayer(str(p), call_endpoint="serving_default")
     except Exception as exc:
-        raise ModelError(f"{p}: cannot load the SavedModel ({_first_line(exc)})") from None
+        raise ModelError(f"{p}: cannot load the SavedModel ({first_line(exc, 300)})") from None
     return _SavedModelCallable(layer)
 
 
@@ -139,11 +139,6 @@ def model_input_shape(model: Any) -> tuple:
             raise ModelError(f"model has {len(shape)} inputs; expected one image input")
         shape = shape[0]
     return tuple(shape) if shape is not None else _DEFAULT_SHAPE
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def _is_unsafe_error(msg: str) -> bool:

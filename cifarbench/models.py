@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import FORMAT_FILES, MANIFEST_NAME, Manifest, sha256_file
 from cifarbench.paths import DEFAULT_MODEL, trained_dir
 
@@ -69,7 +69,7 @@ def _tflite_format(path: Path) -> str:
 
         it = Interpreter(model_path=str(path))
     except Exception as exc:
-        raise ModelError(f"{path}: not a readable TFLite model ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{path}: not a readable TFLite model ({first_line(exc)})") from None
     if it.get_input_details()[0]["dtype"].__name__ in ("uint8", "int8"):
         return "tflite-int8"
     dtypes = {d["dtype"].__name__ for d in it.get_tensor_details()}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.errors import ModelError, UsageError
+from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.manifest import InputContract, Step
 
 _FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
@@ -34,7 +34,7 @@ class OnnxSource:
             self.original = onnx.load(str(path))
             onnx.checker.check_model(self.original)
         except Exception as exc:
-            raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+            raise ModelError(f"{path}: not a readable ONNX model ({first_line(exc, 300)})") from None
         graph = self.original.graph
         inits = {i.name for i in graph.initializer}
         inputs = [i for i in graph.input if i.name not in inits]
@@ -74,7 +74,7 @@ class OnnxSource:
             y = self._session.run(None, {self.input.name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
         except Exception as exc:
             raise ModelError(f"{self.path}: onnxruntime cannot run it on a batch of {len(pixels)} "
-                             f"({_first_line(exc)}); export it with a dynamic batch dimension") from None
+                             f"({first_line(exc, 300)}); export it with a dynamic batch dimension") from None
         return np.asarray(y, dtype=np.float32)
 
     def reference(self, pixels: np.ndarray) -> np.ndarray:
@@ -173,9 +173,4 @@ def _session(blob: bytes, path: Path) -> Any:
     try:
         return ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+        raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(exc, 300)})") from None

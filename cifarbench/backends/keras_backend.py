@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import InputContract, Manifest
 from cifarbench.tfquiet import quiet_tensorflow
 
@@ -75,4 +75,4 @@ def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> Ker
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"keras cannot load {manifest.name}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"keras cannot load {manifest.name}: {first_line(exc)}") from None

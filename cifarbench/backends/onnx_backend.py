@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import Manifest
 
 
@@ -23,7 +23,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+            raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
         self.name, self.device, self.threads = name, device, threads
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

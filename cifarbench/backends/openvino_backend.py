@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import Manifest
 
 STRICT_F32 = ("openvino-f32",)  # backends that pin INFERENCE_PRECISION_HINT to f32
@@ -87,7 +87,7 @@ def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f
     try:
         compiled = core.compile_model(core.read_model(path), ov_device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with multi-line messages
-        raise ModelError(f"{path}: OpenVINO cannot load it ({(str(exc).strip().splitlines() or [''])[0]})") from None
+        raise ModelError(f"{path}: OpenVINO cannot load it ({first_line(exc)})") from None
     with _lock:
         return _compiled.setdefault(key, compiled)
 

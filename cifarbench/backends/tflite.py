@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from cifarbench.errors import ModelError
+from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import Manifest
 
 
@@ -27,7 +27,7 @@ class TFLiteBackend:
             with _native_stderr_silenced():  # LiteRT prints "INFO: Created ... XNNPACK delegate" on first allocation
                 self.interpreter.allocate_tensors()
         except Exception as exc:
-            raise ModelError(f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
+            raise ModelError(f"{path}: LiteRT cannot load it ({first_line(exc)})") from None
         self.name, self.device = name, "cpu"
         self._inp = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cifarbench import __version__
-from cifarbench.errors import EXIT_CODE_HELP, CifarbenchError, ExitStatus
+from cifarbench.errors import EXIT_CODE_HELP, CifarbenchError, ExitStatus, first_line
 
 COMMANDS = {
     "info": ("cifarbench.cli.info", "Versions, CPU flags, GPUs, backends and the default model."),
@@ -65,7 +65,7 @@ class LazyGroup(click.Group):
         except Exception as exc:  # a bug: one line by default, the traceback on request
             if ctx.find_root().params.get("traceback"):
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            click.echo(f"error: unexpected {type(exc).__name__}: {first_line(str(exc))} "
                        "(run with --traceback for details and please report it)", err=True)
             ctx.exit(int(ExitStatus.ERROR))
 

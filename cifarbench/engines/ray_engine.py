@@ -35,7 +35,7 @@ import numpy as np
 from cifarbench.discover import FileEntry
 from cifarbench.engines import EngineOptions
 from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
-from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError
+from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError, first_line
 from cifarbench.images import DEFAULT_MAX_PIXELS
 from cifarbench.manifest import MANIFEST_NAME, Manifest
 from cifarbench.writers import Row
@@ -131,7 +131,7 @@ def connect(address: str | None) -> Iterator[Any]:
                 ray.init(address=address, **common)
     except Exception as exc:  # Ray raises plain Exception too (a node that times out while starting)
         where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
-        raise BackendUnavailable(f"cannot {where}: {_first_line(exc)}") from None
+        raise BackendUnavailable(f"cannot {where}: {first_line(exc)}") from None
     _quiet_ray()  # ray.init configures logging again
     try:
         yield ray
@@ -175,11 +175,6 @@ def _fd2_aside() -> Iterator[None]:
         os.close(saved)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _cause(exc: BaseException) -> CifarbenchError | None:
     """The cifarbench error a worker raised, found through Ray's wrappers."""
     seen: set[int] = set()
@@ -191,7 +186,7 @@ def _cause(exc: BaseException) -> CifarbenchError | None:
         seen.add(id(e))
         cause = getattr(e, "cause", None)
         if isinstance(cause, CifarbenchError):
-            return type(cause)(_first_line(cause))
+            return type(cause)(first_line(cause))
         if isinstance(e, CifarbenchError) and type(e).__module__.startswith("cifarbench"):
             return e
         todo += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
@@ -255,7 +250,7 @@ class RayRun:
             if found is not None:
                 raise found from None
             if isinstance(exc, ray.exceptions.RayError) or type(exc).__module__.startswith("ray"):
-                raise CifarbenchError(f"ray engine: {_first_line(exc)}") from None
+                raise CifarbenchError(f"ray engine: {first_line(exc)}") from None
             raise
         finally:
             close = getattr(it, "close", None)
