@@ -28,6 +28,7 @@ from cifarbench.decode_pool import decode_ordered
 from cifarbench.discover import FileEntry, discover
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
 from cifarbench.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
+from cifarbench.sysinfo import usable_cores
 from cifarbench.writers import Row, RowWriter, display_text, make_writer
 
 # --------------------------------------------------------------------------- rows
@@ -187,7 +188,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
         raise UsageError(f"--top-k {top_k} is more than the model's {len(classes)} classes")
     size = int(manifest.input.get("shape", [32])[0])
     writer = make_writer(fmt, top_k)
-    workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cores() if workers is None else workers
     report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,
                             output=os.fspath(output) if output is not None else None)
     note = on_note or (lambda msg: None)

@@ -15,6 +15,13 @@ SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16
 PACKAGES = ("cifarbench", "numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "openvino", "tensorflow", "keras", "tf2onnx", "onnx", "click", "rich")
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1  # pragma: no cover - non-Linux
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
     model, flags = platform.processor() or platform.machine(), set()
@@ -29,15 +36,11 @@ def cpu_info() -> dict[str, Any]:
                     flags = set(value.split())
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        usable = os.cpu_count() or 1
     return {
         "model": model,
         "machine": platform.machine(),
         "cores": os.cpu_count() or 1,
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "flags": {f: (f in flags) for f in SPEED_FLAGS},
     }
 

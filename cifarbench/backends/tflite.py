@@ -15,13 +15,14 @@ import numpy as np
 
 from cifarbench.errors import ModelError, first_line
 from cifarbench.manifest import Manifest
+from cifarbench.sysinfo import usable_cores
 
 
 class TFLiteBackend:
     def __init__(self, name: str, path: str, threads: int | None, size: tuple[int, int] = (32, 32)) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or usable_cores()
         try:
             self.interpreter = Interpreter(model_path=path, num_threads=self.threads)
             with _native_stderr_silenced():  # LiteRT prints "INFO: Created ... XNNPACK delegate" on first allocation

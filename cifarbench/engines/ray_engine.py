@@ -38,6 +38,7 @@ from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
 from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError, first_line
 from cifarbench.images import DEFAULT_MAX_PIXELS
 from cifarbench.manifest import MANIFEST_NAME, Manifest
+from cifarbench.sysinfo import usable_cores
 from cifarbench.writers import Row
 
 BLOCK_MAX = 1024  # files per decode task at most; fewer for small runs so every CPU gets work
@@ -102,10 +103,6 @@ def _import_ray(local: bool) -> Any:
     return ray
 
 
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def connect(address: str | None) -> Iterator[Any]:
     """Join ``address`` (or $RAY_ADDRESS), or start a private local Ray; leave both as found at the end.
@@ -126,7 +123,7 @@ def connect(address: str | None) -> Iterator[Any]:
         with warnings.catch_warnings(), _fd2_aside():
             warnings.simplefilter("ignore")
             if address is None:
-                ray.init(address="local", num_cpus=_usable_cpus(), include_dashboard=False, **common)
+                ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, **common)
             else:
                 ray.init(address=address, **common)
     except Exception as exc:  # Ray raises plain Exception too (a node that times out while starting)

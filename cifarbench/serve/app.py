@@ -40,6 +40,7 @@ from cifarbench.serve.batching import BatcherClosed, MicroBatcher
 from cifarbench.serve.memory import rss_bytes, trim_heap, tune_malloc
 from cifarbench.serve.protocol import SECURITY_HEADERS
 from cifarbench.serve.uploads import BodyMeter, ServeLimits, decode_guarded, read_uploads
+from cifarbench.sysinfo import usable_cores
 
 TRIM_AFTER_PIXELS = 4_000_000  # after decoding an image this big, hand freed heap pages back to the OS
 
@@ -60,7 +61,7 @@ class _App:
         self.size = int(self.input.get("shape", [32])[0])
         self.resize = resize
         self.batcher = MicroBatcher(backend.predict, max_batch=max_batch, max_wait_s=max_wait_s)
-        self.decode_limiter = anyio.CapacityLimiter(max(2, len(os.sched_getaffinity(0))))
+        self.decode_limiter = anyio.CapacityLimiter(max(2, usable_cores()))
         self.admission = Admission(limits.max_active, limits.max_queue)
         self.upload_budget = UploadBudget(max(limits.max_buffered_bytes, limits.max_upload_bytes))
 
