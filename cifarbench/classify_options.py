@@ -16,7 +16,7 @@ from cifarbench.backends.tta import TTA_MODES
 from cifarbench.decode_pool import POOLS
 from cifarbench.errors import UsageError
 from cifarbench.images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
-from cifarbench.writers import FORMATS
+from cifarbench.writers import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
     from cifarbench.engines import EngineOptions
@@ -48,7 +48,7 @@ class ClassifyOptions:
 
     def validated(self, has_stream: bool) -> "ClassifyOptions":
         """Self, if every option is usable (``has_stream``: rows go to a stream instead of ``output``)."""
-        choices = {"--pool": (self.pool, POOLS), "--format": (self.fmt, FORMATS), "--tta": (self.tta, TTA_MODES),
+        choices = {"--pool": (self.pool, POOLS), "--format": (self.fmt, OUTPUT_FORMATS), "--tta": (self.tta, TTA_MODES),
                    "--resize": (self.resize, RESIZE_POLICIES), "--device": (self.device, DEVICES)}
         for flag, (value, allowed) in choices.items():
             if value not in allowed:

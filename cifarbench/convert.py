@@ -29,10 +29,10 @@ from cifarbench import CIFAR10_CLASSES
 from cifarbench.data import Dataset, load_dataset, train_val_split
 from cifarbench.errors import BackendUnavailable, CheckFailed, DataError, ModelError, UsageError
 from cifarbench.exporters import EXPORTERS, ExportContext, Source
-from cifarbench.manifest import FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
+from cifarbench.manifest import ARTIFACT_FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
 from cifarbench.parity import SampleSet, check_parity
 
-EXPORT_FORMATS = tuple(f for f in FORMATS if f in EXPORTERS)  # everything but keras itself, in speed order
+EXPORT_FORMATS = tuple(f for f in ARTIFACT_FORMATS if f in EXPORTERS)  # everything but keras itself, in speed order
 
 __all__ = ["convert", "ConvertOptions", "ParityFailed", "EXPORT_FORMATS"]
 

@@ -26,7 +26,7 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
 # Artifact formats, in the order a user would pick them for speed on a CPU.
-FORMATS = ("keras", "tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
+ARTIFACT_FORMATS = ("keras", "tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
 FORMAT_FILES = {
     "keras": "model.keras",
     "tflite": "model.tflite",

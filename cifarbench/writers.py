@@ -27,7 +27,7 @@ from typing import IO, Iterator, Sequence
 
 from cifarbench.errors import UsageError
 
-FORMATS = ("csv", "jsonl")
+OUTPUT_FORMATS = ("csv", "jsonl")
 CONFIDENCE_DIGITS = 6
 
 
@@ -184,7 +184,7 @@ def make_writer(fmt: str, top_k: int = 1) -> RowWriter:
         return CsvRowWriter(top_k)
     if fmt == "jsonl":
         return JsonlRowWriter(top_k)
-    raise UsageError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
+    raise UsageError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
 
 
 def format_for(path: str | os.PathLike[str] | None) -> str:

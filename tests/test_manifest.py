@@ -10,7 +10,7 @@ import pytest
 
 from cifarbench import CIFAR10_CLASSES, __version__
 from cifarbench.errors import ModelError
-from cifarbench.manifest import FORMAT_FILES, FORMATS, MANIFEST_NAME, Manifest, sha256_file
+from cifarbench.manifest import ARTIFACT_FORMATS, FORMAT_FILES, MANIFEST_NAME, Manifest, sha256_file
 
 
 def make(tmp_path: Path) -> Manifest:
@@ -94,8 +94,8 @@ def test_save_needs_a_directory_and_is_atomic(tmp_path: Path, monkeypatch: pytes
 
 
 def test_format_table_is_complete() -> None:
-    assert set(FORMATS) == set(FORMAT_FILES)
-    assert len(set(FORMAT_FILES.values())) == len(FORMATS)
+    assert set(ARTIFACT_FORMATS) == set(FORMAT_FILES)
+    assert len(set(FORMAT_FILES.values())) == len(ARTIFACT_FORMATS)
 
 
 # --------------------------------------------------------------------------- input contract

@@ -16,7 +16,7 @@ from cifarbench.scenarios import SCENARIOS
 from cifarbench.errors import BackendUnavailable, ExitStatus
 from cifarbench.images import DEFAULT_MAX_PIXELS
 
-FORMATS = ("table", "json", "csv", "md")
+STDOUT_FORMATS = ("table", "json", "csv", "md")
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -89,7 +89,7 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
               help="Batch-1 latency calls at least (p99 needs >= 100).")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where results.json, results.csv, report.md and plots go [default: bench-results/<timestamp>].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS),
+@click.option("--format", "fmt", type=click.Choice(STDOUT_FORMATS),
               help="What goes to stdout [default: table; nothing with --quiet]; the files in --output-dir are always "
                    "written.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
