@@ -11,9 +11,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from cifarbench.data import IMAGE_EXTENSIONS, Dataset, load_dataset, members_of, source_path
+from cifarbench.data import Dataset, load_dataset, members_of, source_path
 from cifarbench.errors import CifarbenchError
-from cifarbench.images import load_image
+from cifarbench.images import IMAGE_EXTENSIONS, load_image
 
 
 @dataclass

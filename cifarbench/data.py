@@ -27,7 +27,7 @@ import numpy as np
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.atomic import atomic_write
 from cifarbench.errors import DataError
-from cifarbench.images import IMAGE_EXTENSIONS, load_image  # IMAGE_EXTENSIONS re-exported: it lives by the loader
+from cifarbench.images import IMAGE_EXTENSIONS, load_image
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE, cache_dir
 
 SPLITS = ("train", "test")
