@@ -29,7 +29,7 @@ from cifarbench.bench_derive import INT8_FLAG_PP, against_reference, busy_cpu_wa
 from cifarbench.bench_worker import Job, measure, run_isolated
 from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.manifest import Manifest
-from cifarbench.models import resolve_model, shipped_models
+from cifarbench.model_ref import resolve_model, shipped_models
 from cifarbench.scenarios import SCENARIOS
 from cifarbench.sysinfo import environment
 

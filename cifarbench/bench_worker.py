@@ -185,7 +185,7 @@ def _pin(cpus: list[int] | None) -> list[int] | None:
 
 def _main() -> int:
     from cifarbench.bench_data import load_subset
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     request = json.loads(sys.stdin.read())
     job = Job(**request["job"])

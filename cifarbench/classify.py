@@ -167,7 +167,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
     """
     from cifarbench import backends
     from cifarbench.lock import OutputLock, lock_path_for
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     if options is not None and kwargs:
         raise TypeError("pass a ClassifyOptions or keyword options, not both")

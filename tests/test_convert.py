@@ -291,7 +291,7 @@ def test_own_model_keeps_the_validation_slice(tiny_model: Path) -> None:
 
 
 def test_folder_without_a_keras_artifact_is_a_clear_error(tmp_path: Path) -> None:
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     shipped = resolve_model("baseline-cnn").directory
     r = run_cli("convert", shipped, "--out", tmp_path / "o")

@@ -109,7 +109,7 @@ FIRST_RELEASE_INPUT = {  # the `input` block `cifarbench train`/`convert` wrote 
 
 def test_first_release_manifests_still_load(tmp_path: Path) -> None:
     from cifarbench.manifest import InputContract, Step
-    from cifarbench.models import shipped_models, resolve_model
+    from cifarbench.model_ref import shipped_models, resolve_model
 
     names = shipped_models()
     assert names, "the package ships trained models"

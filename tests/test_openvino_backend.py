@@ -21,7 +21,7 @@ from PIL import Image
 
 from cifarbench import backends
 from cifarbench.errors import ExitStatus, ModelError
-from cifarbench.models import resolve_model
+from cifarbench.model_ref import resolve_model
 from cifarbench.sysinfo import has_fast_bf16
 from conftest import make_tree, run_cli
 

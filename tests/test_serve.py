@@ -322,7 +322,7 @@ def test_page_and_static_files_are_local(make_client: Any) -> None:
 def test_real_onnx_int8_backend_matches_direct_prediction(tiny_model: Path) -> None:
     from cifarbench.backends import load_backend
     from cifarbench.images import load_image
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     m = resolve_model(tiny_model)
     backend = load_backend("onnx-int8", m, "cpu", 1)

@@ -98,7 +98,7 @@ def e2e_rate(folder: Path, model: str, backend: str, workers: int, pool: str, ba
 def measure_set(name: str, folder: Path, model: str, backends: list[str], workers: int, pool: str, batch: int,
                 rounds: int, device: str = "cpu") -> list[dict]:
     from cifarbench.backends import load_backend
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     manifest = resolve_model(model)
     entries = list(discover([folder]))
@@ -213,7 +213,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cifarbench import backends as be
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     manifest = resolve_model(args.model)
     names = args.backends.split(",") if args.backends else [

@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
 
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
     from cifarbench.sysinfo import cpu_info
 
     manifest = resolve_model(args.model)

@@ -35,7 +35,7 @@ import numpy as np
 
 from cifarbench.backends import load_backend
 from cifarbench.images import load_image
-from cifarbench.models import resolve_model
+from cifarbench.model_ref import resolve_model
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE
 from cifarbench.sysinfo import environment
 

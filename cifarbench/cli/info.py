@@ -8,7 +8,7 @@ import click
 
 from cifarbench.backends import BACKENDS, unavailable_reason
 from cifarbench.errors import CifarbenchError
-from cifarbench.models import resolve_model, shipped_models
+from cifarbench.model_ref import resolve_model, shipped_models
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE, trained_dir
 from cifarbench.sysinfo import environment
 

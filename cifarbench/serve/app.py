@@ -302,7 +302,7 @@ def load_app(model: str | None = None, backend: str | None = None, device: str =
     """Resolve a model, load its backend and build the app: what ``cifarbench serve`` runs."""
     from cifarbench.backends import select
     from cifarbench.backends.tta import with_tta
-    from cifarbench.models import resolve_model
+    from cifarbench.model_ref import resolve_model
 
     manifest = resolve_model(model)
     selection = select(manifest, backend, device, threads)

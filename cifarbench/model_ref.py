@@ -1,4 +1,4 @@
-"""Model resolution: a shipped name, a directory with manifest.json, or a single artifact file."""
+"""Resolving a model reference: a shipped name, a directory with manifest.json, or a single artifact file."""
 
 from __future__ import annotations
 
