@@ -112,12 +112,12 @@ class MicroBatcher:
             first = self._carry or self._queue.get()
             self._carry = None
             if first is None:
-                self._fail_rest()
+                self._answer_leftovers()
                 return
             batch, stop = self._collect(first)
             self._run_batch(batch)
             if stop:
-                self._fail_rest()
+                self._answer_leftovers()
                 return
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -161,7 +161,7 @@ class MicroBatcher:
             it.future.set_result(probs[start:start + len(it.images)])
             start += len(it.images)
 
-    def _fail_rest(self) -> None:
+    def _answer_leftovers(self) -> None:
         """After close: anything still queued is answered, not dropped."""
         leftovers = [self._carry] if self._carry else []
         while True:
