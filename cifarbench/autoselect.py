@@ -2,10 +2,13 @@
 
 A fixed order cannot be right everywhere: onnx-int8 wins on an AVX2 CPU without VNNI,
 tflite-int8 on a Zen 4 with AVX-512 VNNI. So the first run that needs a choice loads every
-candidate and times them round-robin on the same random batch (<= ~2 s), and the winner is
-cached under the cache dir, keyed by everything that can change the ranking: CPU model,
-speed flags and usable cores, runtime versions, the candidates' artifact sha256, device and
-threads. A changed key means a new probe. The CPU-flag heuristic is only the fallback when
+candidate, warms it up, and times them round-robin on the same random batch of the size the
+command will send (classify's --batch-size, serve's --max-batch, bench's largest batch: OpenVINO's
+throughput mode gains most at large batches, so a batch-64 probe misranked it at 256), ranking
+by each candidate's best call (a burst of load on a shared machine slows a call, never speeds it).
+The winner is cached under the cache dir, keyed by everything that can change the ranking: CPU
+model, speed flags and usable cores, runtime versions, the candidates' artifact sha256, device,
+threads and batch size. A changed key means a new probe. The CPU-flag heuristic is only the fallback when
 probing is switched off (``CIFARBENCH_PROBE=0``) or no candidate could be loaded.
 """
 
@@ -29,8 +32,9 @@ from cifarbench.paths import cache_dir
 CACHE_FILE = "backend-choice.json"
 CACHE_SCHEMA = "cifarbench.backend-choice/1"
 MAX_ENTRIES = 64
-PROBE_BATCH = 64
-BUDGET_S = 2.0  # the probe stops here, whatever it has
+PROBE_BATCH = 256  # classify's default batch size; callers pass theirs
+WARMUP_CALLS = 2  # full-batch calls per candidate before timing: the first ones allocate and pick kernels
+BUDGET_S = 2.5  # timing stops here, whatever it has (loading and warm-up come on top)
 MIN_TIME_S = 0.3  # and runs at least this long (and MIN_CALLS calls per candidate) when it can
 MIN_CALLS = 3
 ENV_PROBE = "CIFARBENCH_PROBE"  # "0": never probe, use the CPU-flag fallback
@@ -40,7 +44,8 @@ def cache_path() -> Path:
     return cache_dir() / CACHE_FILE
 
 
-def cache_key(manifest: Manifest, candidates: Mapping[str, str], threads: int | None) -> dict[str, Any]:
+def cache_key(manifest: Manifest, candidates: Mapping[str, str], threads: int | None,
+              batch: int = PROBE_BATCH) -> dict[str, Any]:
     """Everything that can change which candidate is fastest; its hash is the cache entry's id."""
     from cifarbench.backends import get_spec
     from cifarbench.sysinfo import cpu_info, package_versions
@@ -48,7 +53,7 @@ def cache_key(manifest: Manifest, candidates: Mapping[str, str], threads: int | 
     cpu = cpu_info()
     return {
         "cpu": cpu["model"], "flags": sorted(f for f, on in cpu["flags"].items() if on),
-        "usable_cores": cpu["usable_cores"], "versions": package_versions(), "threads": threads,
+        "usable_cores": cpu["usable_cores"], "versions": package_versions(), "threads": threads, "batch": batch,
         "candidates": {n: {"device": d, "sha256": manifest.artifacts[get_spec(n).format].sha256}
                        for n, d in sorted(candidates.items())},
     }
@@ -96,14 +101,15 @@ def cached_entries(path: Path | None = None) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: str(e.get("measured_at", "")), reverse=True)
 
 
-def cached_choice(manifest: Manifest, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+def cached_choice(manifest: Manifest, device: str = "cpu", threads: int | None = None,
+                  batch: int = PROBE_BATCH) -> dict[str, Any]:
     """What ``auto`` would use for ``manifest`` now, without probing: the cache entry, or why there is none."""
     from cifarbench.backends import auto_candidates
 
     candidates = auto_candidates(manifest, device)
     if len(candidates) == 1:
         return {"choice": next(iter(candidates)), "how": "only candidate"}
-    entry = lookup(cache_key(manifest, candidates, threads))
+    entry = lookup(cache_key(manifest, candidates, threads, batch))
     if entry is None:
         return {"choice": None, "candidates": list(candidates),
                 "how": "not measured yet on this machine (or its key changed): the next classify/serve probes"}
@@ -113,26 +119,28 @@ def cached_choice(manifest: Manifest, device: str = "cpu", threads: int | None =
 
 def probe(load: Callable[[str], Any], names: list[str], shape: tuple[int, int, int], budget_s: float = BUDGET_S,
           min_time_s: float = MIN_TIME_S, min_calls: int = MIN_CALLS, batch: int = PROBE_BATCH,
+          warmup: int = WARMUP_CALLS,
           clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Load each candidate, then time batches round-robin so a burst of load hits every candidate alike.
+    """Load and warm up each candidate, then time batches round-robin so a burst hits every one alike.
 
-    Returns figures per loaded candidate (images/s from the median batch call, batch-1 median ms)
-    and the one-line reason for each candidate that failed to load or run.
+    Returns figures per loaded candidate (images/s from the best batch call, which ranks them, and
+    from the median one; batch-1 median ms) and the one-line reason for each that failed to load or run.
     """
     x = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
-    t_start = clock()
     loaded: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for n in names:
         try:
             be = load(n)
             be.predict(x[:1])
-            be.predict(x)  # warm-up: first calls allocate and pick kernels
+            for _ in range(max(1, warmup)):  # the first calls allocate and pick kernels
+                be.predict(x)
             loaded[n] = be
         except (CifarbenchError, RuntimeError, ValueError, OSError, ImportError) as exc:
             failed[n] = first_line(exc)
     batch_s: dict[str, list[float]] = {n: [] for n in loaded}
     one_s: dict[str, list[float]] = {n: [] for n in loaded}
+    t_start = clock()
     while loaded:
         for n, be in loaded.items():
             t0 = clock()
@@ -145,7 +153,8 @@ def probe(load: Callable[[str], Any], names: list[str], shape: tuple[int, int, i
         enough = min(len(v) for v in batch_s.values()) >= min_calls and elapsed >= min_time_s
         if enough or elapsed >= budget_s:
             break
-    figures = {n: {"images_per_s": batch / max(statistics.median(batch_s[n]), 1e-9), "batch_size": batch,
+    figures = {n: {"images_per_s": batch / max(min(batch_s[n]), 1e-9),
+                   "median_images_per_s": batch / max(statistics.median(batch_s[n]), 1e-9), "batch_size": batch,
                    "batch1_ms": 1000 * statistics.median(one_s[n]), "calls": len(batch_s[n])} for n in loaded}
     return figures, failed
 
@@ -159,7 +168,8 @@ def heuristic(names: list[str], flags: Mapping[str, bool]) -> str:
     return next((n for n in order if n in names), names[0])
 
 
-def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | None, allow_probe: bool = True) -> Any:
+def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | None, allow_probe: bool = True,
+           batch: int = PROBE_BATCH) -> Any:
     """A backends.Selection among ``candidates`` (name -> device): cached, measured now, or the fallback."""
     from cifarbench.backends import Selection, load_backend
     from cifarbench.sysinfo import cpu_info
@@ -168,7 +178,7 @@ def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | Non
     if not allow_probe or os.environ.get(ENV_PROBE, "1") == "0":
         n = heuristic(names, cpu_info()["flags"])
         return Selection(n, candidates[n], "fallback", f"{n}: CPU-flag fallback (probing switched off)")
-    key = cache_key(manifest, candidates, threads)
+    key = cache_key(manifest, candidates, threads, batch)
     hit = lookup(key)
     if hit:
         n = hit["choice"]
@@ -176,7 +186,8 @@ def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | Non
                          f"({_figures_text(hit['figures'])}; cached in {cache_path()})", hit["figures"])
     size = int((manifest.input.get("shape") or [32])[0])
     t0 = time.perf_counter()
-    figures, failed = probe(lambda n: load_backend(n, manifest, candidates[n], threads), names, (size, size, 3))
+    figures, failed = probe(lambda n: load_backend(n, manifest, candidates[n], threads), names, (size, size, 3),
+                            batch=batch)
     seconds = time.perf_counter() - t0
     if not figures:
         n = heuristic(names, cpu_info()["flags"])
@@ -186,7 +197,7 @@ def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | Non
     entry = {"key": key, "model": manifest.name, "choice": n, "figures": figures, "failed": failed,
              "probe_s": round(seconds, 3), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     not_cached = store(entry)
-    note = f"{n}: fastest in a {seconds:.1f} s probe ({_figures_text(figures)})" + (f"; {not_cached}" if not_cached else "")
+    note = f"{n}: fastest in a {seconds:.1f} s probe at batch {batch} ({_figures_text(figures)})" + (f"; {not_cached}" if not_cached else "")
     return Selection(n, candidates[n], "measured", note, figures)
 
 

@@ -56,8 +56,33 @@ def test_probe_stops_at_its_budget() -> None:
     clock = Clock()
     figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), budget_s=2.0, min_time_s=0.3,
                                   min_calls=50, batch=16, clock=clock)
-    assert clock.t < 2.0 + 2 * 17 * 0.01 + 1e-9  # at most one round past the budget
+    warm = 2 * (1 + autoselect.WARMUP_CALLS * 16) * 0.01  # loading and warm-up come before the budget
+    assert clock.t < warm + 2.0 + 2 * 17 * 0.01 + 1e-9  # at most one round past the budget
     assert figures["a"]["calls"] < 50
+
+
+class Bursty(Timed):
+    """Its first ``cold`` calls take 100x longer, and every third timed call is hit by a 10x burst."""
+
+    def __init__(self, clock: Clock, per_image: float, cold: int) -> None:
+        super().__init__(clock, per_image)
+        self.cold = cold
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        factor = 100 if self.calls < self.cold else 10 if self.calls % 3 == 0 else 1
+        self.clock.t += self.per_image * len(x) * (factor - 1)
+        return super().predict(x)
+
+
+def test_probe_warms_up_and_ranks_by_the_best_call() -> None:
+    clock = Clock()
+    # "cold" is the faster one but slow to warm up (3 calls: batch-1 and two full batches) and bursty.
+    be = {"cold": Bursty(clock, 1e-4, cold=3), "steady": Timed(clock, 2e-4)}
+    figures, _ = autoselect.probe(lambda n: be[n], ["cold", "steady"], (4, 4, 3), budget_s=2.0, min_time_s=0.3,
+                                  min_calls=6, batch=16, clock=clock)
+    assert figures["cold"]["images_per_s"] == pytest.approx(10_000)  # the best call, not the bursts
+    assert figures["cold"]["median_images_per_s"] < figures["cold"]["images_per_s"]
+    assert max(figures, key=lambda n: figures[n]["images_per_s"]) == "cold"
 
 
 def test_heuristic_is_vnni_aware() -> None:
@@ -112,8 +137,18 @@ def test_choice_is_cached_and_a_changed_key_reprobes(tiny_model: Path, counted_l
     cpu = sysinfo.cpu_info()
     monkeypatch.setattr(sysinfo, "cpu_info", lambda: {**cpu, "flags": {**cpu["flags"], "avx512_vnni": True}})
     assert autoselect.choose(m, _two(m), None).how == "measured"
-    assert len(counted_loads) == 2 + 4 * 2
-    assert len(autoselect.cached_entries()) == 5
+    assert autoselect.choose(m, _two(m), None, batch=32).how == "measured"  # and the batch size it ranks at
+    assert len(counted_loads) == 2 + 5 * 2
+    assert len(autoselect.cached_entries()) == 6
+
+
+def test_select_probes_at_the_callers_batch_size(tiny_model: Path, counted_loads: list[str]) -> None:
+    m = Manifest.load(tiny_model)
+    sel = backends.select(m, None, batch_size=8)
+    assert sel.how == "measured" and all(f["batch_size"] == 8 for f in sel.figures.values())
+    assert autoselect.cached_entries()[0]["key"]["batch"] == 8
+    assert backends.select(m, None, batch_size=8).how == "cached"
+    assert backends.select(m, None).how == "measured"  # classify's default batch is another key
 
 
 def test_corrupt_or_unwritable_cache_still_chooses(tiny_model: Path, counted_loads: list[str]) -> None:

@@ -133,8 +133,10 @@ class Selection:
 
 
 def select(manifest: Manifest, name: str | None = None, device: str = "cpu", threads: int | None = None,
-           probe: bool = True) -> Selection:
+           probe: bool = True, batch_size: int | None = None) -> Selection:
     """The one place a backend is chosen: ``name`` None or ``auto`` means the fastest one measured here.
+
+    ``batch_size`` is the batch the caller will send: ``auto`` ranks the candidates at that size.
 
     Raises UsageError for an unknown name or device, BackendUnavailable (with the reason) when
     the named backend, or every backend, cannot run ``manifest`` on ``device``.
@@ -154,7 +156,7 @@ def select(manifest: Manifest, name: str | None = None, device: str = "cpu", thr
         return Selection(only, dev, "only", f"{only}: the only candidate here")
     from cifarbench import autoselect
 
-    return autoselect.choose(manifest, candidates, threads, probe)
+    return autoselect.choose(manifest, candidates, threads, probe, batch_size or autoselect.PROBE_BATCH)
 
 
 def auto_candidates(manifest: Manifest, device: str = "cpu") -> dict[str, str]:

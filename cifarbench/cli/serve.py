@@ -86,7 +86,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
                          max_buffered_bytes=int(max_buffered_mb * 1024 * 1024))
     connection = ConnectionLimits(header_timeout_s=header_timeout, max_connections=_fd_capped(max_connections))
     manifest = resolve_model(model)
-    selection = select(manifest, backend, device, threads)
+    selection = select(manifest, backend, device, threads, batch_size=max_batch)
     name = selection.name
     if selection.how in ("measured", "fallback", "cached"):
         click.echo(f"backend {selection.note}", err=True)

@@ -305,7 +305,7 @@ def load_app(model: str | None = None, backend: str | None = None, device: str =
     from cifarbench.model_ref import resolve_model
 
     manifest = resolve_model(model)
-    selection = select(manifest, backend, device, threads)
+    selection = select(manifest, backend, device, threads, batch_size=int(kwargs.get("max_batch", 64)))
     return create_app(manifest, with_tta(selection.load(manifest, threads), tta), backend_name=selection.name, **kwargs)
 
 
