@@ -3,7 +3,9 @@
 Reads top to bottom as the recipe runs. The test split is loaded only after the last
 epoch, so it can never influence model selection. Each epoch draws its shuffling and
 augmentation from (seed, epoch) alone and the optimizer state lives in the checkpoint,
-so ``resume`` continues exactly where an interrupted run stopped.
+so ``resume`` continues exactly where an interrupted run stopped. The parts live beside it:
+``train_data`` (step plan, augmentation, each epoch's images), ``train_optim`` (schedule,
+optimizer, loss) and ``train_state`` (the checkpoint).
 """
 
 from __future__ import annotations
@@ -11,32 +13,32 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from cifarbench.atomic import atomic_write
 from cifarbench.data import Dataset, load_dataset, train_val_split
 from cifarbench.errors import UsageError
+from cifarbench.events import Emit, Event, null_emit
 from cifarbench.manifest import Manifest
 from cifarbench.metrics import classification_report, confusion_matrix, format_report
 from cifarbench.sysinfo import cpu_info, has_fast_bf16, nvidia_gpus
-from cifarbench.zoo import Recipe, count_macs, get_arch, init_whitening
+from cifarbench.train_data import EpochData, airbench_steps, augment, refuse_flat_tree, step_plan
+from cifarbench.train_optim import compile_recipe, lr_schedule
+from cifarbench.train_state import CHECKPOINT_DIR, Checkpoint, fresh_state
+from cifarbench.zoo import count_macs, get_arch, init_whitening
 
-
-def airbench_steps(n_images: int, batch_size: int, epochs: float) -> tuple[int, int]:
-    """(steps per epoch with the last partial batch dropped, total steps of a possibly fractional run)."""
-    per_epoch = n_images // batch_size
-    return per_epoch, int(math.ceil(per_epoch * epochs))
+__all__ = ["train", "TrainOptions", "resolve_precision", "tta_accuracy", "augment", "airbench_steps",
+           "PRECISIONS", "JIT_CHOICES", "CHECKPOINT_DIR"]
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-CHECKPOINT_DIR = "checkpoint"
+_compile, _lr_schedule = compile_recipe, lr_schedule  # the names benchmarks/train/bench_train.py imports
 
 
 def resolve_precision(precision: str) -> str:
@@ -48,76 +50,6 @@ def resolve_precision(precision: str) -> str:
     if nvidia_gpus():
         return "mixed_float16"
     return "mixed_bfloat16" if has_fast_bf16() else "float32"
-
-
-def augment(images: np.ndarray, ops: tuple[str, ...], rng: np.random.Generator,
-            flip_mask: np.ndarray | None = None, epoch: int = 0) -> np.ndarray:
-    """Flips and translation by up to 2 pixels (reflect padding), vectorised.
-
-    ``flip``: i.i.d. random flips. ``alternating-flip`` (airbench): ``flip_mask`` flips each image once
-    for the run, and odd epochs mirror the whole set on top of it, so consecutive epochs see both views.
-    """
-    x = images
-    if "translate2" in ops:
-        pad = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
-        dy, dx = rng.integers(0, 5, len(x)), rng.integers(0, 5, len(x))
-        out = np.empty_like(x)
-        for oy in range(5):
-            for ox in range(5):
-                sel = np.flatnonzero((dy == oy) & (dx == ox))
-                out[sel] = pad[sel, oy : oy + 32, ox : ox + 32]
-        x = out
-    flip = None
-    if "flip" in ops:
-        flip = rng.random(len(x)) < 0.5
-    elif "alternating-flip" in ops and flip_mask is not None:
-        flip = flip_mask ^ bool(epoch % 2)
-    if flip is not None:
-        x = x.copy() if x is images else x
-        x[flip] = x[flip, :, ::-1]
-    return x
-
-
-def _lr_schedule(keras: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Any:
-    if recipe.schedule == "constant":
-        return recipe.lr
-    if recipe.schedule == "airbench":
-        from cifarbench.airbench import WarmupDecay
-
-        return WarmupDecay(recipe.lr, total_steps)
-
-    @keras.saving.register_keras_serializable(package="cifarbench")
-    class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up to the peak, then linear decay to zero at the last step."""
-
-        def __init__(self, peak: float, warmup: int, total: int) -> None:
-            self.peak, self.warmup, self.total = float(peak), int(warmup), int(total)
-
-        def __call__(self, step: Any) -> Any:
-            ops = keras.ops
-            s = ops.cast(step, "float32") + 1.0
-            up = s / max(1, self.warmup)
-            down = (self.total - s) / max(1, self.total - self.warmup)
-            return self.peak * ops.clip(ops.minimum(up, down), 0.0, 1.0)
-
-        def get_config(self) -> dict[str, Any]:
-            return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
-
-    return WarmupLinear(recipe.lr, int(recipe.warmup_epochs * steps_per_epoch), total_steps)
-
-
-def _compile(keras: Any, model: Any, recipe: Recipe, lr: Any, jit: bool) -> None:
-    if recipe.optimizer == "adam":
-        opt = keras.optimizers.Adam(lr, weight_decay=recipe.weight_decay or None)
-    elif recipe.optimizer == "sgd-nesterov":
-        opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay or None)
-    else:  # pragma: no cover - recipes are fixed in the zoo
-        raise UsageError(f"unknown optimizer {recipe.optimizer!r}")
-    if recipe.weight_decay:
-        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing, reduction=(
-        "sum" if recipe.loss_reduction == "sum" else "sum_over_batch_size"))
-    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"], jit_compile=jit)
 
 
 def tta_accuracy(model: Any, ds: Dataset, mode: str = "flip") -> dict[str, Any]:
@@ -198,56 +130,43 @@ def _framework_versions(keras: Any) -> dict[str, str]:
     return out
 
 
-def _save_model(model: Any, path: Path) -> None:
-    """Keras insists on a .keras suffix, so the temp file gets one; the rename is atomic."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+def _fmt_eta(s: float) -> str:
+    m, s = divmod(int(s), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, **arrays)
+def _epoch_event(r: dict[str, Any]) -> Event:
+    """One finished epoch: its history row in ``data`` and the line the CLI prints in ``message``."""
+    val = f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.4f}  " if "val_acc" in r else ""
+    line = (f"epoch {r['epoch']}/{r['epochs']}  loss {r['loss']:.4f}  acc {r['acc']:.4f}  {val}"
+            f"{r['img_per_s']:.0f} img/s  ETA {_fmt_eta(r['eta_s'])}")
+    return Event("epoch", line, done=r["epoch"], total=r["epochs"], data=r)
 
 
-def _refuse_flat_tree(full: Dataset, data: str, test_data: str | None) -> None:
-    """A ``<root>/<class>/`` tree has no test split: its "test" images would be the training images."""
-    if test_data or not full.paths:
-        return
-    if not any(len(parts) >= 3 and parts[-3] == "train" for parts in (p.split("/") for p in full.paths[:50])):
-        raise UsageError(f"{data} has no train/ and test/ folders, so it has no test split: pass --test-data "
-                         "(e.g. --test-data bundled) to measure on images the model never saw")
-
-
-def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | None = None,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> Manifest:
+def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | None = None, *,
+          events: Emit | None = None, **overrides: Any) -> Manifest:
     """Train ``arch_name`` and write model.keras, manifest.json, history.json, report.txt and plots to ``out``.
 
-    ``overrides`` are ``TrainOptions`` fields, for callers that set one or two.
+    ``overrides`` are ``TrainOptions`` fields, for callers that set one or two. ``events`` hears an
+    ``epoch`` event after each epoch's checkpoint is written (``cifarbench.events``).
     """
     o = replace(options or TrainOptions(), **overrides)
+    emit = events or null_emit
     arch = get_arch(arch_name)
     recipe = arch.recipe
     epochs = float(o.epochs or recipe.epochs)
     batch_size = o.batch_size or recipe.batch_size
     out = Path(out)
-    ckpt = out / CHECKPOINT_DIR
-    if not o.resume and ckpt.exists():
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpoint(out, o.resume)
     started = time.time()
 
     # 1. Data: the train split, and a stratified validation slice held out of it (none with --val-size 0).
     full = load_dataset(o.data, "train")
-    _refuse_flat_tree(full, o.data, o.test_data)
+    refuse_flat_tree(full, o.data, o.test_data)
     train_ds, val_ds = train_val_split(full, o.val_size, o.seed) if o.val_size else (full, None)
     num_classes = len(full.class_names)
-    y_train = np.eye(num_classes, dtype=np.float32)[train_ds.labels]
-    if recipe.drop_remainder and len(train_ds) >= batch_size:
-        steps_per_epoch, total_steps = airbench_steps(len(train_ds), batch_size, epochs)
-    else:
-        steps_per_epoch = -(-len(train_ds) // batch_size)
-        total_steps = int(math.ceil(steps_per_epoch * epochs))
+    steps_per_epoch, total_steps = step_plan(len(train_ds), batch_size, epochs, recipe.drop_remainder)
+    epoch_data = EpochData(train_ds, num_classes, recipe.augment, o.seed, batch_size, (steps_per_epoch, total_steps))
     n_epochs = int(math.ceil(epochs))
 
     # 2. Framework set-up: threads, precision, XLA, seeds (TensorFlow only when it is Keras' backend).
@@ -263,18 +182,12 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
         lookahead = Lookahead(total_steps)
 
     # 3. Model: fresh (whitening from train patches, Dirac init), or the checkpoint of an interrupted run.
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_acc": -1.0, "best_epoch": 0, "train_seconds": 0.0}
-    if o.resume and (ckpt / "state.json").is_file():
-        _lr_schedule(keras, recipe, steps_per_epoch, total_steps)  # registers the schedule class for loading
+    state = fresh_state()
+    if ckpt.resumable:
+        lr_schedule(keras, recipe, steps_per_epoch, total_steps)  # registers the schedule class for loading
         if arch.build_train:
             import cifarbench.airbench  # noqa: F401  registers the training graph's layers
-        model = keras.models.load_model(ckpt / "last.keras")
-        state = json.loads((ckpt / "state.json").read_text())
-        if recipe.weight_decay:
-            model.optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-        if lookahead and (ckpt / "lookahead.npz").is_file():
-            with np.load(ckpt / "lookahead.npz") as z:
-                lookahead.load_state(dict(z))
+        model, state = ckpt.load(keras, bool(recipe.weight_decay), lookahead)
     else:
         model = (arch.build_train or arch.build)(num_classes)
         if arch.needs_whitening:
@@ -283,18 +196,8 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
             from cifarbench.airbench import dirac_init
 
             dirac_init(model)
-        _compile(keras, model, recipe, _lr_schedule(keras, recipe, steps_per_epoch, total_steps), jit)
-    flip_mask = np.random.default_rng([o.seed, 0xF11]).random(len(train_ds)) < 0.5
-    state["flip_mask_seed"] = [o.seed, 0xF11]  # the alternating-flip phase: fixed per run, parity per epoch
-
-    def epoch_data(epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shuffling and augmentation from (seed, epoch) alone, so a resumed run sees the same batches."""
-        rng = np.random.default_rng([o.seed, epoch])
-        order = rng.permutation(len(train_ds))
-        x = augment(train_ds.images[order], recipe.augment, rng, flip_mask[order], epoch)
-        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        n = min(len(x), steps * batch_size)
-        return x[:n].astype(np.float32), y_train[order][:n]
+        compile_recipe(keras, model, recipe, lr_schedule(keras, recipe, steps_per_epoch, total_steps), jit)
+    state["flip_mask_seed"] = epoch_data.flip_mask_seed
 
     # 4. Epochs: the next epoch's data is prepared in a thread while this one trains.
     callbacks = [lookahead] if lookahead else []
@@ -321,25 +224,19 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
                 row["val_acc"] = float((probs.argmax(1) == val_ds.labels).mean())
             state["train_seconds"] += time.time() - t0
             state["history"].append(row)
-            if val_ds is not None and row["val_acc"] > state["best_val_acc"]:
+            improved = val_ds is not None and row["val_acc"] > state["best_val_acc"]
+            if improved:
                 state["best_val_acc"], state["best_epoch"] = row["val_acc"], epoch + 1
-                _save_model(model, ckpt / "best.keras")
             state["epoch"] = epoch + 1
-            _save_model(model, ckpt / "last.keras")
-            if lookahead:
-                _save_npz(ckpt / "lookahead.npz", lookahead.state())
-            with atomic_write(ckpt / "state.json") as fh:
-                json.dump(state, fh, indent=1)
-            if on_epoch:
-                done = epoch + 1
-                eta = state["train_seconds"] / max(1, done) * (n_epochs - done)
-                on_epoch({**row, "epochs": n_epochs, "eta_s": eta, "best_epoch": state["best_epoch"]})
+            ckpt.save(model, state, lookahead, improved)
+            eta = state["train_seconds"] / (epoch + 1) * (n_epochs - epoch - 1)
+            emit(_epoch_event({**row, "epochs": n_epochs, "eta_s": eta, "best_epoch": state["best_epoch"]}))
 
     # 5. Model selection on validation only (the last epoch without one); then the one look at the test split.
     chosen = "best.keras" if val_ds is not None else "last.keras"
     if arch.build_train:
         import cifarbench.airbench  # noqa: F401
-    best = keras.models.load_model(ckpt / chosen, compile=False)
+    best = keras.models.load_model(ckpt.path(chosen), compile=False)
     if arch.to_plain:
         best = arch.to_plain(best, num_classes)
     best.save(out / "model.keras")

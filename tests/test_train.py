@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifarbench.events import Event
 from cifarbench.manifest import Manifest
 from conftest import make_tree, run_cli
 
@@ -52,11 +53,11 @@ def test_macs_and_params_by_hand() -> None:
 
 
 class _Stop(Exception):
-    """Raised from the epoch callback: an interruption after the first epoch's checkpoint."""
+    """Raised from the event receiver: an interruption after the first epoch's checkpoint."""
 
 
-def _stop_after_first(row: dict) -> None:
-    if row["epoch"] == 1:
+def _stop_after_first(event: Event) -> None:
+    if event.kind == "epoch" and event.data["epoch"] == 1:
         raise _Stop
 
 
@@ -67,7 +68,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tree: Path) -> None:
 
     with pytest.raises(_Stop):
         train("tiny-cnn", tmp_path / "cut", data=str(tree), epochs=2, val_size=30, precision="float32", threads=1,
-              on_epoch=_stop_after_first)
+              events=_stop_after_first)
     assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["epoch"] == 1
     train("tiny-cnn", tmp_path / "cut", data=str(tree), epochs=2, val_size=30, precision="float32", threads=1, resume=True)
 
@@ -94,7 +95,7 @@ def test_test_split_loaded_only_after_training(tmp_path: Path, tree: Path, monke
 
     monkeypatch.setattr(train_mod, "load_dataset", spy)
     train_mod.train("tiny-cnn", tmp_path / "o", data=str(tree), epochs=2, val_size=30, precision="float32",
-                    on_epoch=lambda row: events.append(f"epoch:{row['epoch']}"))
+                    events=lambda e: events.append(f"epoch:{e.data['epoch']}"))
     assert events == ["load:train", "epoch:1", "epoch:2", "load:test"]
 
 
@@ -173,7 +174,7 @@ def test_flagship_resume_is_exact_with_lookahead(tmp_path: Path, tree: Path) -> 
     train("flagship", tmp_path / "full", opts)
 
     with pytest.raises(_Stop):
-        train("flagship", tmp_path / "cut", opts, on_epoch=_stop_after_first)
+        train("flagship", tmp_path / "cut", opts, events=_stop_after_first)
     assert (tmp_path / "cut" / "checkpoint" / "lookahead.npz").is_file()
     m = train("flagship", tmp_path / "cut", opts, resume=True)
     assert m.training["steps"] == 10 and m.training["epochs_run"] == 3 and "val" not in m.metrics  # 260 // 64 = 4 a epoch

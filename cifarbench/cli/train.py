@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
 from cifarbench.train import JIT_CHOICES, PRECISIONS
 from cifarbench.zoo import ZOO
-
-
-def _fmt_eta(s: float) -> str:
-    m, s = divmod(int(s), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 @click.command("train")
@@ -37,20 +31,14 @@ def _fmt_eta(s: float) -> str:
 def command(arch: str, data: str, epochs: float | None, batch_size: int | None, val_size: int, test_data: str | None,
             seed: int, precision: str, threads: int | None, jit: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train ARCH; writes model.keras, manifest.json, history.json, report.txt, curves.png, confusion.png."""
+    from cifarbench.cli.ui import EventPrinter
     from cifarbench.train import TrainOptions, train
-
-    def on_epoch(r: dict[str, Any]) -> None:
-        if not quiet:
-            val = f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.4f}  " if "val_acc" in r else ""
-            click.echo(
-                f"epoch {r['epoch']}/{r['epochs']}  loss {r['loss']:.4f}  acc {r['acc']:.4f}  {val}"
-                f"{r['img_per_s']:.0f} img/s  ETA {_fmt_eta(r['eta_s'])}", err=True)
 
     out = out or f"runs/{arch}"
     opts = TrainOptions(data=data, epochs=epochs, batch_size=batch_size, val_size=val_size, seed=seed,
                         precision=precision, resume=resume, threads=threads, jit=jit, test_data=test_data,
                         command=" ".join(["cifarbench"] + sys.argv[1:]))
-    manifest = train(arch, out, opts, on_epoch=on_epoch)
+    manifest = train(arch, out, opts, events=EventPrinter("train", quiet))
     if not quiet:
         t = manifest.metrics["test"]
         val = f"val {manifest.metrics['val']['accuracy']:.4f}; " if "val" in manifest.metrics else ""

@@ -1,4 +1,4 @@
-"""Rendering helpers shared by the commands: a stderr console and a transient progress bar."""
+"""Rendering helpers shared by the commands: a stderr console, a transient progress bar, library events."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import contextlib
 import sys
 from typing import Iterator
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cifarbench.events import Event
 
 
 def stderr_console() -> Console:
@@ -50,3 +53,32 @@ def progress_bar(total: int | None, description: str, quiet: bool = False) -> It
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr_console(), transient=True) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
+
+
+class EventPrinter:
+    """An ``Emit`` that renders library events (``cifarbench.events``) on stderr.
+
+    ``note`` and ``step``: "<command>: message" lines; ``epoch``: the message as a line; ``start``,
+    ``progress`` and ``status`` drive ``bar``; ``row``: a line printed above the bar, which advances.
+    ``quiet`` drops the lines; the bar is already a no-op under --quiet and off a terminal.
+    """
+
+    def __init__(self, command: str, quiet: bool = False, bar: _Bar | _NoProgress | None = None) -> None:
+        self.command, self.quiet = command, quiet
+        self.bar = bar or _NoProgress()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "start":
+            self.bar.update(total=event.total)
+        elif event.kind == "progress":
+            self.bar.update(completed=event.done)
+        elif event.kind == "status":
+            self.bar.update(description=event.message)
+        elif event.kind == "row":
+            self.bar.update(description=event.message)
+            if not self.quiet:
+                console = self.bar.progress.console if isinstance(self.bar, _Bar) else stderr_console()
+                console.print(event.message, markup=False, highlight=False, soft_wrap=True)
+            self.bar.advance()
+        elif not self.quiet:
+            click.echo(f"{self.command}: {event.message}" if event.kind in ("note", "step") else event.message, err=True)
