@@ -21,13 +21,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.data import Dataset, load_dataset, train_val_split
 from cifarbench.errors import BackendUnavailable, CheckFailed, DataError, ModelError, UsageError
+from cifarbench.events import Emit, Event, null_emit
 from cifarbench.exporters import EXPORTERS, ExportContext, Source
 from cifarbench.manifest import ARTIFACT_FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
 from cifarbench.parity import SampleSet, check_parity
@@ -81,30 +82,30 @@ class ParityFailed(CheckFailed):
 
 
 def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-            options: ConvertOptions | None = None, on_step: Callable[[str], None] | None = None,
-            **fields: Any) -> Manifest:
+            options: ConvertOptions | None = None, *, events: Emit | None = None, **fields: Any) -> Manifest:
     """Convert ``model_path`` into ``out`` (default: beside it); artifacts and parity go to manifest.json.
 
     ``fields`` override ``options`` (``convert(path, out, parity_size=300)``). Raises ``ParityFailed``
-    after saving the manifest when a float artifact disagrees with the reference.
+    after saving the manifest when a float artifact disagrees with the reference. ``events`` hears a
+    ``step`` event as each stage starts (``cifarbench.events``).
     """
     if "formats" in fields and fields["formats"] is not None:
         fields["formats"] = tuple(fields["formats"])
     opts = dataclasses.replace(options or ConvertOptions(), **fields)
-    say = on_step or (lambda _msg: None)
+    emit = events or null_emit
     src, prior = _locate(Path(model_path))
     out_dir = Path(out) if out else (src if src.is_dir() else src.parent)
     classes = read_classes(opts.classes_file) if opts.classes_file else (prior.classes if prior else list(CIFAR10_CLASSES))
 
-    say(f"loading {src}")
+    emit(Event("step", f"loading {src}"))
     source = _open_source(src, prior, opts, len(classes))
     formats = _formats_for(source, opts)
-    data = _pick_data(prior, opts, classes, say)
+    data = _pick_data(prior, opts, classes, emit)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(prior, source, out_dir, classes, formats, opts)
     with tempfile.TemporaryDirectory(prefix="cifarbench-convert-") as scratch:
-        _export(ExportContext(source, out_dir, data.cal_x, opts.opset, Path(scratch)), manifest, formats, data, say)
-    failures = check_parity(manifest, source, formats, data, say)
+        _export(ExportContext(source, out_dir, data.cal_x, opts.opset, Path(scratch)), manifest, formats, data, emit)
+    failures = check_parity(manifest, source, formats, data, emit)
     manifest.save()
     if failures:
         raise ParityFailed("float artifacts disagree with the reference: " + "; ".join(failures), manifest)
@@ -189,7 +190,7 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
 # --------------------------------------------------------------------------- stage 2: data
 
 
-def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], say: Callable[[str], None]) -> SampleSet:
+def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], emit: Emit) -> SampleSet:
     """Calibration and parity images: disjoint parts of the train split's validation slice."""
     source = opts.calibration_data or _default_calibration_source(prior)
     if source != "cifar10" and Path(source).exists():
@@ -197,7 +198,7 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     own = _trained_here(prior)
     seed = int(prior.training.get("seed", 0)) if own and prior else 0
     val_size = int(prior.training.get("data", {}).get("val", 5000)) if own and prior else opts.calibration_size + opts.parity_size
-    say(f"loading calibration/parity data from {source}")
+    emit(Event("step", f"loading calibration/parity data from {source}"))
     full = load_dataset(source, "train", classes=classes)  # only ever the train split
     if len(full) <= 2:
         raise DataError(f"{source}: too few images for calibration ({len(full)})")
@@ -208,17 +209,17 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     par_idx = order[n_cal : n_cal + opts.parity_size] if len(val) > n_cal else order[: opts.parity_size]
     test, note = None, "trained by cifarbench: test accuracy is in metrics.test"
     if not own or whole:  # accuracy on images the model never saw: the test split
-        test, note = _test_sample(opts, classes, seed, say)
+        test, note = _test_sample(opts, classes, seed, emit)
         if whole:
             note = f"{note.split(':')[0]}: the model trained on the whole train split (parity images were seen in training)"
     return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note)
 
 
-def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, say: Callable[[str], None]) -> tuple[Dataset | None, str]:
+def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, emit: Emit) -> tuple[Dataset | None, str]:
     if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
         return None, "not measured: the model's classes are not CIFAR-10's"
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
-    say(f"loading test split from {where} (accuracy on images the model never saw)")
+    emit(Event("step", f"loading test split from {where} (accuracy on images the model never saw)"))
     test = load_dataset(where, "test", classes=classes)
     idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
     sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
@@ -258,10 +259,10 @@ def _start_manifest(prior: Manifest | None, source: Source, out_dir: Path, class
     return m
 
 
-def _export(ctx: ExportContext, m: Manifest, formats: Sequence[str], data: SampleSet, say: Callable[[str], None]) -> None:
+def _export(ctx: ExportContext, m: Manifest, formats: Sequence[str], data: SampleSet, emit: Emit) -> None:
     for fmt in formats:
         exporter = EXPORTERS[fmt]
-        say(f"exporting {fmt}")
+        emit(Event("step", f"exporting {fmt}"))
         t0 = time.time()
         path = ctx.out_dir / exporter.file
         details = dict(exporter.run(ctx, path))

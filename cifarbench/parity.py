@@ -9,11 +9,12 @@ judged by their accuracy loss and never fail a conversion, but a loss above 1 pp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from cifarbench.data import Dataset
+from cifarbench.events import Emit, Event
 from cifarbench.exporters import EXPORTERS, Source
 from cifarbench.manifest import Manifest
 
@@ -39,11 +40,11 @@ class SampleSet:
     test_note: str
 
 
-def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: SampleSet, say: Callable[[str], None]) -> list[str]:
+def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: SampleSet, emit: Emit) -> list[str]:
     """Every artifact against the source model itself; returns the failures (float artifacts only)."""
     from cifarbench.backends import load_backend
 
-    say(f"parity check on {len(data.par_x)} images")
+    emit(Event("step", f"parity check on {len(data.par_x)} images"))
     ref = source.reference(data.par_x)
     ref_test = source.reference(data.test.images) if data.test is not None else None
     ref_parity = _parity(ref, ref, data.par_y)

@@ -60,18 +60,15 @@ def command(model: str, out: str | None, quiet: bool, verbose: bool, **options: 
     within 0.5 pp, or the command exits 6; float16 rounding above 1e-2 and int8 accuracy losses above
     1 pp are warnings, int8 losses above 0.3 pp are flagged.
     """
+    from cifarbench.cli.ui import EventPrinter
     from cifarbench.convert import ConvertOptions, ParityFailed, convert
     from cifarbench.tfquiet import framework_logs
 
     opts = ConvertOptions(**options)
 
-    def step(msg: str) -> None:
-        if not quiet:
-            click.echo(f"convert: {msg}", err=True)
-
     with framework_logs(verbose):
         try:
-            manifest = convert(model, out, opts, on_step=step)
+            manifest = convert(model, out, opts, events=EventPrinter("convert", quiet))
         except ParityFailed as exc:
             _report(exc.manifest, quiet=False)  # the numbers behind the failure, always
             raise
