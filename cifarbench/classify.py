@@ -27,6 +27,7 @@ from cifarbench.classify_options import ClassifyOptions
 from cifarbench.decode_pool import decode_ordered
 from cifarbench.discover import FileEntry, discover
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
+from cifarbench.events import Emit, Event, null_emit
 from cifarbench.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.sysinfo import usable_cores
 from cifarbench.writers import Row, RowWriter, display_text, make_writer
@@ -157,13 +158,12 @@ class ClassifyReport:
 
 
 def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions | None = None, *,
-             stream: IO[str] | None = None, on_start: Callable[[int], None] | None = None,
-             on_progress: Callable[[int], None] | None = None, on_note: Callable[[str], None] | None = None,
-             **kwargs: Any) -> ClassifyReport:
+             stream: IO[str] | None = None, events: Emit | None = None, **kwargs: Any) -> ClassifyReport:
     """Classify ``paths`` into ``options.output`` (atomic file + lock) or ``stream``; see the module doc.
 
     Options come as a ``ClassifyOptions`` or as its fields by keyword (``model=..., top_k=3``),
-    and are validated once, before anything is loaded or locked.
+    and are validated once, before anything is loaded or locked. ``events`` hears ``note``s, a
+    ``start`` with the number of files and ``progress`` as rows are written (``cifarbench.events``).
     """
     from cifarbench import backends
     from cifarbench.lock import OutputLock, lock_path_for
@@ -191,9 +191,9 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
     workers = usable_cores() if workers is None else workers
     report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,
                             output=os.fspath(output) if output is not None else None)
-    note = on_note or (lambda msg: None)
+    emit = events or null_emit
     if selection.how in ("measured", "fallback"):  # a cached choice is silent: cron runs stay quiet
-        note(f"backend {selection.note}")
+        emit(Event("note", f"backend {selection.note}"))
 
     with contextlib.ExitStack() as stack:
         excludes: list[Path] = []
@@ -204,8 +204,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
             excludes = [out_path, state_path_for(out_path), lock_path_for(out_path), Path(os.path.abspath(output))]
         entries = list(discover(paths, recursive=recursive, include=include, exclude=excludes))
         report.files = len(entries)
-        if on_start:
-            on_start(len(entries))
+        emit(Event("start", total=len(entries)))
         fingerprint = {"model": manifest.name, "artifact_sha256": manifest.artifacts[spec.format].sha256,
                        "backend": name, "device": device, "threads": threads, "top_k": top_k, "resize": resize,
                        "format": fmt, "classes": classes, "max_pixels": max_pixels,
@@ -214,7 +213,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
         if resume and out_path is not None:
             kept, msg = load_previous(out_path, writer, fingerprint)
             if msg:
-                note(msg)
+                emit(Event("note", msg))
                 report.notes.append(msg)
         reuse = [kept.get((e.path, e.size, e.mtime_ns)) if e.error is None else None for e in entries]
         kept.clear()
@@ -228,7 +227,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
             t0 = time.perf_counter()
             job = ray_engine.Job(manifest, name, device, threads, batch_size, top_k, resize, size, classes,
                                  [os.fspath(p) for p in paths], max_pixels, opts.tta)
-            run = stack.enter_context(ray_engine.session(engine, job, note))
+            run = stack.enter_context(ray_engine.session(engine, job, emit))
             report.load_seconds = time.perf_counter() - t0
             report.runtime, engine_rows = run.describe(), run.rows
         elif todo:
@@ -237,19 +236,18 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
             report.load_seconds = time.perf_counter() - t0
             report.device, report.runtime, predict = be.device, be.describe(), be.predict
 
-        def emit(fh: IO[str]) -> None:
+        def write_rows(fh: IO[str]) -> None:
             t0 = time.perf_counter()
             fh.write(writer.header())
             if engine_rows is not None:
-                _emit_rows(fh, writer, reuse, engine_rows(todo), report, flush_each=out_path is None,
-                           on_progress=on_progress)
+                _emit_rows(fh, writer, reuse, engine_rows(todo), report, flush_each=out_path is None, emit=emit)
                 fh.flush()
                 report.seconds = time.perf_counter() - t0
                 return
             decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size, max_pixels=max_pixels)
             try:
                 _emit_rows(fh, writer, reuse, predict_rows(todo, decoded, predict, classes, top_k, batch_size, size),
-                           report, flush_each=out_path is None, on_progress=on_progress)
+                           report, flush_each=out_path is None, emit=emit)
             finally:
                 decoded.close()  # stops the decode pool, also on Ctrl-C
             fh.flush()
@@ -257,20 +255,19 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
 
         if out_path is None:
             assert stream is not None
-            emit(stream)
+            write_rows(stream)
         else:
             with _writing(out_path), atomic_write(out_path, "w", newline="") as fh:
-                emit(fh)
+                write_rows(fh)
             if resume:
                 with _writing(state_path_for(out_path)):
                     write_state(out_path, entries, fingerprint)
-    if on_progress:
-        on_progress(len(entries))
+    emit(Event("progress", done=len(entries), total=len(entries)))
     return report
 
 
 def _emit_rows(fh: IO[str], writer: RowWriter, reuse: list[str | None], batches: Iterable[list[Row]],
-               report: ClassifyReport, flush_each: bool, on_progress: Callable[[int], None] | None) -> None:
+               report: ClassifyReport, flush_each: bool, emit: Emit) -> None:
     """Interleave kept rows (``reuse[i]`` set) with computed ones, in input order, one write per batch."""
     i = 0
     for rows in batches:
@@ -288,8 +285,7 @@ def _emit_rows(fh: IO[str], writer: RowWriter, reuse: list[str | None], batches:
         fh.write("".join(parts))
         if flush_each:
             fh.flush()
-        if on_progress:
-            on_progress(i)
+        emit(Event("progress", done=i, total=len(reuse)))
     tail = [r for r in reuse[i:] if r is not None]
     report.reused += len(tail)
     fh.write("".join(tail))

@@ -21,6 +21,7 @@ import pytest
 from cifarbench.classify import classify, state_path_for
 from cifarbench.engines import EngineOptions
 from cifarbench.errors import DataError, ExitStatus, UsageError
+from cifarbench.events import Event
 from cifarbench.lock import lock_path_for
 from conftest import make_tree, run_cli
 from test_discover import _img, _tree
@@ -150,15 +151,16 @@ def test_an_actor_killed_mid_run_is_replaced_and_the_output_is_unchanged(ray_two
     classify([root], output=local, batch_size=8, **KW)
     killed: list[int] = []
 
-    def kill_one_actor(done: int) -> None:
-        if not killed and done > 0:
+    def kill_one_actor(event: Event) -> None:
+        done = event.done or 0
+        if event.kind == "progress" and not killed and done > 0:
             actors = sorted(_procs(b"ray::MapWorker"))
             assert actors, "no Ray Data actor process found"
             os.kill(actors[0], signal.SIGKILL)
             killed.append(done)
 
     rep = classify([root], output=remote, batch_size=8, engine=EngineOptions("ray", ray_two_nodes),
-                   on_progress=kill_one_actor, **KW)
+                   events=kill_one_actor, **KW)
     assert killed and killed[0] < 301 and rep.files == 301 and rep.failed == 1  # killed with rows still to come
     assert remote.read_bytes() == local.read_bytes()
 
@@ -169,11 +171,12 @@ def test_a_path_missing_on_a_node_fails_in_one_line_and_keeps_the_previous_outpu
     out = tmp_path / "labels.csv"
     out.write_text("previous output\n")
 
-    def vanish(n: int) -> None:  # after discovery on the driver: as if the folder were not shared
-        root.rename(tmp_path / "elsewhere")
+    def vanish(event: Event) -> None:  # after discovery on the driver: as if the folder were not shared
+        if event.kind == "start":
+            root.rename(tmp_path / "elsewhere")
 
     with pytest.raises(DataError) as info:
-        classify([root], output=out, engine=EngineOptions("ray", ray_two_nodes), on_start=vanish, **KW)
+        classify([root], output=out, engine=EngineOptions("ray", ray_two_nodes), events=vanish, **KW)
     msg = str(info.value)
     assert "\n" not in msg and "not readable on Ray node" in msg and "shared filesystem" in msg, msg
     assert out.read_text() == "previous output\n"
@@ -186,13 +189,13 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_the_previous_output(ray_two_nod
     out = tmp_path / "labels.csv"
     out.write_text("previous output\n")
 
-    def interrupt(done: int) -> None:
-        if done > 0:
+    def interrupt(event: Event) -> None:
+        if event.kind == "progress" and (event.done or 0) > 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         classify([root], output=out, batch_size=8, engine=EngineOptions("ray", ray_two_nodes),
-                 on_progress=interrupt, **KW)
+                 events=interrupt, **KW)
     assert out.read_text() == "previous output\n" and not lock_path_for(out).exists()
     deadline = time.monotonic() + 30
     while _procs(b"ray::MapWorker") and time.monotonic() < deadline:  # the run's actors end with its driver

@@ -91,7 +91,7 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
     symlink loops are cut. Decoding runs in a worker pool while the model runs, in batches.
     """
     from cifarbench.classify import classify
-    from cifarbench.cli.ui import progress_bar
+    from cifarbench.cli.ui import EventPrinter, progress_bar
     from cifarbench.engines import EngineOptions
     from cifarbench.writers import format_for
 
@@ -112,8 +112,7 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
                 list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
                 workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
                 recursive=recursive, include=include, resize=resize, resume=resume, engine=engine_options,
-                max_pixels=max_pixels, tta=tta,
-                on_start=lambda n: bar.update(total=n), on_progress=lambda n: bar.update(completed=n), on_note=note)
+                max_pixels=max_pixels, tta=tta, events=EventPrinter("classify", quiet, bar))
     except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback
         _silence_stdout()
         sys.exit(int(ExitStatus.ERROR))

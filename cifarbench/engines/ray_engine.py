@@ -28,7 +28,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from cifarbench.discover import FileEntry
 from cifarbench.engines import EngineOptions
 from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
 from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError, first_line
+from cifarbench.events import Emit, Event, null_emit
 from cifarbench.images import DEFAULT_MAX_PIXELS
 from cifarbench.manifest import MANIFEST_NAME, Manifest
 from cifarbench.sysinfo import usable_cores
@@ -330,11 +331,11 @@ def plan(ray: Any, job: Job, options: EngineOptions) -> RayRun:
 
 
 @contextlib.contextmanager
-def session(options: EngineOptions, job: Job, note: Callable[[str], None] = lambda m: None) -> Iterator[RayRun]:
-    """Connect (or start Ray), plan the run, and clean up on exit, Ctrl-C and errors alike."""
+def session(options: EngineOptions, job: Job, events: Emit = null_emit) -> Iterator[RayRun]:
+    """Connect (or start Ray), plan the run (a ``note`` event describes it), and clean up on exit, Ctrl-C and errors alike."""
     with connect(options.ray_address) as ray:
         run = plan(ray, job, options)
-        note(run.summary())
+        events(Event("note", run.summary()))
         try:
             yield run
         finally:
