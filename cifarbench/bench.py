@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from cifarbench.bench_data import BenchData, load_subset, measure_decode
 from cifarbench.bench_derive import INT8_FLAG_PP, against_reference, busy_cpu_warnings, reference, spread_warnings
 from cifarbench.bench_worker import Job, measure, run_isolated
 from cifarbench.errors import ModelError, UsageError, first_line
+from cifarbench.events import Emit, Event, null_emit
 from cifarbench.manifest import Manifest
 from cifarbench.model_ref import resolve_model, shipped_models
 from cifarbench.scenarios import SCENARIOS
@@ -202,13 +203,13 @@ def _cpus(threads: int | None) -> list[int] | None:
     return usable[:threads] if threads < len(usable) else None
 
 
-def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None,
-              plan: Plan | None = None) -> dict[str, Any]:
+def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None = None) -> dict[str, Any]:
     """Run the plan (resolved here unless given) and return the results document (schema: cifarbench.report).
 
-    ``progress(message, row_done)`` hears what is being measured and each finished row.
+    ``events`` hears a ``status`` event for what is being measured and a ``row`` event for each finished
+    (or skipped) row (``cifarbench.events``).
     """
-    say = progress or (lambda msg, done=False: None)
+    emit = events or null_emit
     plan = plan or resolve_plan(config)
     batch_sizes = sorted(set(int(b) for b in config.batch_sizes))
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -224,20 +225,20 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
         reason = backends.unavailable_reason(backend, m, backends.resolve_device(backend, m, config.device))
         if reason:
             row.status, row.reason = "skipped", reason
-            say(f"{label}: skipped ({reason})", True)
+            emit(Event("row", f"{label}: skipped ({reason})"))
             continue
         if tuple(m.classes) not in data_cache:
             data_cache[tuple(m.classes)] = load_subset(config.data, m.classes, config.limit, config.seed)
         data = data_cache[tuple(m.classes)]
         if backend == "keras" and not config.isolate and "tensorflow" not in sys.modules:
-            say("importing TensorFlow for the keras backend", False)
+            emit(Event("status", "importing TensorFlow for the keras backend"))
             t0 = time.perf_counter()
             importlib.import_module("tensorflow")
             tf_import_s = time.perf_counter() - t0
         runs: list[dict[str, Any]] = []
         try:
             for i in range(config.repeat):
-                say(f"{label}: measuring" + (f" (repeat {i + 1} of {config.repeat})" if config.repeat > 1 else ""), False)
+                emit(Event("status", f"{label}: measuring" + (f" (repeat {i + 1} of {config.repeat})" if config.repeat > 1 else "")))
                 job = _job(config, m, backend, threads, first=i == 0)
                 out, p = run_isolated(job) if config.isolate else measure(job, m, data.images, data.labels)
                 if p is not None:
@@ -250,7 +251,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
             line = first_line(exc)
             row.reason = line if row.status == "skipped" or config.isolate else f"{kind}: {line}"
         gc.collect()
-        say(_one_line(row, label), True)
+        emit(Event("row", _one_line(row, label)))
     compare_notes = against_reference(plan.manifests, rows, probs)
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     env = environment()

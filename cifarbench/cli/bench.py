@@ -113,7 +113,7 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     if ctx.invoked_subcommand is not None:
         return
     from cifarbench import bench, report
-    from cifarbench.cli.ui import progress_bar, stderr_console
+    from cifarbench.cli.ui import EventPrinter, progress_bar, stderr_console
     from cifarbench.images import default_max_pixels
 
     if all_backends and backend_names:
@@ -129,18 +129,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     for model, sel in plan.chosen.items():
         if not quiet:
             err.print(f"{model}: auto = {sel.note or sel.name}", markup=False, soft_wrap=True)
-    with progress_bar(len(plan.jobs), "bench", quiet=quiet) as bar:
-        printer = getattr(getattr(bar, "progress", None), "console", err)
-
-        def on_progress(message: str, done: bool) -> None:
-            bar.update(description=message)
-            if done:
-                if not quiet:
-                    printer.print(message, markup=False, highlight=False, soft_wrap=True)
-                bar.advance()
-
-        with default_max_pixels(max_pixels):
-            doc = bench.run_bench(config, on_progress, plan)
+    with progress_bar(len(plan.jobs), "bench", quiet=quiet) as bar, default_max_pixels(max_pixels):
+        doc = bench.run_bench(config, EventPrinter("bench", quiet, bar), plan)
     out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)
     if not quiet:
