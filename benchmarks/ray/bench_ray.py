@@ -46,6 +46,7 @@ from bench_classify import BEGIN, END, environment, extract_test_jpegs, make_pho
 from cifarbench.classify import classify  # noqa: E402
 from cifarbench.discover import FileEntry, discover  # noqa: E402
 from cifarbench.engines import EngineOptions  # noqa: E402
+from cifarbench.events import Event  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -79,14 +80,15 @@ def run_once(folder: Path, model: str, backend: str, batch: int, engine: EngineO
     sink = io.StringIO()
     first: list[tuple[float, int]] = []  # (time, rows) when the first rows were written
 
-    def progress(n: int) -> None:
-        if n and not first:
+    def progress(event: Event) -> None:
+        n = event.done or 0
+        if event.kind == "progress" and n and not first:
             first.append((time.perf_counter(), n))
 
     t0 = time.perf_counter()
     with PeakRss() as mem:
         rep = classify([folder], model=model, backend=backend, batch_size=batch, stream=sink, engine=engine,
-                       on_progress=progress)
+                       events=progress)
     end = time.perf_counter()
     wall = end - t0
     assert rep.failed == 0, rep.summary()
