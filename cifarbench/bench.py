@@ -178,7 +178,8 @@ def resolve_plan(config: BenchConfig) -> Plan:
     for m in manifests:
         chosen = list(wanted)
         if "auto" in chosen:
-            sel = backends.select(m, "auto", config.device, config.thread_list()[0])
+            sel = backends.select(m, "auto", config.device, config.thread_list()[0],
+                                      batch_size=max(config.batch_sizes))
             plan.chosen[m.name] = sel
             chosen = [sel.name if b == "auto" else b for b in chosen]
         plan.jobs += [(m, b, t) for b in _order(chosen) for t in config.thread_list()]

@@ -181,7 +181,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
         raise UsageError(f"--output {display_text(os.fspath(output))} is a directory")  # type: ignore[arg-type]
 
     manifest = resolve_model(model)
-    selection = backends.select(manifest, backend, device, threads)
+    selection = backends.select(manifest, backend, device, threads, batch_size=batch_size)
     name, spec = selection.name, selection.spec
     classes = list(manifest.classes)
     if top_k > len(classes):
