@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cifarbench.manifest import Manifest  # noqa: E402
+from cifarbench.models.manifest import Manifest  # noqa: E402
 
 EXTRA_FILES = ("history.json", "report.txt", "curves.png", "confusion.png")
 

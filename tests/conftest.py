@@ -65,7 +65,7 @@ def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path) -> Path:
     """A small trained Keras model converted to every format: a directory with manifest.json."""
     os.environ["CIFARBENCH_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "cache")
-    from cifarbench.convert import convert
+    from cifarbench.conversion.convert import convert
     from cifarbench.testing import build_tiny_keras_model
 
     out = tmp_path_factory.mktemp("tiny_model")

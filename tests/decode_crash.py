@@ -7,7 +7,7 @@ import os
 
 def crash_on_marker(items, size, resize, *rest):  # type: ignore[no-untyped-def]
     """Like the real chunk decoder, but the worker process dies on a file named *CRASH*."""
-    from cifarbench.decode_pool import _decode_chunk
+    from cifarbench.data.decode_pool import _decode_chunk
 
     if any("CRASH" in os.path.basename(path) for path, _ in items):
         os._exit(3)  # what the OOM killer or a segfaulting decoder looks like to the pool
@@ -23,7 +23,7 @@ def budget_probe(items, size, resize, *rest):  # type: ignore[no-untyped-def]
     """Hold 6 MiB of this worker's decode budget for 5 ms per file; report (total, start, end)."""
     import time
 
-    from cifarbench.decode_budget import MIB, process_budget
+    from cifarbench.data.decode_budget import MIB, process_budget
 
     out = []
     for _ in items:

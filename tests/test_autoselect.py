@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cifarbench import autoselect, backends, sysinfo
+from cifarbench import backends, sysinfo
+from cifarbench.backends import autoselect
 from cifarbench.errors import ModelError
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 
 
 class Clock:
@@ -56,9 +57,19 @@ def test_probe_stops_at_its_budget() -> None:
     clock = Clock()
     figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), budget_s=2.0, min_time_s=0.3,
                                   min_calls=50, batch=16, clock=clock)
-    warm = 2 * (1 + autoselect.WARMUP_CALLS * 16) * 0.01  # loading and warm-up come before the budget
-    assert clock.t < warm + 2.0 + 2 * 17 * 0.01 + 1e-9  # at most one round past the budget
-    assert figures["a"]["calls"] < 50
+    warm = 2 * (1 + autoselect.WARMUP_CALLS * 16) * 0.01
+    assert warm < 2.0  # warm-up is inside the budget, so timing still runs
+    assert clock.t < 2.0 + 2 * 17 * 0.01 + 1e-9  # at most one round past the budget (loading costs nothing here)
+    assert 1 <= figures["a"]["calls"] < 50
+
+
+def test_probe_budget_includes_warm_up() -> None:
+    clock = Clock()
+    # Warm-up alone overruns the budget: every candidate still gets one timed call, then the probe stops.
+    figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), budget_s=0.5, min_time_s=0.3,
+                                  min_calls=50, batch=16, warmup=2, clock=clock)
+    assert figures["a"]["calls"] == figures["b"]["calls"] == 1
+    assert clock.t == pytest.approx(2 * (1 + 2 * 16) * 0.01 + 2 * 17 * 0.01)
 
 
 class Bursty(Timed):
@@ -90,6 +101,9 @@ def test_heuristic_is_vnni_aware() -> None:
     assert autoselect.heuristic(names, {"avx2": True}) == "onnx-int8"
     assert autoselect.heuristic(names, {"avx2": True, "avx512_vnni": True}) == "tflite-int8"
     assert autoselect.heuristic(["onnx"], {"avx_vnni": True}) == "onnx"
+    vnni_all = ["onnx-int8", "tflite-int8", "openvino-int8"]
+    assert autoselect.heuristic(vnni_all, {"avx512_vnni": True}) == "openvino-int8"
+    assert autoselect.heuristic(vnni_all, {"avx2": True}) == "onnx-int8"
 
 
 @pytest.fixture

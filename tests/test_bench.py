@@ -13,10 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cifarbench import backends, bench, bench_derive, bench_worker, plots, scenarios
+from cifarbench import backends
+from cifarbench.bench import derive as bench_derive
+from cifarbench.bench import plots
+from cifarbench.bench import runner as bench
+from cifarbench.bench import scenarios
+from cifarbench.bench import worker as bench_worker
+from cifarbench.bench.results_schema import load_results, validate
 from cifarbench.errors import ExitStatus, ModelError
-from cifarbench.manifest import Manifest
-from cifarbench.results_schema import load_results, validate
+from cifarbench.models.manifest import Manifest
 from conftest import REPO, run_cli
 
 FAST = ("--min-time", "0", "--min-iters", "5", "--warmup", "1", "--batch-sizes", "1,8", "--no-isolate")
@@ -201,7 +206,7 @@ def test_unknown_model_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_onnx_and_tflite_rows_never_import_tensorflow(tiny_model: Path, synthetic_tree: Path) -> None:
     code = (
-        "import sys; from cifarbench.bench import BenchConfig, run_bench\n"
+        "import sys; from cifarbench.bench.runner import BenchConfig, run_bench\n"
         f"doc = run_bench(BenchConfig(models=[{str(tiny_model)!r}], backends=['onnx', 'tflite-int8'], "
         f"data={str(synthetic_tree)!r}, limit=10, batch_sizes=[1, 4], min_time=0, min_iters=3, warmup=1))\n"
         "assert [r['status'] for r in doc['results']] == ['ok', 'ok'], doc['results']\n"
@@ -315,7 +320,7 @@ def test_int8_loss_is_flagged_from_the_manifest_and_from_bench(tiny_model: Path,
 def test_row_schema_is_derived_from_row_and_v1_results_still_load() -> None:
     from dataclasses import asdict, fields
 
-    from cifarbench.results_schema import row_schema
+    from cifarbench.bench.results_schema import row_schema
 
     schema = row_schema()
     assert schema["required"] == [f.name for f in fields(bench.Row)]

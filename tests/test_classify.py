@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from cifarbench import CIFAR10_CLASSES
-from cifarbench import classify as core
 from cifarbench.errors import ExitStatus
-from cifarbench.lock import OutputLock, lock_path_for
-from cifarbench.writers import columns, display_text
+from cifarbench.runs import classify as core
+from cifarbench.runs.lock import OutputLock, lock_path_for
+from cifarbench.runs.writers import columns, display_text
 from conftest import run_cli
 from test_discover import LATIN1, _img, _tree
 
@@ -173,7 +173,7 @@ def test_interrupted_run_leaves_previous_output_intact(tiny_model: Path, tree: t
     root, _, _ = tree
     out = tmp_path / "labels.csv"
     out.write_text("previous results\n")
-    from cifarbench import writers
+    from cifarbench.runs import writers
 
     real, calls = writers.CsvRowWriter.format, []
 

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from cifarbench.classify import classify
-from cifarbench.classify_options import ClassifyOptions
 from cifarbench.errors import ExitStatus, UsageError
+from cifarbench.runs.classify import classify
+from cifarbench.runs.options import ClassifyOptions
 
 
 @pytest.mark.parametrize("field, value, flag", [

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cifarbench import compare
+from cifarbench.bench import compare
 from cifarbench.errors import ExitStatus
 from conftest import run_cli
 

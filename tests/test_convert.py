@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cifarbench.errors import ExitStatus
-from cifarbench.manifest import Manifest, sha256_file
+from cifarbench.models.manifest import Manifest, sha256_file
 from conftest import class_pattern, run_cli
 
 pytestmark = pytest.mark.slow
@@ -197,7 +197,7 @@ def _par(agree: float, dp: float, acc: float) -> dict:
 
 
 def test_float16_is_judged_by_agreement_and_accuracy() -> None:
-    from cifarbench.parity import judge
+    from cifarbench.conversion.parity import judge
 
     ref = {"accuracy": 0.7000}
     rounding = _par(0.9995, 1.19e-2, 0.7004)  # the reported case: a rounding difference, not a broken model
@@ -214,7 +214,7 @@ def test_float16_is_judged_by_agreement_and_accuracy() -> None:
 
 @pytest.mark.parametrize("acc, status", [(0.699, "ok"), (0.695, "flagged"), (0.685, "warn")])
 def test_int8_losses(acc: float, status: str) -> None:
-    from cifarbench.parity import judge
+    from cifarbench.conversion.parity import judge
 
     par = _par(0.97, 0.2, acc)
     assert judge("onnx-int8", par, {"accuracy": 0.7}) is None  # never a failure
@@ -228,7 +228,7 @@ def test_int8_loss_above_1pp_is_a_warning_line_and_flagged(tiny_model: Path, tmp
     import shutil
 
     from cifarbench.cli.convert import _report
-    from cifarbench.parity import judge
+    from cifarbench.conversion.parity import judge
 
     shutil.copytree(tiny_model, tmp_path / "m")
     m = Manifest.load(tmp_path / "m")
@@ -244,7 +244,7 @@ def test_int8_loss_above_1pp_is_a_warning_line_and_flagged(tiny_model: Path, tmp
 
 def test_parity_table_is_printed_when_a_check_fails(tmp_path: Path, synthetic_tree: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import cifarbench.parity as parity
+    import cifarbench.conversion.parity as parity
 
     monkeypatch.setattr(parity, "FLOAT32_BOUNDS", (1.01, 0.0))  # no real artifact can pass: the failure path runs
     r = run_cli("convert", _foreign(tmp_path), "--out", tmp_path / "o", "--formats", "onnx", "--calibration-data",
@@ -291,7 +291,7 @@ def test_own_model_keeps_the_validation_slice(tiny_model: Path) -> None:
 
 
 def test_folder_without_a_keras_artifact_is_a_clear_error(tmp_path: Path) -> None:
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
 
     shipped = resolve_model("baseline-cnn").directory
     r = run_cli("convert", shipped, "--out", tmp_path / "o")
@@ -303,8 +303,8 @@ def test_scratch_files_are_removed_when_an_exporter_raises(tmp_path: Path, synth
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from cifarbench import exporters
-    from cifarbench.convert import convert
+    from cifarbench.conversion import exporters
+    from cifarbench.conversion.convert import convert
 
     def broken(ctx: exporters.ExportContext, path: Path) -> dict:
         assert ctx.fp32_onnx().is_file()  # the scratch float graph exists while quantization runs

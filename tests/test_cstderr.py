@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from cifarbench.cstderr import capture_fd2
+from cifarbench.data.cstderr import capture_fd2
 
 
 def _c_write(text: bytes) -> None:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarbench import CIFAR10_CLASSES, data
-from cifarbench.data import load_dataset, train_val_split
+from cifarbench import CIFAR10_CLASSES
+from cifarbench.data import sources as data
+from cifarbench.data.sources import load_dataset, train_val_split
 from cifarbench.errors import DataError
 from conftest import SHARED_ARCHIVE, class_pattern, make_tree
 

@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
-from cifarbench.decode_budget import MIB, DecodeBudget
+from cifarbench.data.decode_budget import MIB, DecodeBudget
 
 _shared: DecodeBudget | None = None
 
@@ -79,7 +79,8 @@ def test_memory_of_big_decodes_in_threads_goes_back_to_the_os() -> None:
         import io, os, threading
         import numpy as np
         from PIL import Image
-        from cifarbench import decode_budget, images
+        from cifarbench.data import decode_budget
+        from cifarbench.data import images
         decode_budget.set_process_budget(decode_budget.DecodeBudget(64 << 30))  # no bound: all four at once
         arr = np.zeros((2500, 2500, 4), np.uint8)
         arr[..., 0], arr[..., 3] = np.arange(2500, dtype=np.uint8)[:, None], 100

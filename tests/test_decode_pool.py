@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarbench import decode_pool as dp
-from cifarbench.discover import FileEntry, discover
+from cifarbench.data import decode_pool as dp
+from cifarbench.data.discover import FileEntry, discover
 from test_discover import _img
 
 
@@ -74,7 +74,7 @@ def test_without_worker_processes_decoding_goes_on_in_threads(tmp_path: Path, mo
 def test_workers_die_with_a_killed_parent() -> None:
     code = textwrap.dedent("""
         import json, time
-        from cifarbench import decode_pool as dp
+        from cifarbench.data import decode_pool as dp
         if __name__ == "__main__":
             p = dp._Pool("process", 2, dp._decode_chunk, 32, "center-crop")
             p.submit([]).result()
@@ -140,8 +140,8 @@ def test_c_library_noise_never_reaches_the_terminal_from_workers(tmp_path: Path)
         (tmp_path / f"{i:03d}.tif").write_bytes(corrupt_tiff())
     code = textwrap.dedent(f"""
         import json
-        from cifarbench import decode_pool as dp
-        from cifarbench.discover import discover
+        from cifarbench.data import decode_pool as dp
+        from cifarbench.data.discover import discover
         if __name__ == "__main__":
             for pool in ("process", "thread"):
                 got = list(dp.decode_ordered(list(discover([{str(tmp_path)!r}])), 32, "center-crop", 2, pool))

@@ -10,7 +10,7 @@ import pytest
 import numpy as np
 from PIL import Image
 
-from cifarbench.discover import discover
+from cifarbench.data.discover import discover
 from cifarbench.errors import UsageError
 from conftest import class_pattern
 

@@ -22,7 +22,7 @@ def test_recorder_keeps_events_in_order_and_events_are_frozen() -> None:
 
 
 def test_classify_emits_start_then_progress_up_to_every_file(tmp_path: Path) -> None:
-    from cifarbench.classify import classify
+    from cifarbench.runs.classify import classify
 
     root = make_tree(tmp_path / "photos", per_class=2, splits=("test",), seed=1)
     rec = Recorder()
@@ -36,7 +36,7 @@ def test_classify_emits_start_then_progress_up_to_every_file(tmp_path: Path) -> 
 
 
 def test_classify_sends_its_resume_note_between_start_and_progress(tmp_path: Path) -> None:
-    from cifarbench.classify import classify
+    from cifarbench.runs.classify import classify
 
     root = make_tree(tmp_path / "photos", per_class=1, splits=("test",), seed=2)
     out = tmp_path / "labels.csv"
@@ -50,7 +50,7 @@ def test_classify_sends_its_resume_note_between_start_and_progress(tmp_path: Pat
 @pytest.mark.slow
 def test_convert_emits_one_step_per_stage_in_order(tmp_path: Path, synthetic_tree: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from cifarbench.convert import convert
+    from cifarbench.conversion.convert import convert
     from test_onnxio import SPEC, build_onnx
 
     src = build_onnx(tmp_path / "m.onnx")
@@ -70,7 +70,7 @@ def test_convert_emits_one_step_per_stage_in_order(tmp_path: Path, synthetic_tre
 @pytest.mark.slow
 def test_train_emits_one_epoch_event_per_epoch_fractional_last(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
-    from cifarbench.train import train
+    from cifarbench.training.train import train
 
     tree = make_tree(tmp_path / "tree", per_class=8, splits=("train", "test"), seed=3)
     rec = Recorder()

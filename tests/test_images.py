@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from cifarbench import image_reduce, images
+from cifarbench.data import image_reduce
+from cifarbench.data import images
+from cifarbench.data.images import load_image
 from cifarbench.errors import UsageError
-from cifarbench.images import load_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -434,7 +435,7 @@ def _peak_rss_mb_of(code: str) -> float:
     import subprocess
     import sys
 
-    prog = ("import resource, cifarbench.images as images\n"
+    prog = ("import resource, cifarbench.data.images as images\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n" + code +
             "\nprint((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120, check=True)
@@ -519,7 +520,7 @@ def test_rgba_decode_peak_is_the_decoded_pixels_not_four_copies(tmp_path: Path) 
 
 
 def test_each_decode_holds_its_cost_in_the_process_budget() -> None:
-    from cifarbench import decode_budget
+    from cifarbench.data import decode_budget
 
     held: list[int] = []
 

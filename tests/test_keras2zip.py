@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarbench.keras2zip import needs_fixing, translate_config
+from cifarbench.models.keras2zip import needs_fixing, translate_config
 from conftest import run_cli
 
 tf_keras = pytest.importorskip("tf_keras")
@@ -81,7 +81,7 @@ def test_translate_config() -> None:
 def test_windows_keras2_zip_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
-    from cifarbench.kerasio import load_keras_model
+    from cifarbench.models.kerasio import load_keras_model
 
     path, original = windows_keras2_zip(tmp_path)
     keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Dense(2)]).save(tmp_path / "k3.keras")
@@ -104,7 +104,7 @@ def test_windows_keras2_zip_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_windows_keras2_zip_converts(tmp_path: Path, synthetic_tree: Path) -> None:
     from cifarbench.backends import load_backend
-    from cifarbench.manifest import Manifest
+    from cifarbench.models.manifest import Manifest
 
     path, _ = windows_keras2_zip(tmp_path)
     r = run_cli("convert", path, "--out", tmp_path / "out", "--formats", "onnx,tflite-fp16", "--calibration-data",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cifarbench import lock as lockmod
 from cifarbench.errors import ExitStatus, LockHeld
-from cifarbench.lock import OutputLock, lock_path_for
+from cifarbench.runs import lock as lockmod
+from cifarbench.runs.lock import OutputLock, lock_path_for
 
 
 def _dead_pid() -> int:
@@ -46,7 +46,7 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
     out = tmp_path / "labels.csv"
     code = textwrap.dedent(f"""
         import sys, time
-        from cifarbench.lock import OutputLock
+        from cifarbench.runs.lock import OutputLock
         with OutputLock({str(out)!r}):
             print("locked", flush=True)
             sys.stdin.readline()

@@ -10,7 +10,7 @@ import pytest
 
 from cifarbench import CIFAR10_CLASSES, __version__
 from cifarbench.errors import ModelError
-from cifarbench.manifest import ARTIFACT_FORMATS, FORMAT_FILES, MANIFEST_NAME, Manifest, sha256_file
+from cifarbench.models.manifest import ARTIFACT_FORMATS, FORMAT_FILES, MANIFEST_NAME, Manifest, sha256_file
 
 
 def make(tmp_path: Path) -> Manifest:
@@ -108,8 +108,8 @@ FIRST_RELEASE_INPUT = {  # the `input` block `cifarbench train`/`convert` wrote 
 
 
 def test_first_release_manifests_still_load(tmp_path: Path) -> None:
-    from cifarbench.manifest import InputContract, Step
-    from cifarbench.model_ref import shipped_models, resolve_model
+    from cifarbench.models.manifest import InputContract, Step
+    from cifarbench.models.model_ref import shipped_models, resolve_model
 
     names = shipped_models()
     assert names, "the package ships trained models"
@@ -131,7 +131,7 @@ def test_first_release_manifests_still_load(tmp_path: Path) -> None:
 
 
 def test_contract_round_trips_with_the_first_release_keys(tmp_path: Path) -> None:
-    from cifarbench.manifest import InputContract
+    from cifarbench.models.manifest import InputContract
 
     m = make(tmp_path)
     m.input = InputContract(preprocess="scale:1/255+mean-std:0.5,0.5,0.5/0.25,0.25,0.25", softmax_added=True,
@@ -160,14 +160,14 @@ def test_broken_contracts_are_model_errors(tmp_path: Path, bad: object) -> None:
 @pytest.mark.parametrize("spec", ["scale:1/0", "scale:0", "mean-std:0.5/0", "scale:inf", "mean-std:1,2/3,4", "divide:3", "scale:"])
 def test_bad_preprocess_specs_are_usage_errors(spec: str) -> None:
     from cifarbench.errors import UsageError
-    from cifarbench.manifest import parse_preprocess
+    from cifarbench.models.manifest import parse_preprocess
 
     with pytest.raises(UsageError, match="--preprocess"):
         parse_preprocess(spec)
 
 
 def test_preprocess_steps_parse_once() -> None:
-    from cifarbench.manifest import Step, parse_preprocess
+    from cifarbench.models.manifest import Step, parse_preprocess
 
     assert parse_preprocess(None) == parse_preprocess("none") == ()
     assert parse_preprocess("scale:1/255 + mean-std:0.485,0.456,0.406/0.229,0.224,0.225") == (

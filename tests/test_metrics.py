@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifarbench.metrics import classification_report, confusion_matrix, format_report, latency_stats
+from cifarbench.bench.metrics import classification_report, confusion_matrix, format_report, latency_stats
 
 # 3 classes; class "c" is never predicted. Hand-computed below.
 Y_TRUE = [0, 0, 1, 1, 1, 2]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cifarbench.errors import ExitStatus
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from conftest import class_pattern, run_cli
 
 onnx = pytest.importorskip("onnx")
@@ -151,7 +151,7 @@ def test_onnx_conversion_never_imports_tensorflow(tmp_path: Path, synthetic_tree
     import sys
 
     src = build_onnx(tmp_path / "m.onnx")
-    code = (f"import sys; from cifarbench.convert import convert; "
+    code = (f"import sys; from cifarbench.conversion.convert import convert; "
             f"convert({str(src)!r}, {str(tmp_path / 'o')!r}, preprocess={SPEC!r}, calibration_data={str(synthetic_tree)!r}, "
             f"test_data={str(synthetic_tree)!r}, "
             "calibration_size=10, parity_size=10); "

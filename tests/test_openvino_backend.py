@@ -21,7 +21,7 @@ from PIL import Image
 
 from cifarbench import backends
 from cifarbench.errors import ExitStatus, ModelError
-from cifarbench.model_ref import resolve_model
+from cifarbench.models.model_ref import resolve_model
 from cifarbench.sysinfo import has_fast_bf16
 from conftest import make_tree, run_cli
 
@@ -37,7 +37,7 @@ PARITY_IMAGES = 300
 @pytest.fixture(scope="module")
 def sample() -> np.ndarray:
     """A seeded random 300 of the bundled 10,000 test images (the archive lists them class by class)."""
-    from cifarbench.data import load_dataset
+    from cifarbench.data.sources import load_dataset
 
     ds = load_dataset("bundled", "test")
     idx = np.sort(np.random.default_rng(0).permutation(len(ds))[:PARITY_IMAGES])
@@ -210,7 +210,7 @@ def test_classify_cli_with_openvino_int8_never_imports_tensorflow(sample: np.nda
 
 
 def test_classify_library_reports_the_runtime(sample: np.ndarray, tmp_path: Path) -> None:
-    from cifarbench import classify
+    from cifarbench.runs import classify
 
     _write_pngs(tmp_path, sample[:3])
     rep = classify.classify([tmp_path], backend="openvino-int8", threads=1, stream=io.StringIO())

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from cifarbench.classify import classify, state_path_for
 from cifarbench.engines import EngineOptions
 from cifarbench.errors import DataError, ExitStatus, UsageError
 from cifarbench.events import Event
-from cifarbench.lock import lock_path_for
+from cifarbench.runs.classify import classify, state_path_for
+from cifarbench.runs.lock import lock_path_for
 from conftest import make_tree, run_cli
 from test_discover import _img, _tree
 

@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cifarbench import backends, bench, plots, report
+from cifarbench import backends
+from cifarbench.bench import plots
+from cifarbench.bench import report
+from cifarbench.bench import runner as bench
 from cifarbench.errors import DataError
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from conftest import make_tree
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifarbench.scenarios import find_max_rate, run_server
+from cifarbench.bench.scenarios import find_max_rate, run_server
 
 IMAGES = np.zeros((7, 4, 4, 3), np.uint8)
 

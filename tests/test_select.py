@@ -14,7 +14,7 @@ from PIL import Image
 
 from cifarbench import backends
 from cifarbench.errors import BackendUnavailable, ExitStatus, UsageError
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from conftest import class_pattern, run_cli
 
 FAKE_MODULE = "cifarbench_test_plugins.fake_backend"

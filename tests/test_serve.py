@@ -18,7 +18,7 @@ from PIL import Image
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.errors import ExitStatus
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from cifarbench.serve.batching import BatcherClosed, MicroBatcher
 from conftest import class_pattern, run_cli
 
@@ -321,8 +321,8 @@ def test_page_and_static_files_are_local(make_client: Any) -> None:
 # ---------------------------------------------------------------------- real model
 def test_real_onnx_int8_backend_matches_direct_prediction(tiny_model: Path) -> None:
     from cifarbench.backends import load_backend
-    from cifarbench.images import load_image
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.data.images import load_image
+    from cifarbench.models.model_ref import resolve_model
 
     m = resolve_model(tiny_model)
     backend = load_backend("onnx-int8", m, "cpu", 1)

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from test_serve import FakeBackend, manifest, png  # also skips this module without the serve extra
 
 import uvicorn  # noqa: E402  (after the skip above)

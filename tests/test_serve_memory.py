@@ -31,7 +31,7 @@ SERVER = textwrap.dedent("""
     import sys
     import numpy as np
     from cifarbench.cli.serve import _bind
-    from cifarbench.manifest import Manifest
+    from cifarbench.models.manifest import Manifest
     from cifarbench.serve import server
     from cifarbench.serve.app import ServeLimits, create_app
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cifarbench.events import Event
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from conftest import make_tree, run_cli
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_each_zoo_entry_trains_one_epoch(tmp_path: Path, tree: Path, arch: str) 
 
 
 def test_macs_and_params_by_hand() -> None:
-    from cifarbench.zoo import ZOO, count_macs
+    from cifarbench.models.zoo import ZOO, count_macs
 
     model = ZOO["tiny-cnn"].build()
     # conv 3->8 (3x3, same) at 32x32 + conv 8->16 at 16x16 + dense 16->10
@@ -62,7 +62,7 @@ def _stop_after_first(event: Event) -> None:
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path, tree: Path) -> None:
-    from cifarbench.train import train
+    from cifarbench.training.train import train
 
     train("tiny-cnn", tmp_path / "full", data=str(tree), epochs=2, val_size=30, precision="float32", threads=1)
 
@@ -84,7 +84,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tree: Path) -> None:
 
 
 def test_test_split_loaded_only_after_training(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cifarbench.train as train_mod
+    import cifarbench.training.train as train_mod
 
     events: list[str] = []
     real = train_mod.load_dataset
@@ -100,7 +100,7 @@ def test_test_split_loaded_only_after_training(tmp_path: Path, tree: Path, monke
 
 
 def test_precision_auto_is_float32_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cifarbench.train as train_mod
+    import cifarbench.training.train as train_mod
 
     monkeypatch.setattr(train_mod, "nvidia_gpus", lambda: [])
     monkeypatch.setattr(train_mod, "has_fast_bf16", lambda: False)
@@ -112,7 +112,7 @@ def test_precision_auto_is_float32_without_bf16(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_augment_is_deterministic_and_label_preserving() -> None:
-    from cifarbench.train import augment
+    from cifarbench.training.train import augment
 
     x = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3)).astype(np.uint8)
     a = augment(x, ("flip", "translate2"), np.random.default_rng([1, 2]))
@@ -130,7 +130,7 @@ def test_unknown_arch_is_usage_error(tmp_path: Path) -> None:
 
 
 def test_flagship_recipe_is_airbench94_translated() -> None:
-    from cifarbench.zoo import get_arch
+    from cifarbench.models.zoo import get_arch
 
     r = get_arch("flagship").recipe
     assert r.batch_size == 1024 and r.momentum == 0.85 and r.loss_reduction == "sum" and r.drop_remainder
@@ -142,7 +142,7 @@ def test_flagship_recipe_is_airbench94_translated() -> None:
 def test_training_graph_folds_into_the_plain_flagship() -> None:
     import keras
 
-    from cifarbench import airbench
+    from cifarbench.models import airbench
 
     m = airbench.build_train()
     airbench.dirac_init(m)
@@ -159,7 +159,7 @@ def test_training_graph_folds_into_the_plain_flagship() -> None:
 
 
 def test_schedule_and_whitening_bias_gate() -> None:
-    from cifarbench.airbench import WarmupDecay
+    from cifarbench.models.airbench import WarmupDecay
 
     s = WarmupDecay(1.0, 100)
     got = [float(s(i)) for i in (0, 23, 100)]
@@ -168,7 +168,7 @@ def test_schedule_and_whitening_bias_gate() -> None:
 
 def test_flagship_resume_is_exact_with_lookahead(tmp_path: Path, tree: Path) -> None:
     """Fractional epochs, dropped remainder, lookahead EMA and the flip phase all survive a restart."""
-    from cifarbench.train import TrainOptions, train
+    from cifarbench.training.train import TrainOptions, train
 
     opts = TrainOptions(data=str(tree), epochs=2.5, batch_size=64, val_size=0, precision="float32", threads=1)
     train("flagship", tmp_path / "full", opts)
@@ -196,7 +196,7 @@ def test_flat_tree_without_test_data_is_refused(tmp_path: Path) -> None:
 
 
 def test_alternating_flip_mirrors_the_whole_set_on_odd_epochs() -> None:
-    from cifarbench.train import augment
+    from cifarbench.training.train import augment
 
     x = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3)).astype(np.uint8)
     mask = np.random.default_rng(1).random(20) < 0.5
@@ -208,7 +208,7 @@ def test_alternating_flip_mirrors_the_whole_set_on_odd_epochs() -> None:
 
 def test_checkpoints_are_written_atomically(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A save that dies part-way leaves the previous best/last checkpoint intact."""
-    import cifarbench.train as train_mod
+    import cifarbench.training.train as train_mod
 
     opts = train_mod.TrainOptions(data=str(tree), epochs=1, batch_size=64, val_size=30, precision="float32", threads=1)
     train_mod.train("tiny-cnn", tmp_path / "o", opts)

@@ -66,7 +66,7 @@ def test_classify_tta_flip_prints_the_mean_of_the_image_and_its_mirror(tmp_path)
     from PIL import Image
 
     from cifarbench import backends
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
     from conftest import run_cli
 
     rng = np.random.default_rng(3)

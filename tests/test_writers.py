@@ -10,7 +10,7 @@ import os
 import pytest
 
 from cifarbench.errors import UsageError
-from cifarbench.writers import Row, columns, display_text, format_for, make_writer
+from cifarbench.runs.writers import Row, columns, display_text, format_for, make_writer
 
 AWKWARD = ["plain.jpg", "with,comma.jpg", 'with"quote".jpg', "new\nline.jpg", "cr\rreturn.jpg", " lead space.jpg",
            "ünïcødé 猫.jpg", os.fsdecode(b"caf\xe9-latin1.jpg"), os.fsdecode(b"\xff\xfe.png")]

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cifarbench import backends  # noqa: E402
-from cifarbench.bench import BenchConfig, run_bench  # noqa: E402
-from cifarbench.model_ref import resolve_model  # noqa: E402
+from cifarbench.bench.runner import BenchConfig, run_bench  # noqa: E402
+from cifarbench.models.model_ref import resolve_model  # noqa: E402
 from cifarbench.sysinfo import cpu_info, package_versions  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> int:
     limit = None
     if args.smoke:
         args.probes, args.repeat, args.min_time, limit = 1, 2, 0.05, 100
-    from cifarbench.model_ref import shipped_models
+    from cifarbench.models.model_ref import shipped_models
 
     models = args.model or shipped_models()
     out_rows = []

@@ -2,7 +2,7 @@
 
 For each backend of the model: the pure-decode rate (the classify worker pool decoding the files,
 no model), the pure-model rate (predict on pre-decoded batches of the same size) and the
-end-to-end rate (``cifarbench.classify.classify`` over the folder, output written). Target:
+end-to-end rate (``cifarbench.runs.classify.classify`` over the folder, output written). Target:
 end-to-end >= 0.85 x min(decode, model). Rounds are interleaved and the best of each is kept, so
 a burst of load from another process hits all three alike. Then the same on generated >= 2 MP
 JPEG photos (decoded with draft()), and the cold start of the real command on one image with
@@ -35,10 +35,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cifarbench.classify import classify  # noqa: E402
-from cifarbench.decode_pool import decode_ordered, pick_pool  # noqa: E402
-from cifarbench.discover import FileEntry, discover  # noqa: E402
+from cifarbench.data.decode_pool import decode_ordered, pick_pool  # noqa: E402
+from cifarbench.data.discover import FileEntry, discover  # noqa: E402
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE  # noqa: E402
+from cifarbench.runs.classify import classify  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
@@ -98,7 +98,7 @@ def e2e_rate(folder: Path, model: str, backend: str, workers: int, pool: str, ba
 def measure_set(name: str, folder: Path, model: str, backends: list[str], workers: int, pool: str, batch: int,
                 rounds: int, device: str = "cpu") -> list[dict]:
     from cifarbench.backends import load_backend
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
 
     manifest = resolve_model(model)
     entries = list(discover([folder]))
@@ -213,7 +213,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cifarbench import backends as be
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
 
     manifest = resolve_model(args.model)
     names = args.backends.split(",") if args.backends else [

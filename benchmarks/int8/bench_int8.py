@@ -5,7 +5,7 @@ onnxruntime's quantize_static (QDQ), calibrated on the same images convert uses 
 slice of the *train* split, never the test split), then measured in one run against two baselines
 measured alongside: the float32 graph and the shipped onnx-int8 artifact (U8S8, per-channel,
 reduce_range). Reported per variant: test accuracy and top-1 agreement with float32 on the bundled
-10,000 test images, images/s at batch 256 and p50 at batch 1 (cifarbench.scenarios loops, the same
+10,000 test images, images/s at batch 256 and p50 at batch 1 (cifarbench.bench.scenarios loops, the same
 as `cifarbench bench`), each also as a ratio to the shipped onnx-int8.
 
 Run on a quiet machine (nothing else busy), from the repository root:
@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cifarbench.backends.onnx_backend import OnnxBackend  # noqa: E402
-from cifarbench.data import load_dataset, train_val_split  # noqa: E402
-from cifarbench.manifest import Manifest  # noqa: E402
-from cifarbench.scenarios import measure_latency, measure_throughput, predict_all  # noqa: E402
+from cifarbench.bench.scenarios import measure_latency, measure_throughput, predict_all  # noqa: E402
+from cifarbench.data.sources import load_dataset, train_val_split  # noqa: E402
+from cifarbench.models.manifest import Manifest  # noqa: E402
 from cifarbench.sysinfo import cpu_info, package_versions  # noqa: E402
 
 # name -> (activations, weights, reduce_range, per_channel)

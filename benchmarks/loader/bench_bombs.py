@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 import cifarbench
-from cifarbench.decode_pool import CHUNK
+from cifarbench.data.decode_pool import CHUNK
 from cifarbench.sysinfo import cpu_info
 
 CHILD = r"""
@@ -41,13 +41,14 @@ import csv, json, sys
 if __name__ == "__main__":
     folder, out, workers, pool, budget = sys.argv[1:6]
     if budget == "classify":
-        from cifarbench.classify import classify
+        from cifarbench.runs.classify import classify
         rep = classify([folder], backend="onnx-int8", output=out, workers=int(workers), pool=pool)
         print(json.dumps({"files": rep.files, "failed": rep.failed}))
         sys.exit(0)
     # the decode pool alone, with the decode budget as given (bytes)
-    from cifarbench import decode_budget, decode_pool
-    from cifarbench.discover import discover
+    from cifarbench.data import decode_budget
+    from cifarbench.data import decode_pool
+    from cifarbench.data.discover import discover
     decode_budget.set_process_budget(decode_budget.DecodeBudget(int(budget)))  # threads use the process's
     entries = list(discover([folder]))
     got = list(decode_pool.decode_ordered(entries, 32, "center-crop", int(workers), pool, budget_bytes=int(budget)))

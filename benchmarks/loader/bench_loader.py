@@ -1,4 +1,4 @@
-"""Loader throughput: images per CPU-second of ``cifarbench.images.load_image``, single thread.
+"""Loader throughput: images per CPU-second of ``cifarbench.data.images.load_image``, single thread.
 
 Two workloads, each against a baseline measured in the same run:
   * 32x32 JPEGs (the bundled CIFAR-10 test split), as bytes and as files on disk, against bare
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, features
 
 import cifarbench
-from cifarbench.images import load_image
+from cifarbench.data.images import load_image
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE
 from cifarbench.sysinfo import cpu_info
 
@@ -138,7 +138,7 @@ def main() -> None:
           "still reads every coefficient, which bounds the gain. The last column is the quality cost.")
 
     print("\n## Resize step alone: a decoded 12 MP image to 32x32 (what non-JPEG inputs pay)\n")
-    from cifarbench.images import _fit
+    from cifarbench.data.images import _fit
 
     decoded = [Image.open(io.BytesIO(photo(4032, 3024, seed))).convert("RGB") for seed in range(2)]
     for im in decoded:

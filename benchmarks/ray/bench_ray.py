@@ -43,10 +43,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench_classify import BEGIN, END, environment, extract_test_jpegs, make_photos, write_md  # noqa: E402
 
-from cifarbench.classify import classify  # noqa: E402
-from cifarbench.discover import FileEntry, discover  # noqa: E402
+from cifarbench.data.discover import FileEntry, discover  # noqa: E402
 from cifarbench.engines import EngineOptions  # noqa: E402
 from cifarbench.events import Event  # noqa: E402
+from cifarbench.runs.classify import classify  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -126,7 +126,7 @@ def compare(name: str, folder: Path, model: str, backend: str, batch: int, round
 def driver_rate(classes: list[str], files: int = 200_000, block: int = 1024, top_k: int = 1) -> dict[str, float]:
     """Rows/s through the driver's per-row code alone: returned batches -> rows -> CSV text."""
     from cifarbench.engines.ray_engine import rows_of_batch
-    from cifarbench.writers import make_writer
+    from cifarbench.runs.writers import make_writer
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(len(classes)), block).astype(np.float32)
@@ -210,7 +210,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
 
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
     from cifarbench.sysinfo import cpu_info
 
     manifest = resolve_model(args.model)

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from cifarbench.backends import load_backend
-from cifarbench.images import load_image
-from cifarbench.model_ref import resolve_model
+from cifarbench.data.images import load_image
+from cifarbench.models.model_ref import resolve_model
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE
 from cifarbench.sysinfo import environment
 

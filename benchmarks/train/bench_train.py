@@ -25,8 +25,8 @@ def measure(arch: str, precision: str, jit: bool, images: int, batch: int) -> fl
     import keras
     import numpy as np
 
-    from cifarbench.train import _compile, _lr_schedule
-    from cifarbench.zoo import get_arch
+    from cifarbench.training.train import _compile, _lr_schedule
+    from cifarbench.models.zoo import get_arch
 
     keras.mixed_precision.set_global_policy(precision)
     a = get_arch(arch)
@@ -44,8 +44,8 @@ def measure(arch: str, precision: str, jit: bool, images: int, batch: int) -> fl
 def _prep_seconds(arch: str) -> float:
     import numpy as np
 
-    from cifarbench.train import augment
-    from cifarbench.zoo import get_arch
+    from cifarbench.training.train import augment
+    from cifarbench.models.zoo import get_arch
 
     ops = get_arch(arch).recipe.augment
     x = np.random.default_rng(0).integers(0, 256, (50_000, 32, 32, 3)).astype(np.uint8)

@@ -5,7 +5,7 @@ checked or loaded, so the onnx and tflite paths never import TensorFlow. A modul
 ``load(spec, manifest, device, threads)`` and, optionally, ``unavailable(spec, manifest, device)``
 (why it cannot run on that device, or None); missing packages and artifacts are checked here.
 Classify, bench and serve take their backend from ``select``; ``auto`` is measured
-(cifarbench.autoselect) and cached per machine.
+(cifarbench.backends.autoselect) and cached per machine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cifarbench.errors import BackendUnavailable, UsageError
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 
 DEVICES = ("cpu", "gpu", "auto")
 
@@ -76,7 +76,7 @@ register(BackendSpec("openvino", "openvino_backend", "onnx", "openvino", True, "
 register(BackendSpec("openvino-f32", "openvino_backend", "onnx", "openvino", True, "OpenVINO float32 model, f32 inference"))
 register(BackendSpec("openvino-int8", "openvino_backend", "onnx-int8", "openvino", True, "OpenVINO int8 QDQ"))
 
-# Fallback preference when `auto` cannot measure (cifarbench.autoselect puts tflite-int8 first on VNNI CPUs):
+# Fallback preference when `auto` cannot measure (cifarbench.backends.autoselect puts tflite-int8 first on VNNI CPUs):
 # onnx-int8 runs 1.8x the img/s of tflite-int8 on an AVX2 CPU without VNNI (benchmarks/results).
 DEFAULT_ORDER = ("onnx-int8", "tflite-int8", "onnx", "tflite", "tflite-fp16", "keras")
 
@@ -154,7 +154,7 @@ def select(manifest: Manifest, name: str | None = None, device: str = "cpu", thr
     if len(candidates) == 1:
         (only, dev), = candidates.items()
         return Selection(only, dev, "only", f"{only}: the only candidate here")
-    from cifarbench import autoselect
+    from cifarbench.backends import autoselect
 
     return autoselect.choose(manifest, candidates, threads, probe, batch_size or autoselect.PROBE_BATCH)
 

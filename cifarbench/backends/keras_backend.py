@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from cifarbench.errors import ModelError, first_line
-from cifarbench.manifest import InputContract, Manifest
-from cifarbench.tfquiet import quiet_tensorflow
+from cifarbench.models.manifest import InputContract, Manifest
+from cifarbench.models.tfquiet import quiet_tensorflow
 
 
 class KerasBackend:
@@ -29,7 +29,7 @@ class KerasBackend:
                 pass
         import keras
 
-        from cifarbench.kerasio import apply_preprocess, load_keras_model
+        from cifarbench.models.kerasio import apply_preprocess, load_keras_model
 
         self.model = load_keras_model(path, unsafe=bool(details.get("unsafe")))
         self.name, self.device, self.threads = name, device, threads

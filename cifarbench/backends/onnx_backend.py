@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from cifarbench.errors import ModelError, first_line
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 
 
 class OnnxBackend:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cifarbench.errors import ModelError, first_line
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 
 STRICT_F32 = ("openvino-f32",)  # backends that pin INFERENCE_PRECISION_HINT to f32
 MAX_CHUNK = 256  # images per async request at most: bounds activation memory for huge predict() calls

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from cifarbench.errors import ModelError, first_line
-from cifarbench.manifest import Manifest
+from cifarbench.models.manifest import Manifest
 from cifarbench.sysinfo import usable_cores
 
 

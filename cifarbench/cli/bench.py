@@ -11,10 +11,10 @@ from typing import Any
 import click
 
 from cifarbench.backends.tta import TTA_MODES
+from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.cli.choices import BackendChoice
-from cifarbench.scenarios import SCENARIOS
+from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import BackendUnavailable, ExitStatus
-from cifarbench.images import DEFAULT_MAX_PIXELS
 
 STDOUT_FORMATS = ("table", "json", "csv", "md")
 
@@ -112,9 +112,10 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     """
     if ctx.invoked_subcommand is not None:
         return
-    from cifarbench import bench, report
+    from cifarbench.bench import runner as bench
+    from cifarbench.bench import report
     from cifarbench.cli.ui import EventPrinter, progress_bar, stderr_console
-    from cifarbench.images import default_max_pixels
+    from cifarbench.data.images import default_max_pixels
 
     if all_backends and backend_names:
         raise click.UsageError("--all and --backend exclude each other")
@@ -171,7 +172,7 @@ def compare_command(old: Path, new: Path, markdown: bool, tolerance: float, late
     runs' min-max spreads across --repeat, a p50 change only beyond --latency-floor-ms (p99 is
     shown, not judged); accuracy beyond 0.1 pp.
     """
-    from cifarbench import compare
+    from cifarbench.bench import compare
 
     result = compare.compare_files(old, new, tolerance / 100, latency_floor_ms)
     if not quiet:
@@ -184,7 +185,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     from cifarbench.cli.ui import stdout_console
-    from cifarbench.report import batch_sizes, label, summary_rows
+    from cifarbench.bench.report import batch_sizes, label, summary_rows
 
     sizes = batch_sizes(doc)
     big = sizes[-1] if sizes else "-"

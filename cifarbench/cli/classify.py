@@ -14,9 +14,9 @@ import click
 
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
+from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.engines import ENGINES
 from cifarbench.errors import ExitStatus
-from cifarbench.images import DEFAULT_MAX_PIXELS
 
 EPILOG = f"""\b
 Output: one row per file, in input order. CSV (RFC 4180, UTF-8) columns:
@@ -90,10 +90,10 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
     Folders are walked recursively in sorted order; hidden files and folders are skipped and
     symlink loops are cut. Decoding runs in a worker pool while the model runs, in batches.
     """
-    from cifarbench.classify import classify
+    from cifarbench.runs.classify import classify
     from cifarbench.cli.ui import EventPrinter, progress_bar
     from cifarbench.engines import EngineOptions
-    from cifarbench.writers import format_for
+    from cifarbench.runs.writers import format_for
 
     engine_options = EngineOptions(engine, ray_address, actors)
     to_stdout = output == "-"

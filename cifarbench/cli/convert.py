@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from cifarbench.exporters import EXPORTERS
-from cifarbench.manifest import Manifest
+from cifarbench.conversion.exporters import EXPORTERS
+from cifarbench.models.manifest import Manifest
 
 FORMAT_NAMES = tuple(EXPORTERS)
 
@@ -61,8 +61,8 @@ def command(model: str, out: str | None, quiet: bool, verbose: bool, **options: 
     1 pp are warnings, int8 losses above 0.3 pp are flagged.
     """
     from cifarbench.cli.ui import EventPrinter
-    from cifarbench.convert import ConvertOptions, ParityFailed, convert
-    from cifarbench.tfquiet import framework_logs
+    from cifarbench.conversion.convert import ConvertOptions, ParityFailed, convert
+    from cifarbench.models.tfquiet import framework_logs
 
     opts = ConvertOptions(**options)
 

@@ -8,7 +8,7 @@ import click
 
 from cifarbench.backends import BACKENDS, unavailable_reason
 from cifarbench.errors import CifarbenchError
-from cifarbench.model_ref import resolve_model, shipped_models
+from cifarbench.models.model_ref import resolve_model, shipped_models
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE, trained_dir
 from cifarbench.sysinfo import environment
 
@@ -40,7 +40,7 @@ def _auto(m: object) -> dict:
     """The cached `auto` choice for the default model on the CPU (info never probes: it must stay instant)."""
     if m is None:
         return {"choice": None, "how": "no default model"}
-    from cifarbench.autoselect import cached_choice
+    from cifarbench.backends.autoselect import cached_choice
 
     try:
         return cached_choice(m)  # type: ignore[arg-type]

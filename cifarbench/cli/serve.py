@@ -14,8 +14,8 @@ import click
 from cifarbench.backends import DEVICES
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
+from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import BackendUnavailable, UsageError
-from cifarbench.images import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     import uvicorn
@@ -77,7 +77,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
         raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
     from cifarbench.backends import select
     from cifarbench.backends.tta import with_tta
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
 
     if workers > 1 and port == 0:
         raise UsageError("--port 0 cannot be shared by several --workers; name a port")

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from cifarbench.train import JIT_CHOICES, PRECISIONS
-from cifarbench.zoo import ZOO
+from cifarbench.models.zoo import ZOO
+from cifarbench.training.train import JIT_CHOICES, PRECISIONS
 
 
 @click.command("train")
@@ -32,7 +32,7 @@ def command(arch: str, data: str, epochs: float | None, batch_size: int | None, 
             seed: int, precision: str, threads: int | None, jit: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train ARCH; writes model.keras, manifest.json, history.json, report.txt, curves.png, confusion.png."""
     from cifarbench.cli.ui import EventPrinter
-    from cifarbench.train import TrainOptions, train
+    from cifarbench.training.train import TrainOptions, train
 
     out = out or f"runs/{arch}"
     opts = TrainOptions(data=data, epochs=epochs, batch_size=batch_size, val_size=val_size, seed=seed,

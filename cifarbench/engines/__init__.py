@@ -1,6 +1,6 @@
 """Execution engines for ``classify``: where decoding and inference run.
 
-``local`` is the in-process pipeline of :mod:`cifarbench.classify`; every other engine is one module
+``local`` is the in-process pipeline of :mod:`cifarbench.runs.classify`; every other engine is one module
 and one registry entry here, imported only when used (so ``local`` runs never import Ray). An engine
 only computes rows for the files the driver hands it; discovery, ``--resume``, the lock, the atomic
 output and the writers stay in ``classify`` and do not depend on the engine.

@@ -32,15 +32,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from cifarbench.discover import FileEntry
+from cifarbench.data.discover import FileEntry
+from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.engines import EngineOptions
 from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
 from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
-from cifarbench.images import DEFAULT_MAX_PIXELS
-from cifarbench.manifest import MANIFEST_NAME, Manifest
+from cifarbench.models.manifest import MANIFEST_NAME, Manifest
+from cifarbench.runs.writers import Row
 from cifarbench.sysinfo import usable_cores
-from cifarbench.writers import Row
 
 BLOCK_MAX = 1024  # files per decode task at most; fewer for small runs so every CPU gets work
 BLOCK_MIN = 32
@@ -69,7 +69,7 @@ class Job:
 def rows_of_batch(entries: Sequence[FileEntry], batch: dict[str, np.ndarray], classes: Sequence[str],
                   top_k: int) -> list[Row]:
     """The driver's only per-row work: a returned batch -> rows, with the local engine's own ``_rows``."""
-    from cifarbench.classify import _rows
+    from cifarbench.runs.classify import _rows
 
     ok, probs = np.asarray(batch["ok"], bool), np.asarray(batch["probs"])
     good = iter(_rows(probs[ok], [e.path for e, o in zip(entries, ok) if o], classes, top_k))

@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import DataError
-from cifarbench.images import DEFAULT_MAX_PIXELS
-from cifarbench.manifest import MANIFEST_NAME, Manifest
-from cifarbench.writers import display_text
+from cifarbench.models.manifest import MANIFEST_NAME, Manifest
+from cifarbench.runs.writers import display_text
 
 SHARED_FS_HINT = "with --engine ray every PATH must be readable at the same path on every node (a shared filesystem)"
 
@@ -51,7 +51,7 @@ def decode_block(batch: dict[str, np.ndarray], size: int, resize: str, roots: Se
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """A Ray Data task: paths -> pixels with the one loader (same resize, same pixel limit); a failed
     file keeps its reason. One file at a time, so a worker holds at most one big image."""
-    from cifarbench.images import load_image
+    from cifarbench.data.images import load_image
 
     _check_roots(roots)
     n = len(batch["idx"])
@@ -92,7 +92,7 @@ class Predictor:
         self.classes = len(manifest.classes)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cifarbench.classify import probs_of
+        from cifarbench.runs.classify import probs_of
 
         ok = np.asarray(batch["ok"], bool)
         probs = np.full((len(ok), self.classes), np.nan, np.float32)

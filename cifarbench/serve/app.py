@@ -33,8 +33,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cifarbench import __version__
-from cifarbench.images import ImageResult
-from cifarbench.manifest import Manifest
+from cifarbench.data.images import ImageResult
+from cifarbench.models.manifest import Manifest
 from cifarbench.serve.admission import Admission, Busy, UploadBudget
 from cifarbench.serve.batching import BatcherClosed, MicroBatcher
 from cifarbench.serve.memory import rss_bytes, trim_heap, tune_malloc
@@ -302,7 +302,7 @@ def load_app(model: str | None = None, backend: str | None = None, device: str =
     """Resolve a model, load its backend and build the app: what ``cifarbench serve`` runs."""
     from cifarbench.backends import select
     from cifarbench.backends.tta import with_tta
-    from cifarbench.model_ref import resolve_model
+    from cifarbench.models.model_ref import resolve_model
 
     manifest = resolve_model(model)
     selection = select(manifest, backend, device, threads, batch_size=int(kwargs.get("max_batch", 64)))

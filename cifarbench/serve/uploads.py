@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from cifarbench.images import DEFAULT_MAX_PIXELS, ImageResult, load_image
+from cifarbench.data.images import DEFAULT_MAX_PIXELS, ImageResult, load_image
 from cifarbench.serve.admission import UploadBudget
 
 RAW_TYPES = ("application/octet-stream", "")  # plus any image/*

@@ -1,0 +1,211 @@
+"""`auto`: the fastest backend on this machine, measured once by a short probe and cached.
+
+A fixed order cannot be right everywhere: onnx-int8 wins on an AVX2 CPU without VNNI,
+tflite-int8 on a Zen 4 with AVX-512 VNNI. So the first run that needs a choice loads every
+candidate, warms it up, and times them round-robin on the same random batch of the size the
+command will send (classify's --batch-size, serve's --max-batch, bench's largest batch: OpenVINO's
+throughput mode gains most at large batches, so a batch-64 probe misranked it at 256), ranking
+by each candidate's best call (a burst of load on a shared machine slows a call, never speeds it).
+The winner is cached under the cache dir, keyed by everything that can change the ranking: CPU
+model, speed flags and usable cores, runtime versions, the candidates' artifact sha256, device,
+threads and batch size. A changed key means a new probe. The CPU-flag heuristic is only the fallback when
+probing is switched off (``CIFARBENCH_PROBE=0``) or no candidate could be loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from cifarbench.atomic import atomic_write
+from cifarbench.errors import CifarbenchError, first_line
+from cifarbench.models.manifest import Manifest
+from cifarbench.paths import cache_dir
+
+CACHE_FILE = "backend-choice.json"
+CACHE_SCHEMA = "cifarbench.backend-choice/1"
+MAX_ENTRIES = 64
+PROBE_BATCH = 256  # classify's default batch size; callers pass theirs
+WARMUP_CALLS = 1  # full-batch calls per candidate before timing: the first one allocates and picks kernels
+BUDGET_S = 2.0  # warm-up and timing stop here, whatever they have (only loading comes on top)
+MIN_TIME_S = 0.3  # and runs at least this long (and MIN_CALLS calls per candidate) when it can
+MIN_CALLS = 2
+ENV_PROBE = "CIFARBENCH_PROBE"  # "0": never probe, use the CPU-flag fallback
+
+
+def cache_path() -> Path:
+    return cache_dir() / CACHE_FILE
+
+
+def cache_key(manifest: Manifest, candidates: Mapping[str, str], threads: int | None,
+              batch: int = PROBE_BATCH) -> dict[str, Any]:
+    """Everything that can change which candidate is fastest; its hash is the cache entry's id."""
+    from cifarbench.backends import get_spec
+    from cifarbench.sysinfo import cpu_info, package_versions
+
+    cpu = cpu_info()
+    return {
+        "cpu": cpu["model"], "flags": sorted(f for f, on in cpu["flags"].items() if on),
+        "usable_cores": cpu["usable_cores"], "versions": package_versions(), "threads": threads, "batch": batch,
+        "candidates": {n: {"device": d, "sha256": manifest.artifacts[get_spec(n).format].sha256}
+                       for n, d in sorted(candidates.items())},
+    }
+
+
+def key_id(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's entries; a missing, unreadable or foreign file is an empty cache (it is only a cache)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("schema") != CACHE_SCHEMA or not isinstance(doc.get("entries"), dict):
+        return {}
+    return doc["entries"]
+
+
+def lookup(key: Mapping[str, Any], path: Path | None = None) -> dict[str, Any] | None:
+    entry = _read_cache(path or cache_path()).get(key_id(key))
+    if isinstance(entry, dict) and entry.get("key") == key and entry.get("choice") in key["candidates"]:
+        return entry
+    return None
+
+
+def store(entry: dict[str, Any], path: Path | None = None) -> str | None:
+    """Add ``entry`` (atomic rewrite, newest MAX_ENTRIES kept); the reason when the cache is not writable."""
+    path = path or cache_path()
+    entries = _read_cache(path)
+    entries[key_id(entry["key"])] = entry
+    newest = sorted(entries.items(), key=lambda kv: str(kv[1].get("measured_at", "")))[-MAX_ENTRIES:]
+    try:
+        with atomic_write(path) as fh:
+            json.dump({"schema": CACHE_SCHEMA, "entries": dict(newest)}, fh, indent=1, sort_keys=True)
+    except OSError as exc:
+        return f"not cached ({exc.strerror or exc})"
+    return None
+
+
+def cached_entries(path: Path | None = None) -> list[dict[str, Any]]:
+    """Every cached choice, newest first (for `cifarbench info`)."""
+    entries = [e for e in _read_cache(path or cache_path()).values() if isinstance(e, dict)]
+    return sorted(entries, key=lambda e: str(e.get("measured_at", "")), reverse=True)
+
+
+def cached_choice(manifest: Manifest, device: str = "cpu", threads: int | None = None,
+                  batch: int = PROBE_BATCH) -> dict[str, Any]:
+    """What ``auto`` would use for ``manifest`` now, without probing: the cache entry, or why there is none."""
+    from cifarbench.backends import auto_candidates
+
+    candidates = auto_candidates(manifest, device)
+    if len(candidates) == 1:
+        return {"choice": next(iter(candidates)), "how": "only candidate"}
+    entry = lookup(cache_key(manifest, candidates, threads, batch))
+    if entry is None:
+        return {"choice": None, "candidates": list(candidates),
+                "how": "not measured yet on this machine (or its key changed): the next classify/serve probes"}
+    return {"choice": entry["choice"], "how": "measured", "measured_at": entry["measured_at"],
+            "figures": entry["figures"], "probe_s": entry.get("probe_s"), "cache": str(cache_path())}
+
+
+def probe(load: Callable[[str], Any], names: list[str], shape: tuple[int, int, int], budget_s: float = BUDGET_S,
+          min_time_s: float = MIN_TIME_S, min_calls: int = MIN_CALLS, batch: int = PROBE_BATCH,
+          warmup: int = WARMUP_CALLS,
+          clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Load and warm up each candidate, then time batches round-robin so a burst hits every one alike.
+
+    Returns figures per loaded candidate (images/s from the best batch call, which ranks them, and
+    from the median one; batch-1 median ms) and the one-line reason for each that failed to load or run.
+    """
+    x = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
+    loaded: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for n in names:
+        try:
+            loaded[n] = load(n)
+        except (CifarbenchError, RuntimeError, ValueError, OSError, ImportError) as exc:
+            failed[n] = first_line(exc)
+    t_start = clock()  # the budget covers warm-up and timing: what a first run pays beyond loading
+    for n in list(loaded):
+        try:
+            loaded[n].predict(x[:1])
+            for _ in range(max(1, warmup)):  # the first calls allocate and pick kernels
+                loaded[n].predict(x)
+        except (CifarbenchError, RuntimeError, ValueError, OSError) as exc:
+            failed[n] = first_line(exc)
+            del loaded[n]
+    batch_s: dict[str, list[float]] = {n: [] for n in loaded}
+    one_s: dict[str, list[float]] = {n: [] for n in loaded}
+    while loaded:
+        for n, be in loaded.items():
+            t0 = clock()
+            be.predict(x)
+            t1 = clock()
+            be.predict(x[:1])
+            batch_s[n].append(t1 - t0)
+            one_s[n].append(clock() - t1)
+        elapsed = clock() - t_start
+        enough = min(len(v) for v in batch_s.values()) >= min_calls and elapsed >= min_time_s
+        if enough or elapsed >= budget_s:
+            break
+    figures = {n: {"images_per_s": batch / max(min(batch_s[n]), 1e-9),
+                   "median_images_per_s": batch / max(statistics.median(batch_s[n]), 1e-9), "batch_size": batch,
+                   "batch1_ms": 1000 * statistics.median(one_s[n]), "calls": len(batch_s[n])} for n in loaded}
+    return figures, failed
+
+
+def heuristic(names: list[str], flags: Mapping[str, bool]) -> str:
+    """Fallback without measurement: on VNNI CPUs the int8 runtimes measured fastest on a Zen 4 (issues #15, #16:
+    openvino-int8 7,850 and tflite-int8 7,308 img/s at batch 256, onnx-int8 5,366), else the registry's order."""
+    from cifarbench.backends import DEFAULT_ORDER
+
+    vnni = any(flags.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    order = (("openvino-int8", "tflite-int8") if vnni else ()) + DEFAULT_ORDER
+    return next((n for n in order if n in names), names[0])
+
+
+def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | None, allow_probe: bool = True,
+           batch: int = PROBE_BATCH) -> Any:
+    """A backends.Selection among ``candidates`` (name -> device): cached, measured now, or the fallback."""
+    from cifarbench.backends import Selection, load_backend
+    from cifarbench.sysinfo import cpu_info
+
+    names = list(candidates)
+    if not allow_probe or os.environ.get(ENV_PROBE, "1") == "0":
+        n = heuristic(names, cpu_info()["flags"])
+        return Selection(n, candidates[n], "fallback", f"{n}: CPU-flag fallback (probing switched off)")
+    key = cache_key(manifest, candidates, threads, batch)
+    hit = lookup(key)
+    if hit:
+        n = hit["choice"]
+        return Selection(n, candidates[n], "cached", f"{n}: fastest in a probe on {hit['measured_at']} "
+                         f"({_figures_text(hit['figures'])}; cached in {cache_path()})", hit["figures"])
+    size = int((manifest.input.get("shape") or [32])[0])
+    t0 = time.perf_counter()
+    figures, failed = probe(lambda n: load_backend(n, manifest, candidates[n], threads), names, (size, size, 3),
+                            batch=batch)
+    seconds = time.perf_counter() - t0
+    if not figures:
+        n = heuristic(names, cpu_info()["flags"])
+        why = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        return Selection(n, candidates[n], "fallback", f"{n}: CPU-flag fallback (no candidate could be probed: {why})")
+    n = max(figures, key=lambda k: figures[k]["images_per_s"])
+    entry = {"key": key, "model": manifest.name, "choice": n, "figures": figures, "failed": failed,
+             "probe_s": round(seconds, 3), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    not_cached = store(entry)
+    note = f"{n}: fastest in a {seconds:.1f} s probe at batch {batch} ({_figures_text(figures)})" + (f"; {not_cached}" if not_cached else "")
+    return Selection(n, candidates[n], "measured", note, figures)
+
+
+def _figures_text(figures: Mapping[str, Mapping[str, Any]]) -> str:
+    ranked = sorted(figures.items(), key=lambda kv: -kv[1]["images_per_s"])
+    return ", ".join(f"{n} {f['images_per_s']:,.0f} img/s" for n, f in ranked)

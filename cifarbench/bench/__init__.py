@@ -1,0 +1,1 @@
+"""`cifarbench bench`: the runner, isolated row workers, scenarios, metrics, reports and compare."""

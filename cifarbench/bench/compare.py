@@ -1,0 +1,143 @@
+"""`bench compare`: per-row deltas between two bench runs, and a verdict a CI job can exit on.
+
+A speed change counts only when it is larger than the noise the runs themselves show: the
+sum of both runs' relative min-max spreads across their repeats (``--repeat N``), and never
+less than a floor (``tolerance``, 5 % by default) for runs without repeats. p99 deltas are
+shown but not judged: in a run of seconds it is set by scheduler preemption (a 0.13 ms model
+measured p99 16.6 then 20.4 ms beside a busy process), not by the backend. A p50 change is also
+judged only when it is larger than ``latency_floor_ms`` (0.1 ms by default) in absolute terms: a sub-0.1 ms
+call moves by that much between two runs with no code change (tflite-int8 at batch 1 on the test model:
+p50 0.047 then 0.099 ms in a CI run, against a ±91 % spread over its repeats). Accuracy on the same data
+is deterministic up to runtime rounding, so a drop of more than 0.1 pp counts. A row that
+was ok and now fails or vanished is a regression too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cifarbench.bench.results_schema import load_results
+
+ACCURACY_PP = 0.1
+LATENCY_FLOOR_MS = 0.1
+METRICS = (  # (metric, higher is better)
+    ("images_per_s", True),
+    ("p50_ms", False),
+    ("p99_ms", False),
+)
+
+
+def _results_path(p: str | os.PathLike[str]) -> Path:
+    path = Path(p)
+    return path / "results.json" if path.is_dir() else path
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, Any]:
+    return r["model"], r["backend"], r.get("threads")
+
+
+def _figure(r: dict[str, Any], metric: str) -> tuple[float | None, float]:
+    """(median value, relative min-max spread) of one metric of a row; spread 0 without repeats."""
+    rep = (r.get("repeat") or {}).get(metric)
+    if rep and rep.get("median"):
+        return float(rep["median"]), (float(rep["max"]) - float(rep["min"])) / float(rep["median"])
+    if metric == "images_per_s":
+        tp = r.get("throughput") or []
+        return (float(tp[-1]["images_per_s"]) if tp and tp[-1].get("images_per_s") else None), 0.0
+    v = (r.get("latency") or {}).get(metric)
+    return (float(v) if v is not None else None), 0.0
+
+
+def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.05,
+                 latency_floor_ms: float = LATENCY_FLOOR_MS) -> dict[str, Any]:
+    """Row-by-row comparison of two results documents; ``verdict`` is same, improved or regression."""
+    olds = {_key(r): r for r in old["results"]}
+    news = {_key(r): r for r in new["results"]}
+    rows = []
+    notes = []
+    if old.get("data", {}).get("fingerprint") != new.get("data", {}).get("fingerprint") or \
+            old.get("data", {}).get("subset") != new.get("data", {}).get("subset"):
+        notes.append("the runs used different data, so accuracy deltas compare different images")
+    old_cpu, new_cpu = (d.get("environment", {}).get("cpu", {}).get("model") for d in (old, new))
+    if old_cpu != new_cpu:
+        notes.append(f"different CPUs: {old_cpu} vs {new_cpu}")
+    for key in list(olds) + [k for k in news if k not in olds]:
+        o, n = olds.get(key), news.get(key)
+        row: dict[str, Any] = {"model": key[0], "backend": key[1], "threads": key[2], "verdict": "same", "changes": {}}
+        rows.append(row)
+        if o is None or n is None or o["status"] != "ok" or n["status"] != "ok":
+            was, now = (o or {}).get("status", "absent"), (n or {}).get("status", "absent")
+            row["status"] = f"{was} -> {now}"
+            row["verdict"] = "regression" if was == "ok" else ("improved" if now == "ok" else "same")
+            continue
+        for metric, higher_better in METRICS:
+            (ov, os_), (nv, ns) = _figure(o, metric), _figure(n, metric)
+            if ov is None or nv is None or ov == 0:
+                continue
+            rel = (nv - ov) / ov
+            noise = max(tolerance, os_ + ns)
+            worse = -rel if higher_better else rel
+            verdict = "regression" if worse > noise else "improved" if -worse > noise else "same"
+            if metric == "p99_ms" or (metric == "p50_ms" and abs(nv - ov) <= latency_floor_ms):
+                verdict = "same"  # shown, not judged (see the module doc)
+            row["changes"][metric] = {"old": ov, "new": nv, "delta_pct": 100 * rel, "noise_pct": 100 * noise,
+                                      "verdict": verdict}
+        oa, na = (o.get("quality") or {}).get("accuracy"), (n.get("quality") or {}).get("accuracy")
+        if oa is not None and na is not None:
+            d = 100 * (na - oa)
+            row["changes"]["accuracy"] = {"old": oa, "new": na, "delta_pp": d, "verdict":
+                                          "regression" if d < -ACCURACY_PP else "improved" if d > ACCURACY_PP else "same"}
+        verdicts = {c["verdict"] for c in row["changes"].values()}
+        row["verdict"] = "regression" if "regression" in verdicts else "improved" if "improved" in verdicts else "same"
+    verdicts = {r["verdict"] for r in rows}
+    overall = "regression" if "regression" in verdicts else "improved" if "improved" in verdicts else "same"
+    return {"verdict": overall, "rows": rows, "notes": notes, "tolerance_pct": 100 * tolerance,
+            "latency_floor_ms": latency_floor_ms,
+            "old": {"created": old.get("created"), "command": old.get("command")},
+            "new": {"created": new.get("created"), "command": new.get("command")}}
+
+
+def compare_files(old: str | os.PathLike[str], new: str | os.PathLike[str], tolerance: float = 0.05,
+                  latency_floor_ms: float = LATENCY_FLOOR_MS) -> dict[str, Any]:
+    return compare_docs(load_results(_results_path(old)), load_results(_results_path(new)), tolerance,
+                        latency_floor_ms)
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    name = r["backend"] + (f" ({r['threads']}t)" if r["threads"] else "")
+    if "status" in r:
+        return [r["model"], name, r["status"], "", "", "", r["verdict"]]
+    out = [r["model"], name]
+    for metric, spec in (("images_per_s", ",.0f"), ("p50_ms", ".3f"), ("p99_ms", ".3f")):
+        c = r["changes"].get(metric)
+        out.append(f"{c['old']:{spec}} → {c['new']:{spec}} ({c['delta_pct']:+.1f} %, noise ±{c['noise_pct']:.0f} %)"
+                   + (" **" + c["verdict"] + "**" if c["verdict"] != "same" else "") if c else "–")
+    a = r["changes"].get("accuracy")
+    out.append(f"{a['old']:.4f} → {a['new']:.4f} ({a['delta_pp']:+.2f} pp)" if a else "–")
+    out.append(r["verdict"])
+    return out
+
+
+HEADER = ["model", "backend", "img/s", "p50 ms", "p99 ms", "accuracy", "verdict"]
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [f"### cifarbench bench compare: **{result['verdict']}**", "",
+             f"Old: {result['old']['created']}; new: {result['new']['created']}. A speed change counts beyond the "
+             f"larger of {result['tolerance_pct']:.0f} % and the sum of the runs' min–max spreads, and a p50 change "
+             f"only beyond {result['latency_floor_ms']:g} ms (p99 shown, not judged); accuracy beyond "
+             f"{ACCURACY_PP} pp.", ""]
+    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
+    lines += [""] + [f"> {n}" for n in result["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_text(result: dict[str, Any]) -> str:
+    table = [HEADER] + [[c.replace("**", "") for c in _cells(r)] for r in result["rows"]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines += [f"note: {n}" for n in result["notes"]] + [f"verdict: {result['verdict']}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""Figures a bench row gets from the others: agreement, accuracy delta, speed-up, int8 flags, spread warnings.
+
+Each row is compared with its model's reference backend at the same thread count (keras when
+measured, else onnx float32).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cifarbench import backends
+from cifarbench.models.manifest import Manifest
+
+if TYPE_CHECKING:
+    from cifarbench.bench.runner import Row
+
+REFERENCE_ORDER = ("keras", "onnx")  # keras when measured, else onnx fp32
+INT8_FLAG_PP = 1.0  # an int8 row losing more accuracy than this (percentage points) is flagged
+
+
+def agreement(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    return {"top1": float(np.mean(probs.argmax(1) == ref.argmax(1))),
+            "max_abs_dprob": float(np.max(np.abs(probs - ref))) if probs.size else 0.0}
+
+
+def reference(model: str, rows: dict[Any, Row], threads: int | None = None) -> str | None:
+    for b in REFERENCE_ORDER:
+        r = rows.get((model, b, threads))
+        if r is not None and r.status == "ok" and r.quality:
+            return b
+    return None
+
+
+def against_reference(manifests: list[Manifest], rows: dict[Any, Row], probs: dict[Any, np.ndarray]) -> list[str]:
+    """Agreement, accuracy delta, int8 loss and speed-up of each row against its reference (same model and threads)."""
+    notes = []
+    for m in manifests:
+        for threads in dict.fromkeys(t for (model, _, t) in rows if model == m.name):
+            ref = reference(m.name, rows, threads)
+            mine = [r for (model, _, t), r in rows.items() if model == m.name and t == threads and r.status == "ok"]
+            if ref is None:
+                if mine:
+                    notes.append(f"{m.name}: no reference backend measured ({' or '.join(REFERENCE_ORDER)}), "
+                                 "so agreement, accuracy delta and speed-up are blank")
+                for row in mine:
+                    flag_int8(row, None)
+                continue
+            ref_row, ref_p = rows[(m.name, ref, threads)], probs[(m.name, ref, threads)]
+            ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
+            for row in mine:
+                p = probs.get((row.model, row.backend, threads))
+                if p is not None:
+                    row.agreement = {"reference": ref, **agreement(p, ref_p)}
+                row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
+                tp = row.throughput[-1]["images_per_s"] if row.throughput else None
+                row.speedup = tp / ref_tp if tp and ref_tp else None
+                ref_by = {t["batch_size"]: t["images_per_s"] for t in ref_row.throughput}
+                row.speedup_by_batch = {str(t["batch_size"]): t["images_per_s"] / ref_by[t["batch_size"]]
+                                        for t in row.throughput if t["images_per_s"] and ref_by.get(t["batch_size"])}
+                flag_int8(row, row.accuracy_delta_pp)
+    return list(dict.fromkeys(notes))
+
+
+def flag_int8(row: Row, delta_pp: float | None) -> None:
+    """int8 loss from bench's own accuracy (vs the fp32 reference) and from the manifest's parity check."""
+    if not backends.get_spec(row.backend).int8:
+        return
+    row.int8_loss_pp = -delta_pp if delta_pp is not None else None
+    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", row.manifest_int8_loss_pp)):
+        if loss is not None and loss > INT8_FLAG_PP:
+            row.flags.append(f"int8 accuracy loss {loss:.2f} pp > {INT8_FLAG_PP:g} pp ({source})")
+
+
+def busy_cpu_warnings(env: dict[str, Any]) -> list[str]:
+    out = []
+    cores = env["cpu"].get("usable_cores") or 1
+    loads = [x for x in (env.get("loadavg_start"), env.get("loadavg_end")) if x]
+    if loads and max(l[0] for l in loads) > 0.5 * cores:
+        out.append(f"CPU was busy (1-min load average up to {max(l[0] for l in loads):.1f} on {cores} usable cores): "
+                   "other processes competed for it, so latency and throughput are pessimistic and noisy")
+    return out
+
+
+def spread_warnings(rows: dict[tuple[str, str, int | None], Row]) -> list[str]:
+    """Pairs of rows whose throughput ranges across repeats overlap: their order is not established."""
+    out = []
+    by_model: dict[str, list[Row]] = {}
+    for r in rows.values():
+        if r.status == "ok" and r.repeat.get("images_per_s"):
+            by_model.setdefault(r.model, []).append(r)
+    for model, rs in by_model.items():
+        rs.sort(key=lambda r: r.repeat["images_per_s"]["median"])
+        for a, b in zip(rs, rs[1:]):
+            ra, rb = a.repeat["images_per_s"], b.repeat["images_per_s"]
+            if ra["max"] >= rb["min"]:
+                out.append(f"{model}: {a.backend} ({ra['min']:,.0f}-{ra['max']:,.0f} img/s) and {b.backend} "
+                           f"({rb['min']:,.0f}-{rb['max']:,.0f}) overlap across {a.repeat['n']} repeats: the spread "
+                           "is wider than their difference")
+    return out

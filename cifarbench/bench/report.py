@@ -1,0 +1,296 @@
+"""Bench outputs: results.json (versioned schema), results.csv, report.md and plots, from one results document.
+
+The JSON document built by ``cifarbench.bench.runner.run_bench`` is the single source; CSV, Markdown,
+plots and the CLI table are views of it, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from cifarbench.atomic import atomic_write
+from cifarbench.bench import plots
+from cifarbench.errors import DataError
+from cifarbench.bench.results_schema import RESULTS_SCHEMA, load_results, row_schema, upgrade, validate  # noqa: F401 (re-exported)
+
+# --------------------------------------------------------------------------- flat views
+
+
+def batch_sizes(doc: dict[str, Any]) -> list[int]:
+    return sorted({t["batch_size"] for r in doc["results"] for t in r["throughput"]})
+
+
+def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat dict per (model, backend): the CSV columns and the CLI table's source."""
+    sizes = batch_sizes(doc)
+    out = []
+    for r in doc["results"]:
+        q, lat, ag = r["quality"], r["latency"], r["agreement"]
+        tp = {t["batch_size"]: t["images_per_s"] for t in r["throughput"]}
+        row: dict[str, Any] = {
+            "model": r["model"], "backend": r["backend"], "threads": r.get("threads"), "status": r["status"],
+            "reason": r["reason"], "accuracy": q.get("accuracy"), "accuracy_delta_pp": r.get("accuracy_delta_pp"),
+            "int8_loss_pp": r.get("int8_loss_pp"), "flags": "; ".join(r.get("flags") or []) or None,
+            "macro_f1": q.get("macro", {}).get("f1"), "weighted_f1": q.get("weighted", {}).get("f1"),
+            "macro_precision": q.get("macro", {}).get("precision"), "macro_recall": q.get("macro", {}).get("recall"),
+            "reference": ag.get("reference"), "agreement_top1": ag.get("top1"), "max_abs_dprob": ag.get("max_abs_dprob"),
+            "first_call_ms": r["first_call_ms"], "latency_n": lat.get("n"),
+            **{f"{k}_ms": lat.get(f"{k}_ms") for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")},
+            **{f"img_per_s_b{b}": tp.get(b) for b in sizes},
+            "speedup": r["speedup"],
+            **{f"speedup_b{b}": (r.get("speedup_by_batch") or {}).get(str(b)) for b in sizes},
+            "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
+            "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"], "rss_delta_mb": r.get("rss_delta_mb"),
+            "runtime_note": runtime_note(r["runtime"]),
+            "tta_mode": (r.get("tta") or {}).get("mode"), "tta_accuracy": (r.get("tta") or {}).get("accuracy"),
+            "tta_cost_x": (r.get("tta") or {}).get("cost_x"),
+            **_repeat_columns(r.get("repeat") or {}), **_server_columns(r.get("server") or {}),
+        }
+        out.append(row)
+    return out
+
+
+def _repeat_columns(rep: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"repeats": rep.get("n", 1)}
+    for k in ("images_per_s", "p50_ms", "p99_ms"):
+        s = rep.get(k) or {}
+        out.update({f"{k}_median": s.get("median"), f"{k}_min": s.get("min"), f"{k}_max": s.get("max")})
+    return out
+
+
+def _server_columns(server: dict[str, Any]) -> dict[str, Any]:
+    search, at = server.get("search") or {}, server.get("at_rate") or {}
+    best = search.get("at_max") or {}
+    return {"server_p99_bound_ms": search.get("p99_bound_ms"), "server_max_rate": search.get("max_rate"),
+            "server_max_rate_p99_ms": best.get("p99_ms"), "server_target_rate": at.get("target_rate"),
+            "server_achieved_rate": at.get("achieved_rate"), "server_p50_ms": at.get("p50_ms"),
+            "server_p90_ms": at.get("p90_ms"), "server_p99_ms": at.get("p99_ms")}
+
+
+def label(r: dict[str, Any]) -> str:
+    """backend, with the thread count when the run swept threads."""
+    return r["backend"] + (f" ({r['threads']}t)" if r.get("threads") else "")
+
+
+def runtime_note(runtime: dict[str, Any]) -> str | None:
+    """The inference precision and execution mode a backend reports (OpenVINO does), shown with its row."""
+    return "; ".join(f"{k} {runtime[k]}" for k in ("precision", "mode") if runtime.get(k)) or None
+
+
+def all_warnings(doc: dict[str, Any]) -> list[str]:
+    """The run's warnings, then each row's (e.g. too few latency samples for p99), prefixed with the row."""
+    return list(doc["warnings"]) + [f"{r['model']}/{r['backend']}: {w}" for r in doc["results"] for w in r["warnings"]]
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    rows = summary_rows(doc)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _f(v: Any, spec: str = ".3f", none: str = "–") -> str:
+    return none if v is None else format(v, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes: list[str] | None = None) -> str:
+    rows = summary_rows(doc)
+    ok = [r for r in rows if r["status"] == "ok"]
+    sizes = batch_sizes(doc)
+    big = sizes[-1] if sizes else None
+    d, env = doc["data"], doc["environment"]
+    lines = ["# cifarbench bench results", "",
+             f"- Command: `{doc['command']}`", f"- Created: {doc['created']} (wall time {_f(doc.get('wall_s'), '.0f')} s), "
+             f"cifarbench {doc['cifarbench_version']}, schema {doc['schema']}/{doc['schema_version']}",
+             f"- Data: `{d['source']}` test split, {d.get('subset') or str(d['images']) + ' images'}", ""]
+    for w in all_warnings(doc):
+        lines.append(f"> **Warning:** {w}")
+    lines += ["", "## Summary", "",
+              f"Speed-up: images/s at batch {big} over the reference backend's (keras when measured, else onnx)."
+              " Δ acc: accuracy minus the reference's, in percentage points.", ""]
+    lines += _table(["model", "backend", "accuracy", "Δ acc (pp)", "macro F1", "top-1 agree", "max Δp", "p50 ms",
+                     "p99 ms", f"img/s @{big}", "speed-up", "size MB"],
+                    [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["accuracy_delta_pp"], "+.2f"),
+                      _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
+                      _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _f(r["speedup"], ".2f") + "×",
+                      _f(r["size_mb"], ".2f")] for r in ok])
+    tta = [r for r in ok if r.get("tta_accuracy") is not None]
+    if tta:
+        lines += ["", "Test-time augmentation (the accuracy pass again over the views; cost = its time / single view's):", ""]
+        lines += _table(["model", "backend", "single view", "TTA", "mode", "cost"],
+                        [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["tta_accuracy"], ".4f"), r["tta_mode"],
+                          _f(r["tta_cost_x"], ".1f") + "×"] for r in tta])
+    noted = [r for r in ok if r.get("runtime_note")]
+    if noted:
+        lines += ["", "What ran, as the runtime reports it:", ""]
+        lines += [f"- {r['model']} / {r['backend']}: {r['runtime_note']}" for r in noted]
+    flagged = [r for r in ok if r.get("flags")]
+    if flagged:
+        lines += ["", "## Flags", ""] + [f"- **{r['model']} / {label(r)}**: {r['flags']}" for r in flagged]
+    lines += _repeat_lines(ok) + _server_lines(ok)
+    other = [r for r in rows if r["status"] != "ok"]
+    if other:
+        lines += ["", "## Skipped and failed", ""]
+        lines += [f"- {r['model']} / {r['backend']}: **{r['status']}**: {r['reason']}" for r in other]
+    lines += ["", "## Latency at batch 1 (ms)", "", doc["definitions"]["latency"] + ".", ""]
+    lines += _table(["model", "backend", "n", "first call", "p50", "p90", "p95", "p99", "mean", "std", "min", "max"],
+                    [[r["model"], label(r), str(r["latency_n"]), _f(r["first_call_ms"])] +
+                     [_f(r[f"{k}_ms"]) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")] for r in ok])
+    lines += ["", "## Throughput (images/s)", "", "Definition: " + doc["definitions"]["throughput"] + ".", ""]
+    lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
+                    [[r["model"], label(r)] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
+    by = {(x["model"], x["backend"]): x.get("speedup_by_batch") or {} for x in doc["results"]}
+    if any(by.values()):
+        lines += ["", "Speed-up over the reference backend at each batch size (images/s ratio):", ""]
+        lines += _table(["model", "backend", "reference"] + [f"batch {b}" for b in sizes],
+                        [[r["model"], label(r), r["reference"] or "–"] +
+                         [_f(by[(r["model"], r["backend"])].get(str(b)), ".2f") + "×" for b in sizes]
+                         for r in ok if r["reference"]])
+    dec = d["decode"]
+    lines += ["", "## Decode and preprocess (not in the numbers above)", ""]
+    if dec.get("images"):
+        failed = f", {dec['failed']} failed" if dec.get("failed") else ""
+        lines.append(f"`load_image` on {dec['images']} encoded files of the source (mean {dec['mean_bytes']:.0f} bytes): "
+                     f"{dec['mean_ms']:.3f} ms per image, {dec['images_per_s']:,.0f} images/s on one thread"
+                     f"{failed}. Loading the whole data set took "
+                     f"{_f(d.get('load_s'), '.2f')} s (including any cache).")
+    else:
+        lines.append(dec.get("note", "not measured"))
+    lines += ["", "## Load time and memory", "", doc["definitions"]["peak_rss"] + ".", ""]
+    lines += _table(["model", "backend", "size MB", "load s", "RSS delta MB", "peak RSS MB"],
+                    [[r["model"], label(r), _f(r["size_mb"], ".2f"), _f(r["load_s"]), _f(r["rss_delta_mb"], ".0f"),
+                      _f(r["peak_rss_mb"], ".0f")] for r in ok])
+    for model in doc["models"]:
+        res = [x for x in doc["results"] if x["model"] == model and x["status"] == "ok"]
+        if not res:
+            continue
+        classes = list(res[0]["quality"]["per_class"])
+        lines += ["", f"## Per-class F1: {model}", ""]
+        lines += _table(["class", "support"] + [x["backend"] for x in res],
+                        [[c, str(res[0]["quality"]["per_class"][c]["support"])] +
+                         [_f(x["quality"]["per_class"][c]["f1"], ".4f") for x in res] for c in classes])
+    lines += ["", "## Environment", ""] + _environment_lines(doc)
+    if plot_files or notes:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plot_files or []] + [f"- {n}" for n in notes or []]
+    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}." for k, v in doc["definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _repeat_lines(ok: list[dict[str, Any]]) -> list[str]:
+    rep = [r for r in ok if (r.get("repeats") or 1) > 1]
+    if not rep:
+        return []
+    rng = lambda r, k, spec: f"{_f(r[k + '_median'], spec)} ({_f(r[k + '_min'], spec)}–{_f(r[k + '_max'], spec)})"  # noqa: E731
+    return ["", "## Repeats: median (min–max)", ""] + _table(
+        ["model", "backend", "runs", "img/s", "p50 ms", "p99 ms"],
+        [[r["model"], label(r), str(r["repeats"]), rng(r, "images_per_s", ",.0f"), rng(r, "p50_ms", ".3f"),
+          rng(r, "p99_ms", ".3f")] for r in rep])
+
+
+def _server_lines(ok: list[dict[str, Any]]) -> list[str]:
+    srv = [r for r in ok if r.get("server_p99_bound_ms") is not None or r.get("server_target_rate") is not None]
+    if not srv:
+        return []
+    return ["", "## Server scenario (Poisson arrivals, dynamic batching)", ""] + _table(
+        ["model", "backend", "p99 bound ms", "max rate q/s", "p99 there ms", "target q/s", "achieved q/s",
+         "p50 ms", "p90 ms", "p99 ms"],
+        [[r["model"], label(r), _f(r["server_p99_bound_ms"], "g"), _f(r["server_max_rate"], ",.0f"),
+          _f(r["server_max_rate_p99_ms"]), _f(r["server_target_rate"], ",.0f"), _f(r["server_achieved_rate"], ",.0f"),
+          _f(r["server_p50_ms"]), _f(r["server_p90_ms"]), _f(r["server_p99_ms"])] for r in srv])
+
+
+def _environment_lines(doc: dict[str, Any]) -> list[str]:
+    env = doc["environment"]
+    cpu = env["cpu"]
+    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    runtimes = {}
+    for r in doc["results"]:
+        if r["runtime"]:
+            runtimes[r["backend"]] = r["runtime"]
+    out = [f"- CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable of {cpu['cores']} cores",
+           f"- CPU speed flags present: {flags}", f"- Platform: {env.get('platform')}",
+           f"- GPUs: {', '.join(env.get('gpus') or []) or 'none'}; device requested: {env.get('device')}",
+           f"- Threads requested: {env['threads_requested'] or 'backend default'}",
+           f"- onnxruntime providers available: {', '.join(env.get('onnxruntime_providers') or []) or 'none'}",
+           f"- Versions: {versions}"]
+    for model, info in doc["models"].items():
+        if info.get("auto"):
+            out.append(f"- `auto` for {model}: {info['auto']['backend']} ({info['auto']['how']}: {info['auto']['note']})")
+    if env.get("tensorflow_import_s") is not None:
+        out.append(f"- TensorFlow import (keras backend only): {env['tensorflow_import_s']:.2f} s")
+    if env.get("loadavg_start"):
+        out.append(f"- Load average (1/5/15 min) at start {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}, "
+                   f"at end {', '.join(f'{x:.2f}' for x in env['loadavg_end'] or [])}; nice {env.get('nice')}")
+    for name, rt in runtimes.items():
+        out.append(f"- Backend {name}: " + ", ".join(f"{k}={v}" for k, v in rt.items()))
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
+
+
+def write_plots(doc: dict[str, Any], out_dir: Path) -> tuple[list[str], list[str]]:
+    """Plot files written (names relative to ``out_dir``) and notes; matplotlib missing means notes only."""
+    if plots._pyplot() is None:
+        return [], ["plots skipped: matplotlib is not installed (pip install 'cifarbench[plot]')"]
+    written = []
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    for r in ok:
+        name = f"confusion_{_slug(r['model'])}_{_slug(r['backend'])}.png"
+        classes = list(r["quality"]["per_class"])
+        if plots.plot_confusion(r["quality"]["confusion"], classes, out_dir / name,
+                                title=f"{r['model']} / {r['backend']}: accuracy {r['quality']['accuracy']:.4f}"):
+            written.append(name)
+    points = [{"label": f"{r['model']}/{r['backend']}", "tp": r["throughput"][-1]["images_per_s"],
+               "acc": r["quality"]["accuracy"]} for r in ok if r["throughput"] and r["throughput"][-1]["images_per_s"]]
+    big = batch_sizes(doc)[-1] if ok else None
+    if plots.plot_scatter(points, "tp", "acc", "label", out_dir / "throughput_vs_accuracy.png",
+                          f"images/s at batch {big} (log scale)", "top-1 accuracy", logx=True):
+        written.append("throughput_vs_accuracy.png")
+    lat = [{"label": f"{r['model']}/{r['backend']}", "p50_ms": r["latency"]["p50_ms"], "p99_ms": r["latency"]["p99_ms"]}
+           for r in ok if r["latency"]]
+    if plots.plot_latency(lat, out_dir / "latency.png", title="batch-1 latency: bar p50, whisker p99"):
+        written.append("latency.png")
+    return written, []
+
+
+def write_outputs(doc: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
+    """results.json, results.csv, plots and report.md in ``out_dir``; each written atomically."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create output directory {out}: {exc}") from None
+    errs = validate(doc)
+    if errs:  # a bug, not user input: refuse to publish a document that breaks its own schema
+        raise ValueError(f"results do not match their schema: {errs[:3]}")
+    plot_files, notes = write_plots(doc, out)
+    files = {"results.json": to_json(doc), "results.csv": to_csv(doc), "report.md": to_markdown(doc, plot_files, notes)}
+    for name, text in files.items():
+        with atomic_write(out / name) as fh:
+            fh.write(text)
+    return [out / n for n in files] + [out / p for p in plot_files], notes

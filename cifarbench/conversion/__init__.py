@@ -1,0 +1,1 @@
+"""`cifarbench convert`: staged export to TFLite/ONNX with an exporter registry and parity checks."""

@@ -1,0 +1,375 @@
+"""The data layer: any CIFAR-10 source -> (images uint8 [N,32,32,3], labels int64 [N], class names).
+
+Sources: ``bundled`` (the 10,000-image test split shipped in the package), ``cifar10``
+(the official download, cached where Keras keeps it), a ``cifar-10-batches-py`` directory,
+an image-folder tree, or a .tar/.tar.gz/.tar.xz/.zip archive of either, read without
+unpacking. Decoded arrays are cached as .npz keyed by the source's identity, so the
+second load of the 60,000-image archive is a single file read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import lzma
+import os
+import pickle
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from cifarbench import CIFAR10_CLASSES
+from cifarbench.atomic import atomic_write
+from cifarbench.data.images import IMAGE_EXTENSIONS, load_image
+from cifarbench.errors import DataError
+from cifarbench.paths import BUNDLED_TEST_ARCHIVE, cache_dir
+
+SPLITS = ("train", "test")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_CACHE_VERSION = "1"
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # uint8 [N, 32, 32, 3], RGB
+    labels: np.ndarray  # int64 [N]
+    class_names: tuple[str, ...]
+    source: str
+    split: str
+    fingerprint: str
+    paths: list[str] = field(default_factory=list)  # member names, when the source has them
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (member, reason) of undecodable files
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def describe_sources() -> str:
+    return (
+        "'bundled' (test split shipped with cifarbench), 'cifar10' (official download), "
+        "a cifar-10-batches-py directory, an image-folder tree (<root>/<split>/<class>/*.jpg), "
+        "or a .tar/.tar.gz/.tar.xz/.zip archive of either"
+    )
+
+
+def load_dataset(
+    source: str | os.PathLike[str] | None = "bundled",
+    split: str = "test",
+    classes: Sequence[str] | None = None,
+    use_cache: bool = True,
+) -> Dataset:
+    """Load one split of a source; see the module docstring for the sources."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    class_names = tuple(classes) if classes else CIFAR10_CLASSES
+    src = "bundled" if source in (None, "", "bundled") else os.fspath(source)
+
+    if src == "bundled":
+        if split != "test":
+            raise DataError("the bundled data holds only the CIFAR-10 test split; pass --data with a train source")
+        path = BUNDLED_TEST_ARCHIVE
+        if not path.is_file():
+            raise DataError(f"bundled test split missing at {path}; reinstall cifarbench")
+    elif src == "cifar10":
+        path = _official_cifar10_dir()
+    else:
+        path = Path(src).expanduser()
+        if not path.exists():
+            raise DataError(f"data source not found: {src}; expected {describe_sources()}")
+
+    key = _fingerprint(path, split, class_names)
+    cached = _cache_path(key)
+    if use_cache and cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return Dataset(
+                    z["images"], z["labels"], class_names, src, split, key,
+                    paths=list(z["paths"]), skipped=[tuple(s.split("\t", 1)) for s in z["skipped"]],
+                )
+        except Exception:  # corrupt cache entry: rebuild it
+            pass
+
+    ds = _load_uncached(path, split, class_names)
+    ds.source, ds.fingerprint = src, key
+    if len(ds) == 0:
+        raise DataError(f"no {split} images found in {src}; expected {describe_sources()}")
+    if use_cache:
+        _write_cache(cached, ds)
+    return ds
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _load_uncached(path: Path, split: str, classes: tuple[str, ...]) -> Dataset:
+    if path.is_dir():
+        batches = _find_batches_dir(path)
+        if batches is not None:
+            return _from_pickles(lambda name: (batches / name).read_bytes(), split, classes)
+        with members_of(path) as members:
+            return _from_tree(members, split, classes)
+    kind = "zip" if path.name.lower().endswith(".zip") else "tar"
+    try:
+        with members_of(path) as members:
+            return _from_archive_members(members, split, classes)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: not a readable {kind} archive ({exc})") from None
+
+
+@contextlib.contextmanager
+def members_of(path: Path) -> Iterator[Iterator[tuple[str, Callable[[], bytes]]]]:
+    """``(name, read)`` for every file of a folder (sorted, hidden skipped), zip or tar: the one walker.
+
+    Names use ``/``; a tar is streamed in archive order. Raises DataError for anything else.
+    """
+    if path.is_dir():
+        yield ((str(p.relative_to(path)).replace(os.sep, "/"), p.read_bytes) for p in sorted(path.rglob("*"))
+               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        return
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            yield ((i.filename, (lambda i=i: zf.read(i))) for i in zf.infolist() if not i.is_dir())
+        return
+    if any(name.endswith(s) for s in ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
+        with tarfile.open(path, "r:*") as tf:
+            yield _tar_members(tf)
+        return
+    raise DataError(f"{path}: not a directory or archive; expected {describe_sources()}")
+
+
+def source_path(source: str | os.PathLike[str] | None) -> Path:
+    """The file or folder behind a source name (``bundled`` -> the shipped archive); ``cifar10`` downloads."""
+    src = "bundled" if source in (None, "", "bundled") else os.fspath(source)
+    if src == "bundled":
+        return BUNDLED_TEST_ARCHIVE
+    return _official_cifar10_dir() if src == "cifar10" else Path(src).expanduser()
+
+
+def _tar_members(tf: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    for m in tf:  # streaming: members are read in archive order, no random access needed
+        if m.isfile():
+            data = tf.extractfile(m).read()  # type: ignore[union-attr]
+            yield m.name, (lambda d=data: d)
+    # tarfile stops quietly at the first unreadable header after the first member; reading the rest
+    # checks the stream's CRC and that only end-of-archive padding was left, so corruption is an error.
+    while chunk := tf.fileobj.read(1 << 20):  # type: ignore[union-attr]
+        if chunk.count(0) != len(chunk):
+            raise tarfile.ReadError("data after the end-of-archive marker: the archive is corrupt")
+
+
+def _from_archive_members(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...]) -> Dataset:
+    members = list(members)
+    by_base = {n.rsplit("/", 1)[-1]: r for n, r in members}
+    if "data_batch_1" in by_base or "test_batch" in by_base:
+        return _from_pickles(lambda base: by_base[base](), split, classes)
+    return _from_tree(sorted(members, key=lambda m: m[0]), split, classes)
+
+
+def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...]) -> Dataset:
+    """Members named ``.../<split>/<class>/<file>`` or ``.../<class>/<file>``."""
+    rows = []
+    for name, read in members:
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if len(parts) < 2 or any(p.startswith(".") for p in parts) or Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        rows.append((parts, name, read))
+    has_splits = any(len(p) >= 3 and p[-3] in SPLITS for p, _, _ in rows)
+    if has_splits:
+        rows = [r for r in rows if len(r[0]) >= 3 and r[0][-3] == split]
+    folders = sorted({p[-2] for p, _, _ in rows})
+    unknown = [f for f in folders if f not in classes]
+    if unknown:
+        raise DataError(
+            f"class folders {', '.join(unknown[:5])} are not in the class list "
+            f"({', '.join(classes)}); pass the dataset's own classes"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    images, labels, paths, skipped = [], [], [], []
+    for parts, name, read in rows:
+        try:
+            raw = read()
+        except PermissionError:
+            skipped.append((name, "permission denied"))
+            continue
+        except OSError as exc:  # vanished or unreadable member: a row-level problem, not a crash
+            skipped.append((name, f"unreadable: {exc.strerror or exc}"))
+            continue
+        res = load_image(raw)
+        if not res.ok:
+            skipped.append((name, res.error or "unreadable"))
+            continue
+        images.append(res.array)
+        labels.append(index[parts[-2]])
+        paths.append(name)
+    return Dataset(_stack(images), np.asarray(labels, dtype=np.int64), classes, "", split, "", paths, skipped)
+
+
+def _from_pickles(read: Callable[[str], bytes], split: str, classes: tuple[str, ...]) -> Dataset:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for n in names:
+        try:
+            batch = _unpickle(read(n))
+        except (KeyError, FileNotFoundError):
+            raise DataError(f"CIFAR-10 batch {n!r} is missing from the cifar-10-batches-py source") from None
+        try:
+            data = np.asarray(_get(batch, "data"), dtype=np.uint8)
+            lab = np.asarray(_get(batch, "labels"), dtype=np.int64).reshape(-1)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"CIFAR-10 batch {n!r} is not in the cifar-10-batches-py layout ({exc})") from None
+        if len(lab) != len(images[-1]) or (len(lab) and (lab.min() < 0 or lab.max() >= len(classes))):
+            raise DataError(f"CIFAR-10 batch {n!r}: labels do not match the images or the {len(classes)} classes")
+        labels.append(lab)
+    try:
+        meta = _unpickle(read("batches.meta"))
+        names_meta = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names"))
+        if names_meta != tuple(classes[: len(names_meta)]) and tuple(classes) == CIFAR10_CLASSES:
+            raise DataError(f"batches.meta lists classes {names_meta}, not CIFAR-10's")
+    except (KeyError, FileNotFoundError):
+        pass
+    return Dataset(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes, "", split, "")
+
+
+# Globals a CIFAR-10 batch may reference (numpy arrays, Python 2/3 bytes); anything else is refused,
+# so a crafted "batch" file cannot run code while loading.
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _unpickle(raw: bytes) -> dict:
+    try:
+        out = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:
+        raise DataError(f"not a CIFAR-10 pickle batch: {exc}") from None
+    if not isinstance(out, dict):
+        raise DataError(f"not a CIFAR-10 pickle batch: a {type(out).__name__}, not a dict")
+    return out
+
+
+def _get(d: dict, key: str):
+    if key in d:
+        return d[key]
+    return d[key.encode()]
+
+
+def _find_batches_dir(path: Path) -> Path | None:
+    for cand in (path, path / "cifar-10-batches-py"):
+        if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
+            return cand
+    return None
+
+
+def _official_cifar10_dir() -> Path:
+    """Where Keras keeps the official download; fetched with urllib so no TensorFlow import is needed."""
+    root = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    target = root / "cifar-10-batches-py"
+    if (target / "test_batch").is_file():
+        return target
+    archive = root / "cifar-10-python.tar.gz"
+    if not archive.is_file():
+        import urllib.request
+
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with urllib.request.urlopen(CIFAR10_URL, timeout=30) as resp, atomic_write(archive, "wb") as fh:
+                while chunk := resp.read(1 << 20):
+                    fh.write(chunk)
+        except OSError as exc:
+            raise DataError(
+                f"cannot download CIFAR-10 from {CIFAR10_URL} ({getattr(exc, 'reason', exc)}); offline, use --data "
+                "bundled (test split), a cifar-10-batches-py directory, an image-folder tree or an archive "
+                "such as cifar10-jpeg.tar.xz"
+            ) from None
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12
+                tf.extractall(root, filter="data")
+            else:  # older Pythons: refuse absolute paths, '..' and links ourselves
+                members = tf.getmembers()
+                for m in members:
+                    if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+                        raise DataError(f"{archive}: unsafe member {m.name!r} in the CIFAR-10 archive")
+                tf.extractall(root, members=members)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{archive}: broken CIFAR-10 download ({exc}); delete it and retry") from None
+    return target
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _fingerprint(path: Path, split: str, classes: tuple[str, ...]) -> str:
+    h = hashlib.sha256(f"{_CACHE_VERSION}|{path.resolve()}|{split}|{','.join(classes)}".encode())
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    else:
+        st = path.stat()
+        h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _cache_path(key: str) -> Path:
+    return cache_dir() / f"data-{key}.npz"
+
+
+def _write_cache(path: Path, ds: Dataset) -> None:
+    try:
+        with atomic_write(path, "wb") as fh:
+            np.savez(
+                fh, images=ds.images, labels=ds.labels, paths=np.asarray(ds.paths, dtype=str),
+                skipped=np.asarray(["\t".join(s) for s in ds.skipped], dtype=str),
+            )
+    except OSError:
+        pass  # a read-only cache dir costs speed, not correctness
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    if not images:
+        return np.zeros((0, 32, 32, 3), np.uint8)
+    return np.ascontiguousarray(np.stack(images))
+
+
+def train_val_split(ds: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """A stratified hold-out slice of the train split, for model selection and calibration."""
+    if not 0 < val_size < len(ds):
+        raise DataError(f"--val-size must be between 1 and {len(ds) - 1}, got {val_size}")
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    n_classes = len(ds.class_names)
+    for c in range(n_classes):
+        idx = np.flatnonzero(ds.labels == c)
+        take = int(round(val_size * len(idx) / len(ds)))
+        val_idx.append(rng.permutation(idx)[:take])
+    val = np.sort(np.concatenate(val_idx))
+    mask = np.ones(len(ds), bool)
+    mask[val] = False
+    sub = lambda m: Dataset(ds.images[m], ds.labels[m], ds.class_names, ds.source, ds.split, ds.fingerprint)  # noqa: E731
+    return sub(np.flatnonzero(mask)), sub(val)

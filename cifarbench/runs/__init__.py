@@ -1,0 +1,1 @@
+"""`cifarbench classify`: the local pipeline, its options, output writers, lock and resume."""

@@ -1,0 +1,1 @@
+"""`cifarbench train`: the loop (train.py) and its data, state and optimizer pieces."""
