@@ -199,6 +199,31 @@ def test_bad_options_exit_2(args: tuple[str, ...], needle: str) -> None:
     assert res.exit_code == ExitStatus.USAGE and needle in res.stderr
 
 
+def test_max_pixels_reaches_isolated_rows_and_the_data_cache(tiny_model: Path, tmp_path: Path) -> None:
+    """An image over --max-pixels is left out of every row (the isolated child loads under the same limit), said so."""
+    from PIL import Image
+
+    from conftest import class_pattern, make_tree
+
+    data = make_tree(tmp_path / "data", per_class=2, splits=("test",))
+    big = np.tile(class_pattern(3, np.random.default_rng(0)), (2, 2, 1))  # 64 x 64 = 4,096 pixels
+    Image.fromarray(big).save(data / "test" / "cat" / "big.png")
+    args = ("--model", str(tiny_model), "--backend", "onnx", "--data", str(data), "--scenario", "offline",
+            *[a for a in FAST if a != "--no-isolate"], "--isolate")
+    res, doc = _bench(tmp_path / "default", *args)  # first: the default limit, and its cache entry
+    assert res.exit_code == 0, res.stderr
+    assert doc["data"]["images"] == 21 and doc["data"]["left_out"] == 0
+    assert doc["results"][0]["quality"]["support"] == 21
+    res, doc = _bench(tmp_path / "limited", *args, "--max-pixels", "2000")
+    assert res.exit_code == 0, res.stderr
+    assert doc["config"]["max_pixels"] == 2000
+    assert doc["data"]["images"] == 20 and doc["data"]["left_out"] == 1  # not the cached 21 of the first run
+    assert "big.png" in doc["data"]["left_out_examples"][0] and "--max-pixels" in doc["data"]["left_out_examples"][0]
+    row = doc["results"][0]
+    assert row["status"] == "ok" and row["isolated"] and row["quality"]["support"] == 20  # the child's own load
+    assert "1 data image(s) could not be used" in res.stderr
+
+
 def test_unknown_model_is_a_one_line_error(tmp_path: Path) -> None:
     res = run_cli("bench", "--model", str(tmp_path / "missing"), "--backend", "onnx")
     assert res.exit_code == ExitStatus.DATA and res.stderr.count("\n") == 1 and "not found" in res.stderr

@@ -28,6 +28,7 @@ from cifarbench.bench.data import BenchData, load_subset, measure_decode
 from cifarbench.bench.derive import INT8_FLAG_PP, against_reference, busy_cpu_warnings, reference, spread_warnings
 from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.bench.worker import Job, measure, run_isolated
+from cifarbench.data.images import DEFAULT_MAX_PIXELS, default_max_pixels
 from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.models.manifest import Manifest
@@ -85,6 +86,7 @@ class BenchConfig:
     p99_bound_ms: float | None = 10.0
     server_time: float = 2.0
     tta: str = "none"  # also measure test-time augmentation: accuracy and cost beside single view
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # data images over it are left out (isolated rows too)
 
     def thread_list(self) -> list[int | None]:
         t = self.threads
@@ -98,6 +100,8 @@ class BenchConfig:
         if any(t is not None and t < 1 for t in self.thread_list()):
             raise UsageError("--threads must be positive integers")
         check_tta(self.tta)
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UsageError("--max-pixels must be >= 1")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad or not self.scenarios:
             raise UsageError(f"unknown scenario {', '.join(bad) or '(none)'}; choose from {', '.join(SCENARIOS)}")
@@ -193,6 +197,7 @@ def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, fi
                scenarios=list(config.scenarios), warmup=config.warmup, min_time=config.min_time,
                min_iters=config.min_iters, min_calls=config.min_calls, quality=first, server_rate=config.server_rate,
                p99_bound_ms=config.p99_bound_ms, server_time=config.server_time, tta=config.tta,
+               max_pixels=config.max_pixels,
                pin=_cpus(threads) if config.isolate else None)
 
 
@@ -229,7 +234,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
             emit(Event("row", f"{label}: skipped ({reason})"))
             continue
         if tuple(m.classes) not in data_cache:
-            data_cache[tuple(m.classes)] = load_subset(config.data, m.classes, config.limit, config.seed)
+            with default_max_pixels(config.max_pixels):
+                data_cache[tuple(m.classes)] = load_subset(config.data, m.classes, config.limit, config.seed)
         data = data_cache[tuple(m.classes)]
         if backend == "keras" and not config.isolate and "tensorflow" not in sys.modules:
             emit(Event("status", "importing TensorFlow for the keras backend"))
@@ -259,12 +265,15 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     env.update(threads_requested=config.threads, device=config.device, command=config.command,
                loadavg_start=load_start, loadavg_end=load_end, nice=os.nice(0) if hasattr(os, "nice") else None,
                tensorflow_import_s=tf_import_s, isolated=config.isolate)
-    warnings = busy_cpu_warnings(env) + compare_notes + spread_warnings(rows)
     first = next(iter(data_cache.values()), None)
+    left_out = [f"{name}: {why}" for name, why in first.dataset.skipped] if first else []
+    warnings = busy_cpu_warnings(env) + compare_notes + spread_warnings(rows) + (
+        [f"{len(left_out)} data image(s) could not be used and were left out, e.g. {left_out[0]}"] if left_out else [])
     data_doc = {"source": config.data, "split": "test", "images": int(len(first.images)) if first else 0,
                 "subset": first.subset if first else None, "fingerprint": first.dataset.fingerprint if first else None,
-                "load_s": first.load_s if first else None,
-                "decode": measure_decode(config.data, config.decode_sample if first else 0)}
+                "load_s": first.load_s if first else None, "left_out": len(left_out), "left_out_examples": left_out[:5]}
+    with default_max_pixels(config.max_pixels):
+        data_doc["decode"] = measure_decode(config.data, config.decode_sample if first else 0)
     cfg = asdict(config)
     cfg["batch_sizes"] = batch_sizes
     order = {b: i for i, b in enumerate(backends.BACKENDS)}

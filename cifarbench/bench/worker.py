@@ -23,6 +23,7 @@ import numpy as np
 
 from cifarbench.bench.metrics import classification_report, confusion_matrix
 from cifarbench.bench.scenarios import find_max_rate, measure_latency, measure_throughput, predict_all, run_server
+from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import CifarbenchError, first_line
 from cifarbench.models.manifest import Manifest
 
@@ -51,6 +52,7 @@ class Job:
     server_max_batch: int | None = None  # default: the largest batch size
     pin: list[int] | None = None  # CPUs the isolated process is pinned to (sched_setaffinity), if any
     tta: str = "none"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the command's --max-pixels: the child loads its data under it
 
 
 def peak_rss_mb() -> float:
@@ -185,6 +187,7 @@ def _pin(cpus: list[int] | None) -> list[int] | None:
 
 def _main() -> int:
     from cifarbench.bench.data import load_subset
+    from cifarbench.data.images import default_max_pixels
     from cifarbench.models.model_ref import resolve_model
 
     request = json.loads(sys.stdin.read())
@@ -192,7 +195,8 @@ def _main() -> int:
     try:
         pinned = _pin(job.pin)
         manifest = resolve_model(job.model)
-        data = load_subset(job.data, manifest.classes, job.limit, job.seed)
+        with default_max_pixels(job.max_pixels):  # the same images as the parent's rows, and its cache entry
+            data = load_subset(job.data, manifest.classes, job.limit, job.seed)
         row, probs = measure(job, manifest, data.images, data.labels)
         row["pinned_cpus"] = pinned
         if probs is not None:

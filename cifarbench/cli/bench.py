@@ -115,7 +115,6 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     from cifarbench.bench import runner as bench
     from cifarbench.bench import report
     from cifarbench.cli.ui import EventPrinter, progress_bar, stderr_console
-    from cifarbench.data.images import default_max_pixels
 
     if all_backends and backend_names:
         raise click.UsageError("--all and --backend exclude each other")
@@ -124,13 +123,13 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         threads=list(threads) if threads else None, device=device, warmup=warmup, min_time=min_time,
         min_iters=min_iters, command=shlex.join(["cifarbench"] + sys.argv[1:]),
         scenarios=tuple(scenarios) or ("single-stream", "offline"), repeat=repeat, isolate=isolate,
-        server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time, tta=tta)
+        server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time, tta=tta, max_pixels=max_pixels)
     plan = bench.resolve_plan(config)
     err = stderr_console()
     for model, sel in plan.chosen.items():
         if not quiet:
             err.print(f"{model}: auto = {sel.note or sel.name}", markup=False, soft_wrap=True)
-    with progress_bar(len(plan.jobs), "bench", quiet=quiet) as bar, default_max_pixels(max_pixels):
+    with progress_bar(len(plan.jobs), "bench", quiet=quiet) as bar:
         doc = bench.run_bench(config, EventPrinter("bench", quiet, bar), plan)
     out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)

@@ -85,6 +85,11 @@ def default_max_pixels(value: int | None) -> Iterator[None]:
         _default_max_pixels = old
 
 
+def current_max_pixels() -> int | None:
+    """The limit a ``load_image`` call that names none uses now (a cache of decoded data keys on it)."""
+    return _default_max_pixels
+
+
 @dataclass(frozen=True)
 class ImageResult:
     """``array`` (uint8 [size, size, 3], RGB) on success, else ``error``: a one-line reason."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.atomic import atomic_write
-from cifarbench.data.images import IMAGE_EXTENSIONS, load_image
+from cifarbench.data.images import IMAGE_EXTENSIONS, current_max_pixels, load_image
 from cifarbench.errors import DataError
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE, cache_dir
 
@@ -324,7 +324,8 @@ def _official_cifar10_dir() -> Path:
 
 
 def _fingerprint(path: Path, split: str, classes: tuple[str, ...]) -> str:
-    h = hashlib.sha256(f"{_CACHE_VERSION}|{path.resolve()}|{split}|{','.join(classes)}".encode())
+    # The pixel limit decides which files decode, so a run under another --max-pixels never reuses this one's arrays.
+    h = hashlib.sha256(f"{_CACHE_VERSION}|{path.resolve()}|{split}|{','.join(classes)}|{current_max_pixels()}".encode())
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file():
