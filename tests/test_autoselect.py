@@ -45,8 +45,8 @@ def test_probe_ranks_by_measured_speed_and_reports_failures() -> None:
             raise ModelError("cannot load it")
         return Timed(clock, costs[name])
 
-    figures, failed = autoselect.probe(load, ["slow", "fast", "broken"], (8, 8, 3), budget_s=2.0, min_time_s=0.3,
-                                       min_calls=3, batch=16, clock=clock)
+    figures, failed = autoselect.probe(load, ["slow", "fast", "broken"], (8, 8, 3), batch=16,
+                                       limits=autoselect.ProbeLimits(2.0, 0.3, 3), clock=clock)
     assert failed == {"broken": "cannot load it"}
     assert figures["fast"]["images_per_s"] == pytest.approx(10_000) and figures["slow"]["images_per_s"] == pytest.approx(1_000)
     assert figures["fast"]["batch1_ms"] == pytest.approx(0.1)
@@ -55,8 +55,8 @@ def test_probe_ranks_by_measured_speed_and_reports_failures() -> None:
 
 def test_probe_stops_at_its_budget() -> None:
     clock = Clock()
-    figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), budget_s=2.0, min_time_s=0.3,
-                                  min_calls=50, batch=16, clock=clock)
+    figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), batch=16,
+                                  limits=autoselect.ProbeLimits(2.0, 0.3, 50), clock=clock)
     warm = 2 * (1 + autoselect.WARMUP_CALLS * 16) * 0.01
     assert warm < 2.0  # warm-up is inside the budget, so timing still runs
     assert clock.t < 2.0 + 2 * 17 * 0.01 + 1e-9  # at most one round past the budget (loading costs nothing here)
@@ -66,11 +66,23 @@ def test_probe_stops_at_its_budget() -> None:
 def test_probe_budget_includes_warm_up() -> None:
     clock = Clock()
     # Warm-up alone overruns the budget: every candidate still gets one timed call, then the probe stops.
-    figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), budget_s=0.5, min_time_s=0.3,
-                                  min_calls=50, batch=16, warmup=2, clock=clock)
+    figures, _ = autoselect.probe(lambda n: Timed(clock, 0.01), ["a", "b"], (4, 4, 3), batch=16,
+                                  limits=autoselect.ProbeLimits(0.5, 0.3, 50, warmup=2), clock=clock)
     assert figures["a"]["calls"] == figures["b"]["calls"] == 1
     assert clock.t == pytest.approx(2 * (1 + 2 * 16) * 0.01 + 2 * 17 * 0.01)
 
+
+
+def test_probe_loads_openvino_first() -> None:
+    clock, order = Clock(), []
+
+    def load(name: str) -> Timed:
+        order.append(name)
+        return Timed(clock, 1e-4)
+
+    figures, _ = autoselect.probe(load, ["onnx-int8", "tflite-int8", "openvino-int8"], (4, 4, 3), batch=4, clock=clock)
+    assert order == ["openvino-int8", "onnx-int8", "tflite-int8"]  # otherwise in the caller's order
+    assert set(figures) == {"onnx-int8", "tflite-int8", "openvino-int8"}
 
 class Bursty(Timed):
     """Its first ``cold`` calls take 100x longer, and every third timed call is hit by a 10x burst."""
@@ -89,8 +101,8 @@ def test_probe_warms_up_and_ranks_by_the_best_call() -> None:
     clock = Clock()
     # "cold" is the faster one but slow to warm up (3 calls: batch-1 and two full batches) and bursty.
     be = {"cold": Bursty(clock, 1e-4, cold=3), "steady": Timed(clock, 2e-4)}
-    figures, _ = autoselect.probe(lambda n: be[n], ["cold", "steady"], (4, 4, 3), budget_s=2.0, min_time_s=0.3,
-                                  min_calls=6, batch=16, clock=clock)
+    figures, _ = autoselect.probe(lambda n: be[n], ["cold", "steady"], (4, 4, 3), batch=16,
+                                  limits=autoselect.ProbeLimits(2.0, 0.3, 6), clock=clock)
     assert figures["cold"]["images_per_s"] == pytest.approx(10_000)  # the best call, not the bursts
     assert figures["cold"]["median_images_per_s"] < figures["cold"]["images_per_s"]
     assert max(figures, key=lambda n: figures[n]["images_per_s"]) == "cold"

@@ -108,7 +108,7 @@ def test_worker_processes_share_one_decode_budget(tmp_path: Path) -> None:
 
     entries = [FileEntry(f"f{i}") for i in range(2 * dp.CHUNK + 1)]  # three chunks: three workers busy
     got = list(dp.decode_ordered(entries, 32, "center-crop", workers=3, pool="process", decode_fn=decode_crash.budget_probe,
-                                 budget_bytes=10 << 20))
+                                 limits=dp.DecodeLimits(budget_bytes=10 << 20)))
     spans = sorted((float(t0), float(t1)) for total, t0, t1 in (e.split() for _, e in got if e))
     assert {e.split()[0] for _, e in got if e} == {str(10 << 20)}  # the pool's budget reached every worker
     # 6 + 6 MiB > 10: no two files' holds overlap, though three processes were free to run them at once
@@ -124,7 +124,7 @@ def test_max_pixels_reaches_every_pool_kind(tmp_path: Path, pool: str) -> None:
     (tmp_path / "010-bomb.png").write_bytes(png_header_bomb(3000, 3000))
     entries = list(discover([tmp_path]))
     got = list(dp.decode_ordered(entries, 32, "center-crop", workers=0 if pool == "inline" else 2, pool=pool,
-                                 max_pixels=1_000_000))
+                                 limits=dp.DecodeLimits(max_pixels=1_000_000)))
     errors = {os.path.basename(e.path): err for e, (_, err) in zip(entries, got) if err}
     assert list(errors) == ["010-bomb.png"] and "9,000,000 pixels" in errors["010-bomb.png"]
 

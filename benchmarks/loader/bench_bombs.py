@@ -51,7 +51,8 @@ if __name__ == "__main__":
     from cifarbench.data.discover import discover
     decode_budget.set_process_budget(decode_budget.DecodeBudget(int(budget)))  # threads use the process's
     entries = list(discover([folder]))
-    got = list(decode_pool.decode_ordered(entries, 32, "center-crop", int(workers), pool, budget_bytes=int(budget)))
+    got = list(decode_pool.decode_ordered(entries, 32, "center-crop", int(workers), pool,
+                                          limits=decode_pool.DecodeLimits(budget_bytes=int(budget))))
     with open(out, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "error"])

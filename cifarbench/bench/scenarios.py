@@ -10,7 +10,7 @@ whatever has queued, up to a maximum batch).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -21,6 +21,22 @@ SCENARIOS = ("single-stream", "offline", "server")
 P99_MIN_SAMPLES = 100
 Predict = Callable[[np.ndarray], Any]
 Clock = Callable[[], float]
+
+
+class TimeSource(Protocol):
+    """What the server scenario waits on: a fake one in tests, the real clock otherwise."""
+
+    def clock(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class _RealTime:
+    clock = staticmethod(time.perf_counter)
+    sleep = staticmethod(time.sleep)
+
+
+REAL_TIME: TimeSource = _RealTime()
 
 
 def measure_latency(predict: Predict, images: np.ndarray, warmup: int, min_iters: int, min_time: float,
@@ -95,7 +111,7 @@ def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 
 def run_server(predict: Predict, images: np.ndarray, rate: float, duration: float, max_batch: int, seed: int = 0,
-               clock: Clock = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+               timing: TimeSource = REAL_TIME) -> dict[str, Any]:
     """Poisson arrivals at ``rate``/s for ``duration`` s, one inference thread batching what has queued.
 
     Each query's latency is completion time minus its scheduled arrival, so queueing counts:
@@ -110,23 +126,23 @@ def run_server(predict: Predict, images: np.ndarray, rate: float, duration: floa
     arrivals = np.cumsum(rng.exponential(1.0 / rate, count))
     lat: list[float] = []
     sizes: list[int] = []
-    start = clock()
+    start = timing.clock()
     i, n = 0, len(images)
     deadline = 2 * duration + 1.0
-    while i < count and clock() - start < deadline:
-        now = clock() - start
+    while i < count and timing.clock() - start < deadline:
+        now = timing.clock() - start
         if arrivals[i] > now:
-            sleep(arrivals[i] - now)
-            now = clock() - start
+            timing.sleep(arrivals[i] - now)
+            now = timing.clock() - start
         j = min(count, i + max_batch, int(np.searchsorted(arrivals, now, side="right")))
         j = max(j, i + 1)
         idx = np.arange(i, j) % n
         predict(images[idx])
-        done = clock() - start
+        done = timing.clock() - start
         lat.extend(done - arrivals[i:j])
         sizes.append(j - i)
         i = j
-    span = (clock() - start) or 1e-9
+    span = (timing.clock() - start) or 1e-9
     stats = latency_stats(lat)
     return {"target_rate": rate, "queries": count, "served": i, "dropped": count - i,
             "achieved_rate": i / max(span, float(arrivals[i - 1])),
@@ -135,8 +151,7 @@ def run_server(predict: Predict, images: np.ndarray, rate: float, duration: floa
 
 
 def find_max_rate(predict: Predict, images: np.ndarray, p99_bound_ms: float, start_rate: float, duration: float,
-                  max_batch: int, steps: int = 6, clock: Clock = time.perf_counter,
-                  sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+                  max_batch: int, steps: int = 6, timing: TimeSource = REAL_TIME) -> dict[str, Any]:
     """The highest Poisson rate whose p99 stays under the bound: double until it fails, then bisect.
 
     ``start_rate`` should be a guess of the sustainable rate (e.g. the offline throughput).
@@ -144,7 +159,7 @@ def find_max_rate(predict: Predict, images: np.ndarray, p99_bound_ms: float, sta
     trials: list[dict[str, Any]] = []
 
     def ok(rate: float) -> bool:
-        r = run_server(predict, images, rate, duration, max_batch, seed=len(trials), clock=clock, sleep=sleep)
+        r = run_server(predict, images, rate, duration, max_batch, seed=len(trials), timing=timing)
         r["passed"] = r["p99_ms"] <= p99_bound_ms and not r["dropped"]
         trials.append(r)
         return bool(r["passed"])

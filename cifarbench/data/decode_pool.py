@@ -15,6 +15,7 @@ import os
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -178,25 +179,31 @@ class _Pool:
             self.ex = None
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """``max_pixels`` refuses bigger images from their header; ``budget_bytes`` bounds the pixels being
+    decoded at once by all worker processes together (threads and inline decoding share the process's own budget)."""
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    budget_bytes: int = DEFAULT_DECODE_BUDGET
+
+
 def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto",
-                   ahead: int = 256, decode_fn: DecodeFn | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                   budget_bytes: int = DEFAULT_DECODE_BUDGET) -> Iterator[tuple[np.ndarray | None, str | None]]:
+                   ahead: int = 256, decode_fn: DecodeFn | None = None,
+                   limits: DecodeLimits = DecodeLimits()) -> Iterator[tuple[np.ndarray | None, str | None]]:
     """(array, error) per entry, in order, decoded at most ``ahead`` files + 2 chunks per worker in advance.
 
     ``ahead`` is a model batch: the pool keeps decoding the next batch while the model runs this one.
     ``decode_fn`` replaces the chunk decoder (module-level, so a worker process can import it).
-    ``max_pixels`` refuses bigger images from their header; ``budget_bytes`` bounds the pixels being
-    decoded at once by all worker processes together (threads and inline decoding share the
-    process's own budget).
     """
     kind = pick_pool(pool, workers, len(entries))
     fn = decode_fn or _decode_chunk
     chunks = ([(e.path, e.error) for e in entries[i:i + CHUNK]] for i in range(0, len(entries), CHUNK))
     if kind == "inline":
         for items in chunks:
-            yield from fn(items, size, resize, max_pixels)
+            yield from fn(items, size, resize, limits.max_pixels)
         return
-    p = _Pool(kind, workers, fn, size, resize, max_pixels, budget_bytes)
+    p = _Pool(kind, workers, fn, size, resize, limits.max_pixels, limits.budget_bytes)
     inflight: deque[tuple[list, Future]] = deque()
     max_inflight = 2 * workers + -(-ahead // CHUNK)
 

@@ -9,6 +9,9 @@ Memory is decided from the header, before any pixel is allocated: an image over 
 other big images are box-reduced right after decoding (before any full-size mode conversion), and
 each decode holds its cost in the process's shared ``DecodeBudget`` while it runs. What C decoders
 print to fd 2 (libtiff) is captured per file and kept in the error, never shown.
+
+Over 300 lines on purpose: the guide asks for one image loader, and its format, orientation, resize
+and memory rules have to be read together to see that every command gets the same pixels.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ many). The model travels through the object store, so only the input paths need 
 between nodes; a node that cannot see a PATH fails the run with a message saying so.
 
 Ray is imported only by this package (cluster side: ray_tasks.py), and only when this engine runs.
+
+Over 300 lines on purpose: the Ray session (start, join, shut down), the dataset plan and the ordered
+row stream share one run's state; the cluster-side code is apart in ray_tasks.py.
 """
 
 from __future__ import annotations

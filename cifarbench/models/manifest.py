@@ -3,6 +3,9 @@
 It is the contract between train, convert, classify, bench and serve: class names,
 input contract, each file's checksum and quantization, the training recipe and the
 metrics that were measured. Backends read only this to know how to feed a model.
+
+Just over 300 lines: the dataclasses, their validation and the readers of first-release manifests
+belong together so that one file says what a manifest may contain.
 """
 
 from __future__ import annotations

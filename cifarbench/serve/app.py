@@ -5,6 +5,9 @@ raw image body), ``GET /`` (the upload page) and ``/static/*``. Uploads are read
 memory under a byte limit and decoded from bytes by the one loader, so nothing a
 client sends is ever opened or written by name. Decoding runs in a bounded thread
 pool; inference runs in the micro-batcher's thread, so the event loop only moves bytes.
+
+Over 300 lines on purpose: the routes share the admission, upload-budget and error-shaping helpers;
+connection handling is in protocol.py, batching in batching.py, uploads in uploads.py.
 """
 
 from __future__ import annotations
