@@ -270,3 +270,10 @@ def test_not_installed_is_exit_7_with_the_extra_to_install(tmp_path: Path) -> No
     doc = json.loads((tmp_path / "b" / "results.json").read_text(encoding="utf-8"))
     assert [(x["backend"], x["status"]) for x in doc["results"]] == [("openvino", "skipped"), ("openvino-int8", "skipped")]
     assert all("pip install 'cifarbench[openvino]'" in x["reason"] for x in doc["results"])
+
+
+@pytest.mark.parametrize("name", ["flagship", "baseline-cnn"])
+def test_auto_considers_openvino_int8_for_the_shipped_models(name: str) -> None:
+    # `auto` can only pick OpenVINO where it measures fastest if it is among what it measures.
+    cands = backends.auto_candidates(resolve_model(name))
+    assert "openvino-int8" in cands and {"onnx-int8", "tflite-int8"} <= set(cands)
