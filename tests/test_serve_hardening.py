@@ -10,9 +10,14 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import os
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -355,3 +360,143 @@ def test_connection_limit_is_kept_under_the_open_file_limit() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert 1 <= n <= soft - 64 or soft == resource.RLIM_INFINITY
     assert _fd_capped(10) == 10
+
+
+# ---------------------------------------------------------------------- soak (benchmarks/serve/bench_hardening.py, small)
+SOAK_SERVER = """
+import sys
+import numpy as np
+from cifarbench.cli.serve import _bind
+from cifarbench.models.manifest import Manifest
+from cifarbench.serve import server
+from cifarbench.serve.app import ServeLimits, create_app
+from cifarbench.serve.protocol import ConnectionLimits
+
+class Backend:
+    name = "fake"
+    def predict(self, x):
+        p = np.full((len(x), 10), 0.01, np.float32)
+        p[:, 0] = 0.91
+        return p
+    def describe(self):
+        return {"runtime": "fake"}
+
+sock = _bind("127.0.0.1", 0)
+print(sock.getsockname()[1], flush=True)
+limits = ServeLimits(max_upload_bytes=1 << 20, max_pixels=5_000_000, timeout_s=600)  # slow CPUs too
+server.run(create_app(Manifest(name="m", arch="fake"), Backend(), limits=limits), sock,
+           ConnectionLimits(header_timeout_s=1.0), log_level="warning")
+"""
+ALLOWED = {200, 400, 408, 413, 415, 422, 431, 503}
+
+
+def soak_mix(port: int) -> dict[str, Any]:
+    """The bench's soak kinds, one function each: good, corrupt, huge, over the pixel limit, slow, malformed."""
+    import io
+
+    from PIL import Image
+
+    def image(side: int, mode: str = "RGB", fmt: str = "PNG") -> bytes:
+        buf = io.BytesIO()
+        Image.new(mode, (side, side), (200, 30, 40, 128)[:len(mode)]).save(buf, fmt, compress_level=1)
+        return buf.getvalue()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    jpeg, huge = image(32, fmt="JPEG"), image(2048, "RGBA")  # 4.2 MP: the server trims its heap after it
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000, 10_000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    post = lambda body, ctype: request(port, "POST", "/v1/classify", body, {"Content-Type": ctype})[0]  # noqa: E731
+
+    def status_of(data: bytes, pause: float = 0.0) -> int:
+        """Send ``data`` (in 5 pieces ``pause`` s apart when given), then read the answer until the close."""
+        step = max(1, len(data) // 5) if pause else len(data)
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            for i in range(0, len(data), step):
+                s.sendall(data[i:i + step])
+                time.sleep(pause)
+            answer = read_to_close(s)
+        return parse(answer)[0] if answer.startswith(b"HTTP/1.1 ") else 0
+
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nConnection: close\r\n"
+    return {
+        "good-png": lambda: post(png(3), "image/png"),
+        "good-jpeg": lambda: post(jpeg, "image/jpeg"),
+        "corrupt": lambda: post(jpeg[:100], "image/jpeg"),
+        "huge": lambda: post(huge, "image/png"),
+        "over-max-pixels": lambda: post(bomb, "image/png"),
+        "slow-body": lambda: status_of(head + b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg, pause=0.05),
+        "slow-head": lambda: status_of(b"GET /health HTTP/1.1\r\nHost: x\r\n", pause=0.05),  # never ends: 408 at 1 s
+        "garbage": lambda: status_of(b"GARBAGE / HTTP/9\r\n\r\n"),
+        "big-head": lambda: status_of(b"GET /health HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 80_000 + b"\r\n\r\n"),
+        "truncated-multipart": lambda: post(b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n"
+                                            b"\r\n" + jpeg[:50], "multipart/form-data; boundary=b"),
+        "wrong-type": lambda: post(b"{}", "application/json"),
+        "too-big": lambda: post(b"\0" * (1 << 20) + b"\0", "image/png"),
+    }
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc to read the server's RSS")
+def test_soak_mix_gets_only_allowed_statuses_and_flat_memory(tmp_path: Any) -> None:
+    """A few rounds of the soak's mix from 4 clients against the CLI's server process: the target at small scale.
+
+    Nothing is timed: every request must get a status the server documents (no 5xx but 503), and the
+    server's RSS at rest after the soak must stay near its RSS at rest after a warm-up round.
+    """
+    script = tmp_path / "server.py"
+    script.write_text(SOAK_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: dict[str, dict[int, int]] = {}
+    lock = threading.Lock()
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        wait_for(lambda: _answers(port), 120)
+        mix = soak_mix(port)
+        kinds = list(mix) + ["good-png", "good-jpeg"] * 2  # mostly good traffic, as in the bench
+
+        def client(seed: int, rounds: int) -> None:
+            order = kinds[seed:] + kinds[:seed]
+            for _ in range(rounds):
+                for kind in order:
+                    status = mix[kind]()
+                    with lock:
+                        seen.setdefault(kind, {}).setdefault(status, 0)
+                        seen[kind][status] += 1
+
+        def soak(rounds: int) -> int:
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda i: client(i * 4, rounds), range(4)))
+            time.sleep(0.5)
+            return status_kb(proc.pid, "VmRSS")
+
+        warm = soak(1)  # thread pools, first decodes, the allocator's arenas
+        after = soak(2)
+        assert _answers(port)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    statuses = {s for by in seen.values() for s in by}
+    assert statuses <= ALLOWED, seen
+    assert set(seen["good-png"]) | set(seen["good-jpeg"]) <= {200, 503} and seen["good-png"].get(200), seen
+    expected = {"corrupt": 422, "huge": 200, "over-max-pixels": 422, "slow-body": 200, "slow-head": 408,
+                "garbage": 400, "big-head": 431, "truncated-multipart": 400, "wrong-type": 415, "too-big": 413}
+    for kind, status in expected.items():  # each kind hit what it aims at (a 503 would also be allowed)
+        assert set(seen[kind]) <= {status, 503}, (kind, seen[kind])
+    assert sum(n for by in seen.values() for n in by.values()) == 3 * 4 * len(kinds)
+    assert after - warm < 48 * 1024, f"RSS grew {(after - warm) / 1024:.0f} MB over the soak"
+    assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
+    print(f"soak: {dict(sorted(seen.items()))}; RSS at rest {warm / 1024:.0f} -> {after / 1024:.0f} MB")
+
+
+def _answers(port: int) -> bool:
+    try:
+        return request(port, "GET", "/health", timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in open(f"/proc/{pid}/status", encoding="ascii"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
