@@ -218,6 +218,28 @@ def test_connection_limit_answers_json_503_and_recovers() -> None:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_connections_over_the_limit_are_answered_and_closed_without_a_word_from_them(protocol: str) -> None:
+    """Refused sockets must not wait for the client to speak (or for the head timeout): that let them pile up."""
+    with live_server(connection=ConnectionLimits(max_connections=2, header_timeout_s=120), protocol=protocol) as port:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        wait_for(lambda: all(still_open(s) for s in held))
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(20)]  # never send a byte
+        answers = [read_to_close(s) for s in silent]  # a timeout here (OSError) fails the test
+        for s in silent:
+            s.close()
+        for answer in answers:
+            status, headers, body = parse(answer)
+            assert_json_error(status, headers, body, 503)
+            assert headers["retry-after"] == "1"
+        assert all(still_open(s) for s in held)  # the connections under the limit are untouched
+        status, headers, body = parse(raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=60))
+        assert_json_error(status, headers, body, 503)  # a client that speaks at once still reads its 503
+        for s in held:
+            s.close()
+        wait_for(lambda: request(port, "GET", "/health")[0] == 200)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("data, expected", [
     (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", 400),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400),  # TLS hello on plain HTTP

@@ -8,7 +8,8 @@ connections against requests, so 64 silent sockets locked everyone out. Here:
   connection opening or of the previous response, however slowly it trickles; an idle
   connection is closed silently, a half-sent head gets 408;
 * a head larger than ``max_header_bytes`` gets 431;
-* beyond ``max_connections`` open connections a new one gets 503 with ``Retry-After``.
+* beyond ``max_connections`` open connections a new one gets 503 with ``Retry-After`` at once,
+  before it sends anything, and is closed within ``REFUSED_LINGER_S``: refused sockets cannot pile up.
 
 Requests themselves are bounded inside the app (admission control, body and time limits).
 Every answer written here is JSON with the same security headers as the app's, so no
@@ -22,6 +23,8 @@ import json
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+REFUSED_LINGER_S = 1.0  # a refused connection's socket lives this long at most after its 503
 
 # Shared with the app so that protocol-level and app-level answers look the same.
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -76,17 +79,22 @@ class _GuardMixin:
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self._limits.max_connections:
-            # Not counted as a connection; answered as soon as the client speaks (or dropped at the deadline).
+            # Answered now, not when the client speaks: a silent one must not keep its fd for the head timeout.
+            # Half-close after the 503 and drop what the client still sends (closing with unread bytes makes
+            # the kernel reset the connection, which can destroy the 503); closed at its EOF or the linger.
             self.transport = transport
             self._refused = True
-            self._arm_head_timer()
+            transport.write(error_response(503, "too many open connections; retry shortly", self._limits.retry_after_s))
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._head_timer = self.loop.call_later(min(REFUSED_LINGER_S, self._limits.header_timeout_s),
+                                                    transport.close)
             return
         super().connection_made(transport)  # type: ignore[misc]
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            self._answer_and_close(503, "too many open connections; retry shortly", self._limits.retry_after_s)
+        if self._refused:  # already answered: read and dropped until the client's EOF or the linger
             return
         if self._head_timer is not None:  # still reading a request head: count it, not the body after it
             window = self._head_tail + data
@@ -100,6 +108,11 @@ class _GuardMixin:
         if self.cycle is not None and self.cycle is not self._seen_cycle:  # a new request's head is complete
             self._seen_cycle = self.cycle
             self._cancel_head_timer()
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return None  # a refused client has read its 503 and gone: close (asyncio does, on a falsy return)
+        return super().eof_received()  # type: ignore[misc, no-any-return]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
