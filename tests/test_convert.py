@@ -192,8 +192,8 @@ def test_savedmodel_and_keras_backend_uses_baked_preprocess(tmp_path: Path, synt
 # --------------------------------------------------------------------------- judgement and reporting
 
 
-def _par(agree: float, dp: float, acc: float) -> dict:
-    return {"images": 2000, "top1_agreement": agree, "max_abs_dprob": dp, "mean_abs_dprob": dp / 100, "accuracy": acc}
+def _par(agree: float, dp: float, acc: float, images: int = 2000) -> dict:
+    return {"images": images, "top1_agreement": agree, "max_abs_dprob": dp, "mean_abs_dprob": dp / 100, "accuracy": acc}
 
 
 def test_float16_is_judged_by_agreement_and_accuracy() -> None:
@@ -210,6 +210,38 @@ def test_float16_is_judged_by_agreement_and_accuracy() -> None:
     worse = _par(0.995, 5e-3, 0.690)  # agreement fine, accuracy 1 pp lower: fails
     assert judge("tflite-fp16", worse, ref) and worse["status"] == "FAIL"
     assert judge("onnx", _par(0.9995, 1.19e-2, 0.7), ref)  # float32 keeps the strict bound
+
+
+@pytest.mark.parametrize("n", [40, 80, 99, 150])
+def test_float16_one_flip_in_a_small_sample_is_not_a_failure(n: int) -> None:
+    """One near-tie flip among < 200 images is > 0.5 pp and (under 100) < 99 %: a warning, never exit 6."""
+    from cifarbench.conversion.parity import judge
+
+    ref = {"accuracy": 30 / n}
+    one = _par(1 - 1 / n, 4e-3, 29 / n, images=n)  # the flipped image was right before
+    assert judge("tflite-fp16", one, ref) is None
+    assert one["status"] == "warn" and "float16 rounding" in one["warning"]
+
+
+@pytest.mark.parametrize("n, flips", [(40, 2), (40, 12), (99, 2), (150, 2), (2000, 21)])
+def test_float16_breakage_still_fails_at_any_sample_size(n: int, flips: int) -> None:
+    from cifarbench.conversion.parity import judge
+
+    ref = {"accuracy": 0.5}
+    # agreement alone: the flips cancel out in accuracy
+    par = _par(1 - flips / n, 0.3, 0.5, images=n)
+    failure = judge("tflite-fp16", par, ref)
+    assert failure and par["status"] == "FAIL" and f"{flips} of {n} images flipped" in failure
+
+
+@pytest.mark.parametrize("lost, fails", [(10, False), (11, True)])
+def test_float16_accuracy_bound_is_counted_in_images(lost: int, fails: bool) -> None:
+    """At 2,000 images 0.5 pp is 10 images: 11 fewer right fails though agreement (99.45 %) is within 99 %."""
+    from cifarbench.conversion.parity import judge
+
+    par = _par(1 - lost / 2000, 5e-3, 0.5 - lost / 2000)
+    assert bool(judge("tflite-fp16", par, {"accuracy": 0.5})) == fails
+    assert (par["status"] == "FAIL") == fails
 
 
 @pytest.mark.parametrize("acc, status", [(0.699, "ok"), (0.695, "flagged"), (0.685, "warn")])
