@@ -1,4 +1,4 @@
-"""Figures a bench row gets from the others: agreement, accuracy delta, speed-up, int8 flags, spread warnings.
+"""Figures a bench row gets from the others: agreement, accuracy delta, speed-up, int8 and parity flags, spread warnings.
 
 Each row is compared with its model's reference backend at the same thread count (keras when
 measured, else onnx float32).
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 REFERENCE_ORDER = ("keras", "onnx")  # keras when measured, else onnx fp32
 INT8_FLAG_PP = 1.0  # an int8 row losing more accuracy than this (percentage points) is flagged
+PARITY_FLAG = "convert's parity check: "  # prefix of a flag carrying the manifest's parity warning
 
 
 def agreement(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -63,12 +64,29 @@ def against_reference(manifests: list[Manifest], rows: dict[Any, Row], probs: di
     return list(dict.fromkeys(notes))
 
 
+def flag_parity(row: Row, parity: dict[str, Any]) -> None:
+    """The artifact's parity ``warning`` from convert (float16 rounding, int8 loss above 1 pp) as a row flag.
+
+    A float artifact that failed its check (convert exited 6 but kept the numbers) is flagged too.
+    """
+    if parity.get("warning"):
+        row.flags.append(f"{PARITY_FLAG}{parity['warning']}")
+    elif parity.get("status") == "FAIL":
+        row.flags.append(f"{PARITY_FLAG}FAILED (top-1 agreement {parity.get('top1_agreement', 0) * 100:.2f} %, "
+                         f"max |dp| {parity.get('max_abs_dprob', 0):.1e})")
+
+
 def flag_int8(row: Row, delta_pp: float | None) -> None:
-    """int8 loss from bench's own accuracy (vs the fp32 reference) and from the manifest's parity check."""
+    """int8 loss from bench's own accuracy (vs the fp32 reference) and from the manifest's parity check.
+
+    The manifest's loss is flagged here only when its own warning is not already on the row
+    (older manifests record the loss without one).
+    """
     if not backends.get_spec(row.backend).int8:
         return
     row.int8_loss_pp = -delta_pp if delta_pp is not None else None
-    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", row.manifest_int8_loss_pp)):
+    warned = any(f.startswith(PARITY_FLAG) for f in row.flags)
+    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", None if warned else row.manifest_int8_loss_pp)):
         if loss is not None and loss > INT8_FLAG_PP:
             row.flags.append(f"int8 accuracy loss {loss:.2f} pp > {INT8_FLAG_PP:g} pp ({source})")
 
