@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,11 @@ def _small_test_split(monkeypatch: pytest.MonkeyPatch, synthetic_tree: Path) -> 
     monkeypatch.setenv("CIFARBENCH_CONVERT_TEST_DATA", str(synthetic_tree))
 
 
-def build_onnx(path: Path, layout: str = "nchw", batch: str | int = "batch") -> Path:
-    """A small CNN the way PyTorch exports one: float input, conv/relu/pool/gemm, logits out."""
+def build_onnx(path: Path, layout: str = "nchw", batch: str | int = "batch", second_input: bool = False) -> Path:
+    """A small CNN the way PyTorch exports one: float input, conv/relu/pool/gemm, logits out.
+
+    ``second_input`` adds a second graph input (an offset added to the image), which convert refuses.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -36,6 +41,9 @@ def build_onnx(path: Path, layout: str = "nchw", batch: str | int = "batch") -> 
              numpy_helper.from_array(rng.normal(0, 0.1, 10).astype(np.float32), "fc_b")]
     nodes = []
     x = "input"
+    if second_input:
+        nodes.append(helper.make_node("Add", ["input", "offset"], ["x_offset"]))
+        x = "x_offset"
     if layout == "nhwc":
         inits.append(numpy_helper.from_array(np.array([0, 3, 1, 2], np.int64), "perm_unused"))
         nodes.append(helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2]))
@@ -46,7 +54,9 @@ def build_onnx(path: Path, layout: str = "nchw", batch: str | int = "batch") -> 
               helper.make_node("Flatten", ["p"], ["f"]),
               helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1)]
     shape = [batch, 3, 32, 32] if layout == "nchw" else [batch, 32, 32, 3]
-    graph = helper.make_graph(nodes, "torch_cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+              for name in (("input", "offset") if second_input else ("input",))]
+    graph = helper.make_graph(nodes, "torch_cnn", inputs,
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
@@ -118,6 +128,47 @@ def test_classify_takes_the_converted_onnx_model(onnx_converted: tuple[Path, Pat
     assert r.stdout.splitlines()[1].startswith(str(img))
 
 
+def test_bench_and_serve_take_the_converted_onnx_model(onnx_converted: tuple[Path, Path, object], tmp_path: Path,
+                                                       synthetic_tree: Path) -> None:
+    """bench measures both ONNX-sourced artifacts against each other; serve answers what the backend computes."""
+    from cifarbench.bench.results_schema import load_results
+
+    src, out, _ = onnx_converted
+    r = run_cli("bench", "--model", out, "--backend", "onnx", "--backend", "onnx-int8", "--data", synthetic_tree,
+                "--limit", "30", "--min-time", "0", "--min-iters", "3", "--warmup", "1", "--batch-sizes", "1,8",
+                "--no-isolate", "--output-dir", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    rows = {row["backend"]: row for row in load_results(tmp_path / "b" / "results.json")["results"]}
+    assert {b: row["status"] for b, row in rows.items()} == {"onnx": "ok", "onnx-int8": "ok"}
+    assert rows["onnx"]["quality"]["support"] == 30 and rows["onnx-int8"]["agreement"]["reference"] == "onnx"
+    assert 0 <= rows["onnx-int8"]["agreement"]["top1"] <= 1 and rows["onnx"]["size_bytes"] > 0
+    assert "onnx-int8" in r.stdout and "Traceback" not in r.output
+
+    pytest.importorskip("starlette")
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        pytest.skip("python-multipart is not installed (pip install 'cifarbench[serve]')")
+    from starlette.testclient import TestClient
+
+    from cifarbench.backends import load_backend
+    from cifarbench.serve.app import create_app
+
+    m = Manifest.load(out)
+    backend = load_backend("onnx", m, "cpu", 1)
+    pixels = np.stack([class_pattern(i, np.random.default_rng(7)) for i in range(3)])
+    blobs = []
+    for img in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    with TestClient(create_app(m, backend, backend_name="onnx")) as c:
+        res = c.post("/v1/classify?top_k=10", files=[("file", (f"{i}.png", b)) for i, b in enumerate(blobs)])
+    assert res.status_code == 200
+    want = expected(src, pixels)  # the user's own pipeline on the original model
+    for row, got in zip(want, res.json()["results"]):
+        probs = {t["label"]: t["probability"] for t in got["top"]}
+        assert [probs[name] for name in m.classes] == pytest.approx(row.tolist(), abs=1e-5)
+
+
 def test_nhwc_layout_is_detected(tmp_path: Path, synthetic_tree: Path) -> None:
     from cifarbench.backends import load_backend
 
@@ -139,6 +190,9 @@ def test_onnx_input_errors(tmp_path: Path, synthetic_tree: Path) -> None:
     fixed = build_onnx(tmp_path / "fixed.onnx", batch=1)
     r = run_cli("convert", fixed, *common)
     assert r.exit_code == ExitStatus.DATA and "dynamic batch" in r.stderr
+    two = build_onnx(tmp_path / "two.onnx", second_input=True)
+    r = run_cli("convert", two, *common)
+    assert r.exit_code == ExitStatus.DATA and "has 2 inputs" in r.stderr and "one image input" in r.stderr
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(src.read_bytes()[:200])
     r = run_cli("convert", bad, *common)
@@ -159,3 +213,20 @@ def test_onnx_conversion_never_imports_tensorflow(tmp_path: Path, synthetic_tree
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnx"])
+def test_missing_onnx_runtime_is_exit_7(tmp_path: Path, missing: str) -> None:
+    """Without onnx/onnxruntime (their import made to fail in a fresh interpreter) convert exits 7 and says what to install."""
+    import subprocess
+    import sys
+
+    src = build_onnx(tmp_path / "m.onnx")
+    code = (f"import sys; sys.modules[{missing!r}] = None; from cifarbench.cli import main; "
+            f"sys.argv = ['cifarbench', 'convert', {str(src)!r}, '--out', {str(tmp_path / 'o')!r}, "
+            "'--calibration-data', 'bundled']; main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == ExitStatus.UNAVAILABLE, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == f"error: converting m.onnx needs {missing}: pip install 'cifarbench[train]'"
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()
