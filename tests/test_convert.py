@@ -49,10 +49,11 @@ def test_round_trip_every_format(tiny_model: Path) -> None:
         assert np.abs(got - ref).max() < 0.15
 
 
-def _tiny_tf_keras_model(tf_keras, with_softmax: bool = True):  # type: ignore[no-untyped-def]
+def _tiny_tf_keras_model(tf_keras, with_softmax: bool = True, rescaling: bool = True):  # type: ignore[no-untyped-def]
+    """``rescaling=False``: a model that expects [0, 1] pixels, as most Keras 2 tutorials trained them."""
     model = tf_keras.Sequential([
         tf_keras.layers.InputLayer(input_shape=(32, 32, 3)),
-        tf_keras.layers.Rescaling(1 / 255.0),
+        *([tf_keras.layers.Rescaling(1 / 255.0)] if rescaling else []),
         tf_keras.layers.Conv2D(4, 3, activation="relu"),
         tf_keras.layers.GlobalAveragePooling2D(),
         tf_keras.layers.Dense(10, activation="softmax" if with_softmax else None),
@@ -71,6 +72,57 @@ def test_keras2_files_convert(tmp_path: Path, synthetic_tree: Path, suffix: str)
     m = Manifest.load(tmp_path / "out")
     assert m.artifacts["onnx"].parity["status"] == "ok"
     assert m.artifacts["tflite"].parity["status"] == "ok"
+
+
+def test_h5_expecting_unit_pixels_converts_every_format_with_scale(tmp_path: Path, synthetic_tree: Path) -> None:
+    """A legacy full-model .h5 trained on x/255: --preprocess scale:1/255 bakes the division into every artifact."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from cifarbench.backends import load_backend
+
+    tf_keras.utils.set_random_seed(0)
+    model = _tiny_tf_keras_model(tf_keras, rescaling=False)
+    model.save(tmp_path / "legacy.h5")
+    r = run_cli("convert", tmp_path / "legacy.h5", "--preprocess", "scale:1/255", "--out", tmp_path / "out",
+                "--calibration-data", synthetic_tree, "--calibration-size", "50", "--parity-size", "60")
+    assert r.exit_code == 0, r.output
+    m = Manifest.load(tmp_path / "out")
+    assert set(m.artifacts) == {"keras", "tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8"}
+    assert m.input.preprocess == "scale:1/255" and m.artifacts["keras"].file == "legacy.h5"
+    assert all(m.artifacts[f].parity["status"] == "ok" for f in ("tflite", "onnx"))
+    pixels = np.stack([class_pattern(i % 10, np.random.default_rng(4)) for i in range(10)])
+    want = model.predict(pixels.astype(np.float32) / 255, verbose=0)  # the user's own pipeline
+    for fmt in ("keras", "tflite", "onnx"):
+        np.testing.assert_allclose(load_backend(fmt, m).predict(pixels), want, atol=1e-4)
+    assert "legacy.h5" in r.stdout and "Traceback" not in r.output
+
+
+def test_layout_option_is_for_onnx_models(tmp_path: Path, synthetic_tree: Path) -> None:
+    """Keras models take NHWC: --layout nchw is a usage error before the model is read; nhwc is accepted."""
+    src = _foreign(tmp_path)
+    common = ("--out", tmp_path / "o", "--formats", "onnx", "--calibration-data", synthetic_tree,
+              "--calibration-size", "10", "--parity-size", "10")
+    r = run_cli("convert", src, "--layout", "nchw", *common)
+    assert r.exit_code == ExitStatus.USAGE and r.stderr.strip().splitlines()[-1] == (
+        "error: --layout nchw applies to ONNX models; Keras models take NHWC")
+    assert not (tmp_path / "o").exists()
+    r = run_cli("convert", src, "--layout", "nhwc", *common, "-q")
+    assert r.exit_code == 0, r.output
+
+
+def test_missing_tensorflow_is_exit_7(tmp_path: Path) -> None:
+    """Without TensorFlow (its import made to fail in a fresh interpreter) a Keras model exits 7 and says what to install."""
+    import subprocess
+    import sys
+
+    src = _foreign(tmp_path)
+    code = ("import sys; sys.modules['tensorflow'] = None; from cifarbench.cli import main; "
+            f"sys.argv = ['cifarbench', 'convert', {str(src)!r}, '--out', {str(tmp_path / 'o')!r}, "
+            "'--calibration-data', 'bundled']; main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == ExitStatus.UNAVAILABLE, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: converting their_model.keras needs tensorflow: pip install 'cifarbench[train]'")
+    assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
 
 
 def test_weights_only_h5_is_a_clear_error(tmp_path: Path) -> None:
@@ -304,6 +356,7 @@ def test_foreign_model_gets_test_split_accuracy_and_reconverts_from_its_folder(
                 "--calibration-data", synthetic_tree, "--calibration-size", "20", "--parity-size", "30")
     assert r.exit_code == 0, r.output
     assert "accuracy (test split)" in r.stdout and "30 test-split images" in r.stdout
+    assert "30 train-split images (possibly seen in training)" in r.stdout and "held-out" not in r.stdout
     m = Manifest.load(tmp_path / "o")
     assert m.metrics["parity"]["test_split"]["images"] == 30 and "test split of bundled" in m.metrics["parity"]["test_split"]["note"]
     assert 0 <= m.artifacts["onnx"].parity["test_accuracy"] <= 1 and "test_accuracy" in m.artifacts["keras"].parity
@@ -317,9 +370,16 @@ def test_foreign_model_gets_test_split_accuracy_and_reconverts_from_its_folder(
 
 
 def test_own_model_keeps_the_validation_slice(tiny_model: Path) -> None:
+    from cifarbench.cli.convert import parity_table
+    from cifarbench.cli.ui import stdout_console
+
     par = Manifest.load(tiny_model).metrics["parity"]
     assert "images" not in par["test_split"] and "metrics.test" in par["test_split"]["note"]
-    assert par["split"].startswith("train")
+    assert par["split"].startswith("train") and par["held_out"] is True
+    con = stdout_console()
+    with con.capture() as cap:
+        con.print(parity_table(Manifest.load(tiny_model)))
+    assert f"parity on {par['images']} held-out train images" in cap.get()  # cifarbench's own: known unseen
 
 
 def test_folder_without_a_keras_artifact_is_a_clear_error(tmp_path: Path) -> None:

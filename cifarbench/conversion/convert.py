@@ -212,7 +212,8 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
         test, note = _test_sample(opts, classes, seed, emit)
         if whole:
             note = f"{note.split(':')[0]}: the model trained on the whole train split (parity images were seen in training)"
-    return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note)
+    return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note,
+                     held_out=own and not whole)
 
 
 def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, emit: Emit) -> tuple[Dataset | None, str]:

@@ -42,6 +42,7 @@ class SampleSet:
     par_y: np.ndarray
     test: Dataset | None  # a foreign model's test-split sample
     test_note: str
+    held_out: bool = False  # True only for cifarbench's own models: the parity images are known to be unseen
 
 
 def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: SampleSet, emit: Emit) -> list[str]:
@@ -71,6 +72,7 @@ def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: Samp
     m.metrics["parity"] = {
         "reference": "keras" if source.kind == "keras" else "the original ONNX model (onnxruntime)",
         "reference_accuracy": ref_parity["accuracy"], "source": data.source, "split": "train (validation slice)",
+        "held_out": data.held_out,
         "images": int(len(data.par_x)), "warnings": warnings,
         "test_split": {"note": data.test_note, **({"images": len(data.test), "reference_accuracy": ref_parity["test_accuracy"]}
                                                   if data.test is not None else {})},
