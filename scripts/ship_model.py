@@ -1,7 +1,9 @@
 """Copy a converted model directory into trained/<name>, keeping only the formats we ship.
 
 trained/ must stay under 40 MB; formats left out keep their parity record in the manifest
-(metrics.parity.not_shipped) and can be rebuilt offline with `cifarbench convert trained/<name> --out DIR`.
+(metrics.parity.not_shipped). They can be rebuilt offline with `cifarbench convert trained/<name> --out DIR`
+only when the Keras artifact is shipped too; without it (e.g. baseline-cnn) they come back only by retraining
+(`cifarbench train ...`, then `cifarbench convert RUN_DIR`), and the manifest's not_shipped_reason says which.
 
     python scripts/ship_model.py RUN_DIR NAME --formats keras,onnx,tflite-int8,onnx-int8
 """
