@@ -342,6 +342,39 @@ def test_int8_loss_is_flagged_from_the_manifest_and_from_bench(tiny_model: Path,
     assert fp32.flags == [] and fp32.int8_loss_pp is None
 
 
+def test_parity_warnings_from_convert_show_on_their_rows(tiny_model: Path, synthetic_tree: Path, tmp_path: Path) -> None:
+    """The manifest's parity warnings (float16 rounding, int8 loss) reach the table, report.md, results and stderr."""
+    from cifarbench.conversion.parity import judge
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    m = Manifest.load(model)
+    fp16 = m.artifacts["tflite-fp16"].parity
+    fp16.update(top1_agreement=0.99, max_abs_dprob=0.02)  # as a small sample with one flip would give
+    judge("tflite-fp16", fp16, {"accuracy": fp16["accuracy"]})
+    i8 = m.artifacts["tflite-int8"].parity
+    judge("tflite-int8", i8, {"accuracy": i8["accuracy"] + 0.017})
+    assert fp16["warning"].startswith("float16 rounding") and i8["warning"].startswith("int8 loses 1.70 pp")
+    m.save(model)
+    res = run_cli("bench", "--model", model, "--backend", "onnx", "--backend", "tflite-fp16", "--backend", "tflite-int8",
+                  "--data", synthetic_tree, "--limit", "20", *FAST, "--output-dir", tmp_path / "o")
+    assert res.exit_code == 0, res.stderr
+    rows = {r["backend"]: r for r in load_results(tmp_path / "o" / "results.json")["results"]}
+    assert rows["tflite-fp16"]["flags"] == [f"convert's parity check: {fp16['warning']}"]
+    manifest_flags = [f for f in rows["tflite-int8"]["flags"] if "measured here" not in f]
+    assert manifest_flags == [f"convert's parity check: {i8['warning']}"]  # once, not again as a loss flag
+    assert rows["onnx"]["flags"] == []
+    report_md = (tmp_path / "o" / "report.md").read_text()
+    for fmt, w in (("tflite-fp16", fp16["warning"]), ("tflite-int8", i8["warning"])):
+        assert f"! {m.name}/{fmt}: convert's parity check: {w}" in res.stdout
+        assert f"warning: {m.name}/{fmt}: convert's parity check: {w}" in res.stderr
+        assert f"**{m.name} / {fmt}**: convert's parity check: {w}" in report_md
+    assert f"warning: {m.name}/onnx:" not in res.stderr
+    quiet = run_cli("bench", "--model", model, "--backend", "tflite-fp16", "--data", synthetic_tree, "--limit", "20",
+                    *FAST, "--output-dir", tmp_path / "q", "-q")
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
 def test_row_schema_is_derived_from_row_and_v1_results_still_load() -> None:
     from dataclasses import asdict, fields
 

@@ -25,7 +25,8 @@ import numpy as np
 from cifarbench import __version__, backends
 from cifarbench.backends.tta import check_mode as check_tta
 from cifarbench.bench.data import BenchData, load_subset, measure_decode
-from cifarbench.bench.derive import INT8_FLAG_PP, against_reference, busy_cpu_warnings, reference, spread_warnings
+from cifarbench.bench.derive import (INT8_FLAG_PP, against_reference, busy_cpu_warnings, flag_parity, reference,
+                                     spread_warnings)
 from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.bench.worker import Job, measure, run_isolated
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, default_max_pixels
@@ -60,6 +61,8 @@ DEFINITIONS = {
     "the median throughput, and repeat holds the median and min-max of throughput, p50 and p99",
     "int8_loss_pp": f"reference accuracy minus the int8 row's, in percentage points (bench's own measurement); "
     f"above {INT8_FLAG_PP} pp the row is flagged, as it is when the manifest's parity check recorded such a loss",
+    "flags": "what needs a look: an int8 loss above the bound (measured here or recorded by convert) and the "
+    "parity warning convert recorded for the row's artifact (float16 rounding, int8 loss) or its failed check",
 }
 
 
@@ -324,8 +327,11 @@ def _fill(row: Row, runs: list[dict[str, Any]], m: Manifest) -> None:
                     series.setdefault(q, []).append(run["latency"][q])
         row.repeat = {"n": len(runs), **{k: _spread(v) for k, v in series.items()}}
     spec = backends.get_spec(row.backend)
+    art = m.artifacts.get(spec.format)
+    parity = (art.parity if art else None) or {}
+    flag_parity(row, parity)
     if spec.int8:
-        drop = (m.artifacts[spec.format].parity or {}).get("accuracy_drop_pp")
+        drop = parity.get("accuracy_drop_pp")
         row.manifest_int8_loss_pp = float(drop) if drop is not None else None
 
 

@@ -136,6 +136,9 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     if not quiet:
         for w in report.all_warnings(doc):
             err.print(f"warning: {w}", markup=False, soft_wrap=True)
+        for r in doc["results"]:  # int8 losses and convert's parity warnings, whatever --format prints
+            for flag in r["flags"] if r["status"] == "ok" else []:
+                err.print(f"warning: {r['model']}/{report.label(r)}: {flag}", markup=False, soft_wrap=True)
         for n in notes:
             err.print(f"note: {n}", markup=False, soft_wrap=True)
         err.print(f"wrote {len(files)} files to {out}", markup=False, soft_wrap=True)
