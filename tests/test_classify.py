@@ -389,6 +389,79 @@ def test_max_pixels_refuses_from_the_header_as_a_row(tiny_model: Path, tmp_path:
     assert run_cli("classify", tmp_path, "-m", tiny_model, "--max-pixels", "0").exit_code == ExitStatus.USAGE
 
 
+BOMB_CHILD = """
+import sys
+from cifarbench.runs.classify import classify
+folder, model, out, pool = sys.argv[1:5]
+rep = classify([folder], model=model, backend="onnx", output=out, workers=4, pool=pool)
+print(rep.files, rep.failed)
+"""
+
+
+def _peak_tree_rss_mb(args: list[str]) -> tuple[float, str]:
+    """Run ``args`` and sample the summed RSS of it and its descendants every 10 ms: (peak MB, stdout)."""
+    def tree_pids(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            try:
+                for task in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{task}/children") as fh:
+                        todo += [int(c) for c in fh.read().split()]
+            except OSError:  # gone meanwhile
+                pass
+        return out
+
+    def rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                return int(fh.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, sum(rss(p) for p in tree_pids(child.pid)))
+        time.sleep(0.01)
+    stdout, stderr = child.communicate()
+    assert child.returncode == 0, stderr[-2000:]
+    return peak * os.sysconf("SC_PAGE_SIZE") / 2**20, stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc to follow the process tree")
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_header_bombs_through_four_workers_are_rows_at_baseline_memory(tiny_model: Path, tmp_path: Path,
+                                                                         pool: str) -> None:
+    """The bombs target at small scale: 20 tiny files declaring 81+ MP, 4 decode workers, every row an error.
+
+    Peak RSS of the whole process tree (pool workers included) is compared with the same run over 20 valid
+    images: one decode of any of these files alone would cost 300+ MB.
+    """
+    from test_images import blp_header_bomb, png_header_bomb
+
+    good, bombs = tmp_path / "good", tmp_path / "bombs"
+    good.mkdir()
+    bombs.mkdir()
+    for i in range(20):
+        _img(good / f"{i:02d}.png", i % 10)
+        side = 9000 + 37 * i
+        if i % 2:
+            (bombs / f"{i:02d}.png").write_bytes(png_header_bomb(side, side))
+        else:
+            (bombs / f"{i:02d}.jpg").write_bytes(blp_header_bomb(side, side))  # named as a photo
+    runs = {}
+    for name, folder in (("good", good), ("bombs", bombs)):
+        out = tmp_path / f"{name}.csv"
+        peak, stdout = _peak_tree_rss_mb([sys.executable, "-c", BOMB_CHILD, str(folder), str(tiny_model), str(out), pool])
+        runs[name] = peak, stdout.split(), _csv(out.read_text(encoding="utf-8"))[1:]
+    assert runs["good"][1] == ["20", "0"] and runs["bombs"][1] == ["20", "20"]
+    errors = [row[-1] for row in runs["bombs"][2]]
+    assert len(errors) == 20 and all(e.startswith("image too large") and "--max-pixels" in e for e in errors), errors
+    assert runs["bombs"][0] < runs["good"][0] + 50, {k: round(v[0]) for k, v in runs.items()}
+
+
 def test_rate_counts_only_images_classified_in_this_run(tiny_model: Path, tmp_path: Path) -> None:
     root = tmp_path / "p"
     root.mkdir()
