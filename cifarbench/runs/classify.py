@@ -7,6 +7,9 @@ so 100,000-file folders and 50-megapixel photos run in bounded memory.
 
 ``--resume`` keeps rows of an earlier run whose file has the same path, size and mtime; the
 bookkeeping (the ``<output>.state.json`` sidecar) lives in ``resume.py``.
+
+Over 300 lines on purpose: discovery, resume, decoding and writing meet in one streaming loop; the
+options, writers, lock and resume bookkeeping are modules of their own.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import numpy as np
 
 from cifarbench.atomic import atomic_write
 from cifarbench.backends.tta import with_tta
-from cifarbench.data.decode_pool import decode_ordered
+from cifarbench.data.decode_pool import DecodeLimits, decode_ordered
 from cifarbench.data.discover import FileEntry, discover
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.runs.options import ClassifyOptions
-from cifarbench.runs.resume import STATE_SUFFIX, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
+from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.runs.writers import Row, RowWriter, display_text, make_writer
 from cifarbench.sysinfo import usable_cores
 
@@ -209,15 +212,16 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
                        "backend": name, "device": device, "threads": threads, "top_k": top_k, "resize": resize,
                        "format": fmt, "classes": classes, "max_pixels": max_pixels,
                        **({"tta": opts.tta} if opts.tta != "none" else {})}
-        kept: dict[tuple[str, int, int], str] = {}
+        previous: PreviousRows | None = None  # kept rows stay in the earlier output until written
         if resume and out_path is not None:
-            kept, msg = load_previous(out_path, writer, fingerprint)
+            previous, msg = load_previous(out_path, writer, fingerprint)
+            if previous is not None:
+                stack.callback(previous.close)
             if msg:
                 emit(Event("note", msg))
                 report.notes.append(msg)
-        reuse = [kept.get((e.path, e.size, e.mtime_ns)) if e.error is None else None for e in entries]
-        kept.clear()
-        todo = [e for e, r in zip(entries, reuse) if r is None]
+        reuse = KeptRows(entries, previous)
+        todo = reuse.todo()
 
         predict: Callable[[np.ndarray], np.ndarray] = _no_model
         engine_rows: Callable[[Sequence[FileEntry]], Iterable[list[Row]]] | None = None
@@ -244,7 +248,8 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
                 fh.flush()
                 report.seconds = time.perf_counter() - t0
                 return
-            decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size, max_pixels=max_pixels)
+            decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size,
+                                     limits=DecodeLimits(max_pixels=max_pixels))
             try:
                 _emit_rows(fh, writer, reuse, predict_rows(todo, decoded, predict, classes, top_k, batch_size, size),
                            report, flush_each=out_path is None, emit=emit)
@@ -266,29 +271,47 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
     return report
 
 
-def _emit_rows(fh: IO[str], writer: RowWriter, reuse: list[str | None], batches: Iterable[list[Row]],
+def _emit_rows(fh: IO[str], writer: RowWriter, reuse: KeptRows, batches: Iterable[list[Row]],
                report: ClassifyReport, flush_each: bool, emit: Emit) -> None:
-    """Interleave kept rows (``reuse[i]`` set) with computed ones, in input order, one write per batch."""
+    """Interleave kept rows with computed ones, in input order, in writes of at most ``_WRITE_ROWS`` rows.
+
+    Kept rows are read back from the earlier output as they are written (``KeptRows``), so no run
+    holds more than one write's worth of them; the earlier output is closed before the new one
+    replaces it.
+    """
+    parts: list[str] = []
+
+    def put(text: str) -> None:
+        parts.append(text)
+        if len(parts) >= _WRITE_ROWS:
+            fh.write("".join(parts))
+            parts.clear()
+
     i = 0
     for rows in batches:
-        parts = []
         for row in rows:
-            while reuse[i] is not None:  # kept rows that come before this one
-                parts.append(reuse[i])  # type: ignore[arg-type]
-                reuse[i] = None
-                i += 1
+            while reuse.kept(i):  # kept rows that come before this one
+                put(reuse.text(i))
                 report.reused += 1
-            parts.append(writer.format(row))
+                i += 1
+            put(writer.format(row))
             i += 1
             report.classified += 1
             report.failed += row.error is not None
         fh.write("".join(parts))
+        parts.clear()
         if flush_each:
             fh.flush()
         emit(Event("progress", done=i, total=len(reuse)))
-    tail = [r for r in reuse[i:] if r is not None]
-    report.reused += len(tail)
-    fh.write("".join(tail))
+    for j in range(i, len(reuse)):  # kept rows after the last computed one
+        if reuse.kept(j):
+            put(reuse.text(j))
+            report.reused += 1
+    fh.write("".join(parts))
+    reuse.close()
+
+
+_WRITE_ROWS = 1024  # rows joined into one write
 
 
 def _remove_stale_temps(output: Path) -> None:

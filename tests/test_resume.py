@@ -1,0 +1,123 @@
+"""``classify --resume``: kept rows are read back from the earlier output as they are written, never all held."""
+
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from cifarbench import CIFAR10_CLASSES
+from cifarbench.data.discover import discover
+from cifarbench.errors import CifarbenchError
+from cifarbench.events import Event
+from cifarbench.runs.classify import classify
+from cifarbench.runs.resume import state_path_for, write_state
+from cifarbench.runs.writers import Row, make_writer
+from conftest import make_tree
+from test_discover import _img
+
+MODEL = dict(model="baseline-cnn", backend="onnx-int8")  # shipped: no training, no TensorFlow
+
+
+def _previous_output(folder: Path, out: Path, top_k: int, tmp_path: Path) -> None:
+    """An earlier ``--resume`` output for every file of ``folder``, all rows reusable.
+
+    The files are not images (nothing is decoded when every row is reused); the fingerprint comes
+    from a real run with the same options on one real image, so the state matches what classify
+    expects without copying its rules here.
+    """
+    probe, probe_out = tmp_path / f"probe{top_k}", tmp_path / f"probe{top_k}.csv"
+    probe.mkdir()
+    _img(probe / "one.png", 1)
+    classify([probe], output=probe_out, resume=True, top_k=top_k, **MODEL)
+    fingerprint = json.loads(state_path_for(probe_out).read_text())["fingerprint"]
+    writer = make_writer("csv", top_k)
+    entries = list(discover([folder]))
+    with open(out, "w", encoding="utf-8", newline="") as fh:
+        fh.write(writer.header())
+        for n, e in enumerate(entries):
+            alts = [(CIFAR10_CLASSES[(n + k) % 10], 0.5 / k) for k in range(1, top_k)]
+            fh.write(writer.format(Row(e.path, CIFAR10_CLASSES[n % 10], n % 10, 0.5, alts)))
+    write_state(out, entries, fingerprint)
+
+
+def _held_bytes(folder: Path, out: Path, top_k: int) -> int:
+    """Python memory in use when the first computed row is written and every kept row is still to come.
+
+    That is when a driver that loads the kept rows up front holds all of them; ``a-new.png`` sorts
+    before the earlier output's files, so it is the first row.
+    """
+    held: list[int] = []
+
+    def sample(event: Event) -> None:
+        if event.kind == "progress" and not held:
+            held.append(tracemalloc.get_traced_memory()[0])
+
+    tracemalloc.start()
+    try:
+        report = classify([folder], output=out, resume=True, top_k=top_k, events=sample, **MODEL)
+    finally:
+        tracemalloc.stop()
+    assert (report.classified, report.reused) == (1, report.files - 1)
+    return held[0]
+
+
+def test_kept_rows_are_not_held_in_memory(tmp_path: Path) -> None:
+    """Rows 7x longer (top-10) must not raise the memory held while rows are written.
+
+    Holding every kept row's text (as before issue 12's fix) raises it by at least the outputs'
+    size difference (~1.1 MB here); reading them back as they are written, by a few kB.
+    """
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8_000):
+        (folder / f"f{i:04d}.png").write_bytes(b"x")  # never decoded: every row of theirs is kept
+    outs = {k: tmp_path / f"labels{k}.csv" for k in (1, 10)}
+    for k, out in outs.items():
+        _previous_output(folder, out, k, tmp_path)  # its real runs also warm imports and caches
+    _img(folder / "a-new.png", 4)
+    held, kept = {}, {}
+    for k, out in outs.items():
+        kept[k] = out.read_bytes().split(b"\r\n", 1)[1]
+        held[k] = _held_bytes(folder, out, k)
+        assert out.read_bytes().endswith(kept[k])  # every earlier row kept, byte for byte, after the new one
+    grown = len(kept[10]) - len(kept[1])
+    assert grown > 1_000_000
+    assert held[10] - held[1] < grown / 4, (held, grown)
+
+
+def test_paths_in_another_order_still_equal_a_fresh_run(tmp_path: Path) -> None:
+    """PATHs named in another order ask for earlier rows again: the reader restarts, same bytes."""
+    root = make_tree(tmp_path / "photos", per_class=2, splits=("test",), seed=3)
+    a, b = root / "test" / "airplane", root / "test" / "truck"
+    out, fresh = tmp_path / "labels.csv", tmp_path / "fresh.csv"
+    classify([a, b], output=out, resume=True, top_k=2, **MODEL)
+    _img(a / "added.png", 4)
+    report = classify([b, a], output=out, resume=True, top_k=2, **MODEL)
+    assert (report.reused, report.classified) == (4, 1)
+    classify([b, a], output=fresh, top_k=2, **MODEL)
+    assert out.read_bytes() == fresh.read_bytes()
+    assert out.read_text().splitlines()[1].split(",")[0].startswith(str(b))
+
+
+def test_an_output_edited_in_place_during_the_run_stops_it_and_is_not_replaced(tmp_path: Path) -> None:
+    """The kept rows come from the file hashed at the start; cut in place mid-run, it is not mixed in."""
+    root = make_tree(tmp_path / "photos", per_class=1, splits=("test",), seed=4)
+    out = tmp_path / "labels.csv"
+    classify([root], output=out, resume=True, batch_size=1, **MODEL)
+    _img(root / "test" / "0-first.png", 2)  # sorts first: computed, then every kept row follows
+    cut = out.read_bytes()[:200]
+
+    def edit(event: Event) -> None:
+        if event.kind == "progress" and out.stat().st_size > len(cut):
+            with open(out, "r+b") as fh:  # same inode: an editor writing in place
+                fh.truncate(len(cut))
+
+    with pytest.raises(CifarbenchError, match="changed during the run"):
+        classify([root], output=out, resume=True, batch_size=1, events=edit, **MODEL)
+    assert out.read_bytes() == cut
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+    assert not os.path.exists(str(out) + ".lock")
