@@ -522,3 +522,45 @@ def status_kb(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
+
+
+# ---------------------------------------------------------------------- stderr during a decode's fd-2 capture
+CAPTURE_SERVER = """
+import logging, sys
+import numpy as np
+from cifarbench.cli.serve import _bind
+from cifarbench.data.cstderr import capture_fd2
+from cifarbench.models.manifest import Manifest
+from cifarbench.serve import server
+from cifarbench.serve.app import create_app
+
+class Backend:
+    name = "fake"
+    def predict(self, x):
+        with capture_fd2() as cap:  # as a TIFF decode on another thread holds fd 2
+            logging.getLogger("uvicorn.error").warning("a server log line during a capture")
+        with open(sys.argv[1], "w") as fh:
+            fh.write(cap.text)
+        return np.full((len(x), 10), 0.1, np.float32)
+
+sock = _bind("127.0.0.1", 0)
+print(sock.getsockname()[1], flush=True)
+server.run(create_app(Manifest(name="m", arch="fake"), Backend()), sock, log_level="warning")
+"""
+
+
+def test_server_log_lines_are_never_captured_by_a_decode(tmp_path: Any) -> None:
+    """The fd-2 capture is process-wide: serve's own log must bypass it (cstderr.python_stderr_apart)."""
+    script, captured = tmp_path / "server.py", tmp_path / "captured.txt"
+    script.write_text(CAPTURE_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(captured)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        wait_for(lambda: _answers(port), 120)
+        assert request(port, "POST", "/v1/classify", png(3), {"Content-Type": "image/png"})[0] == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert captured.read_text() == ""
+    assert "a server log line during a capture" in err.decode()

@@ -6,11 +6,16 @@ server log. The loader runs such decodes with fd 2 pointed at a temporary file a
 line as part of the file's error. Decodes that capture are serialised within a process (fd 2 is
 process-wide), so every line belongs to the file being decoded; decoders that never write to
 stderr skip the capture and run in parallel.
+
+A server has other threads that keep writing while one decode captures (uvicorn's log, tracebacks):
+``python_stderr_apart`` moves Python's own stderr onto a descriptor of its own, so only C libraries'
+direct writes to fd 2 are ever captured.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -61,6 +66,38 @@ def capture_fd2() -> Iterator[Captured]:
                 out.text = tmp.read(MAX_KEEP).decode("utf-8", "replace")
         finally:
             os.close(saved)
+
+
+_APART: list[IO[str]] = []  # the stream python_stderr_apart made, once per process
+
+
+def python_stderr_apart() -> bool:
+    """Point ``sys.stderr`` and the logging handlers that write to it at a dup of fd 2.
+
+    Why: the capture redirects fd 2 for the whole process. Without this, a log line or traceback that
+    another thread writes while a TIFF decodes would vanish into the capture, and its first line could
+    become that upload's error. Call it once in a long-running process with threads (``serve``);
+    idempotent. False where there is no fd 2 to copy.
+    """
+    if _APART:
+        return True
+    try:
+        fd = os.dup(2)
+    except OSError:
+        return False
+    old = sys.stderr
+    with contextlib.suppress(Exception):
+        old.flush()
+    new = os.fdopen(fd, "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                    errors="backslashreplace")
+    sys.stderr = new
+    _APART.append(new)
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (old, sys.__stderr__):
+            handler.setStream(new)  # handlers configured before this call (uvicorn's, in worker processes)
+    return True
 
 
 _SCRATCH: list[IO[bytes]] = []  # one unlinked temp file per process, reused (used under _LOCK only)

@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cifarbench import __version__
+from cifarbench.data.cstderr import python_stderr_apart
 from cifarbench.data.images import ImageResult
 from cifarbench.models.manifest import Manifest
 from cifarbench.serve.admission import Admission, Busy, UploadBudget
@@ -320,4 +321,5 @@ def app_from_env() -> Starlette:
     cfg = json.loads(os.environ[ENV_CONFIG])
     limits = ServeLimits(**cfg.pop("limits", {}))
     tune_malloc()
+    python_stderr_apart()  # uvicorn configured this worker's logging already: its handlers are moved
     return load_app(**cfg, limits=limits)

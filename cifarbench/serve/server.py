@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from cifarbench.data.cstderr import python_stderr_apart
 from cifarbench.serve.memory import tune_malloc
 from cifarbench.serve.protocol import ConnectionLimits, guarded_protocol
 
@@ -34,4 +35,5 @@ def run(app: Any, sock: socket.socket, connection: ConnectionLimits | None = Non
     import uvicorn
 
     tune_malloc()
+    python_stderr_apart()  # before uvicorn's logging config: its handlers get the stream a decode never captures
     uvicorn.Server(make_config(app, connection, keep_alive, log_level)).run(sockets=[sock])
