@@ -13,8 +13,8 @@ Three parts, each against a fresh `python -m cifarbench serve` on 127.0.0.1 (loo
 * ``soak``: ``--soak`` seconds (<= 600) of a mix of good, corrupt, huge, slow and malformed
   requests from 4 clients: no 5xx except by-design 503s, RSS flat after warm-up (the first 20 %).
 
-    python benchmarks/serve/bench_hardening.py --model flagship --backend onnx-int8 \\
-        --out benchmarks/serve/results-hardening.json
+    python benchmarks/serve/bench_hardening.py --model flagship --backend onnx-int8 --soak 180 \\
+        --out benchmarks/serve/results-hardening.json  # about 6 min, on a quiet CPU
     python benchmarks/serve/bench_hardening.py --idle 20 --trickle 5 --probes 10 --side 1500 --soak 10  # smoke
 """
 
@@ -346,7 +346,7 @@ def main() -> None:
     ap.add_argument("--load-seconds", type=float, default=10.0, help="throughput measurement before/after the attack")
     ap.add_argument("--side", type=int, default=7000, help="big PNG side (7000: 49 MP)")
     ap.add_argument("--uploads", type=int, default=6)
-    ap.add_argument("--soak", type=float, default=300.0, help="soak seconds (at most 600)")
+    ap.add_argument("--soak", type=float, default=180.0, help="soak seconds (at most 600)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     args.soak = min(args.soak, 600.0)
