@@ -564,3 +564,14 @@ def test_server_log_lines_are_never_captured_by_a_decode(tmp_path: Any) -> None:
         _, err = proc.communicate(timeout=30)
     assert captured.read_text() == ""
     assert "a server log line during a capture" in err.decode()
+
+
+def test_shutting_down_is_a_json_503_with_retry_after() -> None:
+    from starlette.testclient import TestClient
+
+    app = create_app(manifest(), FakeBackend())
+    with TestClient(app) as client:
+        app.state.handlers.batcher.close()  # what lifespan shutdown does while requests still arrive
+        r = client.post("/v1/classify", content=png(3), headers={"Content-Type": "image/png"})
+    doc = assert_json_error(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content, 503)
+    assert "shutting down" in doc["error"] and r.headers["retry-after"] == "1"

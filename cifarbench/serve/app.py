@@ -130,7 +130,7 @@ class _App:
         except Busy as exc:
             raise _busy(str(exc), exc.retry_after) from None
         except BatcherClosed:
-            raise HTTPException(503, "server is shutting down") from None
+            raise _busy("server is shutting down; retry shortly") from None  # a restart or another worker answers
         except ClientDisconnect:
             return Response(status_code=400)
         finally:
