@@ -131,3 +131,91 @@ def test_upload_page_shows_predicted_label(server: str, tmp_path: Path) -> None:
             browser.close()
     assert external == [], f"page fetched from elsewhere: {external}"
     assert errors == [], f"JavaScript errors: {errors}"
+
+
+FAKE_SERVER = """
+import sys
+import numpy as np
+from cifarbench.cli.serve import _bind
+from cifarbench.models.manifest import Manifest
+from cifarbench.serve import server
+from cifarbench.serve.app import create_app
+
+class Backend:
+    name = "fake"
+    def predict(self, x):
+        p = np.full((len(x), 10), 0.01, np.float32)
+        p[:, 8] = 0.91
+        return p
+    def describe(self):
+        return {"runtime": "fake"}
+
+sock = _bind("127.0.0.1", 0)
+print(sock.getsockname()[1], flush=True)
+server.run(create_app(Manifest(name="m", arch="fake"), Backend()), sock, log_level="warning")
+"""
+
+
+@pytest.fixture()
+def fake_server(tmp_path: Path) -> Iterator[str]:
+    """The real server app with a fixed-answer backend (the page is what is tested here, not a model)."""
+    script = tmp_path / "server.py"
+    script.write_text(FAKE_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        yield f"http://127.0.0.1:{int(proc.stdout.readline())}"  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_page_retries_busy_503_and_shows_non_json_errors_in_one_line(fake_server: str, tmp_path: Path) -> None:
+    """A proxy's text/plain 503 with Retry-After is retried twice, then shown as one line; a retry can succeed."""
+    from playwright.sync_api import expect, sync_playwright
+
+    img = tmp_path / "a.png"
+    Image.fromarray(class_pattern(8, np.random.default_rng(3))).save(img)
+    plan: list[str] = []  # what the stub does with each classify request: "busy", "text" or "pass"
+    seen: list[str] = []
+
+    def stub(route) -> None:  # type: ignore[no-untyped-def]
+        action = plan.pop(0) if plan else "pass"
+        seen.append(action)
+        if action == "pass":
+            route.continue_()
+        else:
+            route.fulfill(status=503 if action == "busy" else 400, content_type="text/plain",
+                          headers={"Retry-After": "1"} if action == "busy" else {}, body="<html>proxy error</html>")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.route("**/v1/classify*", stub)
+            page.goto(fake_server + "/")
+            expect(page.locator("#model-info")).to_contain_text("fake")
+
+            plan[:] = ["busy", "busy", "busy"]  # still busy after two retries: shown, not retried forever
+            page.set_input_files("#file-input", str(img))
+            failed = page.locator(".card.failed").first
+            expect(failed.locator(".prediction")).to_have_text("HTTP 503 Service Unavailable", timeout=20_000)
+            assert seen == ["busy"] * 3
+
+            seen.clear()
+            plan[:] = ["text"]  # a non-JSON error without Retry-After: one request, one line
+            page.set_input_files("#file-input", str(img))
+            expect(page.locator(".card.failed").first.locator(".prediction")).to_have_text("HTTP 400 Bad Request",
+                                                                                           timeout=20_000)
+            assert seen == ["text"]
+
+            seen.clear()
+            plan[:] = ["busy"]  # busy once, then the real server answers
+            page.set_input_files("#file-input", str(img))
+            expect(page.locator(".card").first).to_have_attribute("data-label", "ship", timeout=20_000)
+            assert seen == ["busy", "pass"]
+        finally:
+            browser.close()
+    assert errors == [], f"JavaScript errors: {errors}"
