@@ -88,6 +88,13 @@ def test_an_unreachable_cluster_is_one_line_and_exit_7(tmp_path: Path) -> None:
     assert out.read_text() == "previous output\n" and not lock_path_for(out).exists()
 
 
+
+def test_ray_address_is_taken_from_the_environment_like_the_option(tmp_path: Path) -> None:
+    _img(tmp_path / "a.png", 1)
+    r = run_cli("classify", tmp_path / "a.png", *MODEL, "--engine", "ray", env={"RAY_ADDRESS": "127.0.0.1:1"})
+    assert r.exit_code == ExitStatus.UNAVAILABLE and "cannot reach the Ray cluster at 127.0.0.1:1" in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------- real Ray
 
 @pytest.mark.slow
@@ -216,3 +223,38 @@ def test_a_private_local_ray_is_silent_with_quiet_and_leaves_nothing_running(tmp
     assert (p.returncode, p.stdout, p.stderr) == (0, b"", b"")
     assert (tmp_path / "ray.csv").read_bytes() == local.read_bytes()
     assert _ray_daemons() <= before  # its raylet and gcs_server are gone
+
+
+@pytest.mark.slow
+def test_ray_address_from_the_environment_joins_that_cluster(ray_two_nodes: str, tmp_path: Path) -> None:
+    """$RAY_ADDRESS alone (no --ray-address) joins the two-node cluster rather than starting a private Ray."""
+    root = make_tree(tmp_path / "good", per_class=1, splits=("test",), seed=6)
+    local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
+    assert run_cli("classify", root, *MODEL, "-o", local).exit_code == 0
+    r = run_cli("classify", root, *MODEL, "--engine", "ray", "-o", remote, env={"RAY_ADDRESS": ray_two_nodes})
+    assert r.exit_code == 0 and "on 2 nodes" in r.stderr, r.stderr  # a private Ray would be one node
+    assert remote.read_bytes() == local.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_path_only_the_driver_can_see_is_exit_4_on_the_command_line(ray_two_nodes: str, tmp_path: Path) -> None:
+    """/proc/self/fd/N names this process's open folder: readable here, missing in every Ray worker,
+    as a folder that is not on a shared filesystem would be."""
+    root = make_tree(tmp_path / "good", per_class=1, splits=("test",), seed=7)
+    out = tmp_path / "labels.csv"
+    out.write_text("previous output\n")
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        high = os.dup2(fd, 987, inheritable=False)
+        try:
+            r = run_cli("classify", f"/proc/self/fd/{high}", *MODEL, "--engine", "ray", "--ray-address", ray_two_nodes,
+                        "-o", out)
+        finally:
+            os.close(high)
+    finally:
+        os.close(fd)
+    assert r.exit_code == ExitStatus.DATA, r.stderr
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("classify: ")]  # the rest: notes
+    assert len(errors) == 1 and errors[0].startswith("error: /proc/self/fd/987 is not readable on Ray node"), r.stderr
+    assert "shared filesystem" in errors[0]
+    assert out.read_text() == "previous output\n" and not lock_path_for(out).exists()

@@ -180,11 +180,16 @@ def render(res: dict[str, Any]) -> str:
              "Streaming = files/s after the first rows were written (start-up paid); first rows = seconds to them.", "",
              "| files | engine | files/s | ratio to local | streaming files/s | streaming ratio | first rows (s) |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    names = {"local": "local", "ray": "ray, 1 node (all CPUs)", "ray-2-nodes": "ray, 2 nodes x 1 CPU"}
+    names = {"local": "local", "ray": "ray, 1 node (all CPUs)", "ray-2-nodes": "ray, 2 nodes x 1 CPU",
+             "local-2-nodes": "local, interleaved with the 2-node runs"}
     for s in res["sets"]:
         for k, e in s["engines"].items():
-            lines.append(f"| {s['set']} ({s['files']}) | {names[k]} | {e['rate']:.0f} | {e['ratio_to_local']:.2f} | "
-                         f"{e['streaming_rate']:.0f} | {e['streaming_ratio']:.2f} | {e['first_rows_s']:.1f} |")
+            if k == "ray-2-nodes" and "local-2-nodes" in s:  # the local rate the 2-node ratios divide by
+                lines.append(_row(s, names["local-2-nodes"], s["local-2-nodes"]))
+            lines.append(_row(s, names[k], e))
+    if any("local-2-nodes" in s for s in res["sets"]):
+        lines += ["", "The 2-node ratios are against the local runs interleaved with them (the row above each), "
+                  "not against the first local row (the sections ran at different times)."]
     d, m = res["driver"], res["driver_memory"]
     lines += ["", f"Start-up: a private local Ray is ready in {res['ray_start_s']:.1f} s"
               + (f"; a two-node cluster on this machine in {res['cluster_start_s']:.1f} s." if "cluster_start_s" in res else "."),
@@ -195,6 +200,11 @@ def render(res: dict[str, Any]) -> str:
                      f"{m['large']['rss_peak_mb']:.0f} MB over {m['large']['files']:,} files "
                      f"(ray engine, {m['large']['rate']:.0f} files/s; RSS before the run {m['large']['rss_start_mb']:.0f} MB).")
     return "\n".join(lines + ["", END])
+
+
+def _row(s: dict[str, Any], name: str, e: dict[str, Any]) -> str:
+    return (f"| {s['set']} ({s['files']}) | {name} | {e['rate']:.0f} | {e['ratio_to_local']:.2f} | "
+            f"{e['streaming_rate']:.0f} | {e['streaming_ratio']:.2f} | {e['first_rows_s']:.1f} |")
 
 
 def main() -> None:
@@ -266,6 +276,7 @@ def main() -> None:
                     got = with_ray(cluster.address, lambda f=f, n=n: compare(
                         n, f, args.model, args.backend, args.batch_size, args.rounds, {"local": None, "ray-2-nodes": two}))[0]
                     s["engines"]["ray-2-nodes"] = got["engines"]["ray-2-nodes"]  # ratio to its own interleaved local runs
+                    s["local-2-nodes"] = got["engines"]["local"]  # ... whose rate render() prints beside it
             finally:
                 cluster.shutdown()
     res["driver"] = driver_rate(list(manifest.classes))
