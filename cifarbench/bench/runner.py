@@ -7,6 +7,9 @@ Rows are measured by cifarbench.bench.worker (in a process of their own with
 ``isolate``), with the loops of cifarbench.bench.scenarios, ``repeat`` times each; the data
 comes from cifarbench.bench.data, and the figures rows get from each other (agreement,
 speed-up, int8 flags) from cifarbench.bench.derive.
+
+Over 300 lines on purpose: resolving the plan, the row loop and the skip/failure bookkeeping are one
+sequence read top to bottom; the timing loops, data, derived figures and schema already live apart.
 """
 
 from __future__ import annotations
