@@ -32,6 +32,36 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict[str, str] | 
     return runner.invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
 
 
+def fake_server_script(label: int = 0, limits: str = "None", connection: str = "None", log_level: str = "warning") -> str:
+    """A `serve` process around a fixed-answer backend (class ``label`` at 0.91): prints its port, serves on 127.0.0.1.
+
+    ``limits`` and ``connection`` are Python expressions (``ServeLimits(...)``, ``ConnectionLimits(...)``).
+    """
+    return f"""
+import sys
+import numpy as np
+from cifarbench.cli.serve import _bind
+from cifarbench.models.manifest import Manifest
+from cifarbench.serve import server
+from cifarbench.serve.app import ServeLimits, create_app
+from cifarbench.serve.protocol import ConnectionLimits
+
+class Backend:
+    name = "fake"
+    def predict(self, x):
+        p = np.full((len(x), 10), 0.01, np.float32)
+        p[:, {label}] = 0.91
+        return p
+    def describe(self):
+        return {{"runtime": "fake"}}
+
+sock = _bind("127.0.0.1", 0)
+print(sock.getsockname()[1], flush=True)
+server.run(create_app(Manifest(name="m", arch="fake"), Backend(), limits={limits}), sock, {connection},
+           log_level={log_level!r})
+"""
+
+
 def class_pattern(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     """A learnable image: each class has its own colour and stripe direction, plus noise."""
     hue = np.array([(label * 37) % 256, (label * 91 + 60) % 256, (label * 53 + 120) % 256], np.float32)

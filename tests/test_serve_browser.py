@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, class_pattern
+from conftest import REPO, class_pattern, fake_server_script
 
 CHROMIUM = os.environ.get("CIFARBENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -133,27 +133,7 @@ def test_upload_page_shows_predicted_label(server: str, tmp_path: Path) -> None:
     assert errors == [], f"JavaScript errors: {errors}"
 
 
-FAKE_SERVER = """
-import sys
-import numpy as np
-from cifarbench.cli.serve import _bind
-from cifarbench.models.manifest import Manifest
-from cifarbench.serve import server
-from cifarbench.serve.app import create_app
-
-class Backend:
-    name = "fake"
-    def predict(self, x):
-        p = np.full((len(x), 10), 0.01, np.float32)
-        p[:, 8] = 0.91
-        return p
-    def describe(self):
-        return {"runtime": "fake"}
-
-sock = _bind("127.0.0.1", 0)
-print(sock.getsockname()[1], flush=True)
-server.run(create_app(Manifest(name="m", arch="fake"), Backend()), sock, log_level="warning")
-"""
+FAKE_SERVER = fake_server_script(label=8)
 
 
 @pytest.fixture()

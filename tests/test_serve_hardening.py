@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import pytest
 
 from cifarbench.models.manifest import Manifest
+from conftest import fake_server_script
 from test_serve import FakeBackend, manifest, png  # also skips this module without the serve extra
 
 import uvicorn  # noqa: E402  (after the skip above)
@@ -385,30 +386,9 @@ def test_connection_limit_is_kept_under_the_open_file_limit() -> None:
 
 
 # ---------------------------------------------------------------------- soak (benchmarks/serve/bench_hardening.py, small)
-SOAK_SERVER = """
-import sys
-import numpy as np
-from cifarbench.cli.serve import _bind
-from cifarbench.models.manifest import Manifest
-from cifarbench.serve import server
-from cifarbench.serve.app import ServeLimits, create_app
-from cifarbench.serve.protocol import ConnectionLimits
-
-class Backend:
-    name = "fake"
-    def predict(self, x):
-        p = np.full((len(x), 10), 0.01, np.float32)
-        p[:, 0] = 0.91
-        return p
-    def describe(self):
-        return {"runtime": "fake"}
-
-sock = _bind("127.0.0.1", 0)
-print(sock.getsockname()[1], flush=True)
-limits = ServeLimits(max_upload_bytes=1 << 20, max_pixels=5_000_000, timeout_s=600)  # slow CPUs too
-server.run(create_app(Manifest(name="m", arch="fake"), Backend(), limits=limits), sock,
-           ConnectionLimits(header_timeout_s=1.0), log_level="warning")
-"""
+SOAK_SERVER = fake_server_script(
+    limits="ServeLimits(max_upload_bytes=1 << 20, max_pixels=5_000_000, timeout_s=600)",  # slow CPUs too
+    connection="ConnectionLimits(header_timeout_s=1.0)")
 ALLOWED = {200, 400, 408, 413, 415, 422, 431, 503}
 
 

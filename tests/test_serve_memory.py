@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -21,34 +20,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import fake_server_script
+
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 SIDE = 3000  # 9 MP
 MIB = 1 << 20
 
-SERVER = textwrap.dedent("""
-    import sys
-    import numpy as np
-    from cifarbench.cli.serve import _bind
-    from cifarbench.models.manifest import Manifest
-    from cifarbench.serve import server
-    from cifarbench.serve.app import ServeLimits, create_app
-
-    class Backend:
-        name = "fake"
-        def predict(self, x):
-            p = np.full((len(x), 10), 0.01, np.float32)
-            p[:, 0] = 0.91
-            return p
-        def describe(self):
-            return {"runtime": "fake"}
-
-    sock = _bind("127.0.0.1", 0)
-    print(sock.getsockname()[1], flush=True)
-    app = create_app(Manifest(name="m", arch="fake"), Backend(), limits=ServeLimits(timeout_s=600))  # slow CPUs too
-    server.run(app, sock, log_level="critical")
-""")
+SERVER = fake_server_script(limits="ServeLimits(timeout_s=600)", log_level="critical")  # slow CPUs too
 
 
 def status_kb(pid: int, key: str) -> int:
