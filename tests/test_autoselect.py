@@ -50,7 +50,28 @@ def test_probe_ranks_by_measured_speed_and_reports_failures() -> None:
     assert failed == {"broken": "cannot load it"}
     assert figures["fast"]["images_per_s"] == pytest.approx(10_000) and figures["slow"]["images_per_s"] == pytest.approx(1_000)
     assert figures["fast"]["batch1_ms"] == pytest.approx(0.1)
-    assert figures["fast"]["calls"] == figures["slow"]["calls"] >= 3  # round-robin: same number of calls each
+    # A race: the 10x slower one is retired after two calls; the leader goes on until min_time_s.
+    assert figures["slow"]["retired"] and figures["slow"]["calls"] == 2
+    assert not figures["fast"]["retired"] and figures["fast"]["calls"] > 3
+
+
+def test_close_contenders_get_the_budget() -> None:
+    clock = Clock()
+    costs = {"a": 1.0e-4, "b": 1.1e-4, "far": 3e-4}
+    figures, _ = autoselect.probe(lambda n: Timed(clock, costs[n]), list(costs), (4, 4, 3), batch=16,
+                                  limits=autoselect.ProbeLimits(2.0, 0.0, 2, contender_calls=6), clock=clock)
+    assert figures["far"]["retired"] and figures["far"]["calls"] == 2
+    assert figures["a"]["calls"] == figures["b"]["calls"] == 6  # within 10 %: both timed until contender_calls
+    assert max(figures, key=lambda n: figures[n]["images_per_s"]) == "a"
+
+
+def test_a_cold_first_call_does_not_retire_the_winner() -> None:
+    clock = Clock()
+    # "cold"'s first timed call is 100x slow (still warming up); it must survive to show its real speed.
+    be = {"cold": Bursty(clock, 1e-4, cold=2), "steady": Timed(clock, 2e-4)}
+    figures, _ = autoselect.probe(lambda n: be[n], ["cold", "steady"], (4, 4, 3), batch=16,
+                                  limits=autoselect.ProbeLimits(2.0, 0.0, 2, warmup=0), clock=clock)
+    assert max(figures, key=lambda n: figures[n]["images_per_s"]) == "cold" and figures["steady"]["retired"]
 
 
 def test_probe_stops_at_its_budget() -> None:

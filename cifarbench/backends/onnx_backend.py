@@ -11,10 +11,12 @@ from cifarbench.models.manifest import Manifest
 
 
 class OnnxBackend:
-    def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
+    def __init__(self, name: str, path: str, device: str, threads: int | None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -24,12 +26,24 @@ class OnnxBackend:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
-        self.name, self.device, self.threads = name, device, threads
+        self.name, self.device, self.threads, self.path = name, device, threads, path
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_float = "float" in inp.type
         self.output_name = self.session.get_outputs()[0].name
         self.version = ort.__version__
+
+    def without_spinning(self) -> "OnnxBackend":
+        """The same model in a session whose threads sleep between calls instead of spin-waiting.
+
+        For `auto`'s probe, which times runtimes one after another in one process: onnxruntime's workers
+        spin for a while after each call and took the CPU from the runtime timed next. baseline-cnn on a
+        2-core Zen 3, three fresh probes each: with spinning onnx-int8 came out ahead of openvino-int8 3 of 3
+        times, without it openvino-int8 3 of 3, as in bench (2,730 vs 2,237 img/s, each row alone). Alone,
+        spinning changed batch-256 throughput by under 3 % but saved 15-50 % of batch-1 p50, so every
+        other session keeps it.
+        """
+        return OnnxBackend(self.name, self.path, self.device, self.threads, spin=False)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32 if self.input_float else np.uint8)
