@@ -256,3 +256,27 @@ def test_info_shows_the_cached_choice_without_probing(tiny_model: Path, counted_
     text = run_cli("info").stdout
     line = next(ln for ln in text.splitlines() if ln.startswith("default backend (auto)"))
     assert sel.name in line and "img/s" in line and after["measured_at"] in line
+
+
+def test_the_probe_times_onnxruntime_without_spin_wait(tiny_model: Path, counted_loads: list[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's spinning workers would take the CPU from the candidate timed next; other sessions keep spinning."""
+    m = Manifest.load(tiny_model)
+    seen: dict[str, Any] = {}
+    real_probe = autoselect.probe
+
+    def recording_probe(load: Any, names: list[str], shape: Any, **kw: Any) -> Any:
+        for n in names:
+            seen[n] = load(n)
+        return real_probe(lambda n: seen[n], names, shape, **kw)
+
+    monkeypatch.setattr(autoselect, "probe", recording_probe)
+    assert autoselect.choose(m, _two(m), None).how == "measured"
+    key = "session.intra_op.allow_spinning"
+    assert seen["onnx-int8"].session.get_session_options().get_session_config_entry(key) == "0"
+    plain = backends.load_backend("onnx-int8", m)
+    with pytest.raises(Exception, match="does not have configuration"):  # classify/serve/bench: ORT's default
+        plain.session.get_session_options().get_session_config_entry(key)
+    assert np.array_equal(plain.predict(np.zeros((2, 32, 32, 3), np.uint8)),
+                          seen["onnx-int8"].predict(np.zeros((2, 32, 32, 3), np.uint8)))
+    assert autoselect._neighbourly(seen["tflite-int8"]) is seen["tflite-int8"]  # nothing to swap
