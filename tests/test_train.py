@@ -227,3 +227,12 @@ def test_checkpoints_are_written_atomically(tmp_path: Path, tree: Path, monkeypa
     assert (tmp_path / "o" / "checkpoint" / "last.keras").read_bytes()[:2] == b"PK"
     assert before[:2] == b"PK"
 
+
+
+def test_jit_auto_is_on_for_jax_and_gpus_only() -> None:
+    from cifarbench.training.train import resolve_jit
+
+    assert resolve_jit("auto", "jax", gpu=False)  # JAX without jit runs op by op
+    assert not resolve_jit("auto", "tensorflow", gpu=False) and not resolve_jit("auto", "torch", gpu=False)
+    assert resolve_jit("auto", "tensorflow", gpu=True) and resolve_jit("auto", "torch", gpu=True)
+    assert resolve_jit("on", "tensorflow", gpu=False) and not resolve_jit("off", "jax", gpu=True)

@@ -79,7 +79,7 @@ class TrainOptions:
     precision: str = "auto"
     resume: bool = False
     threads: int | None = None
-    jit: str = "auto"  # XLA: "auto" = on for GPUs, off on CPUs (measured slower there: benchmarks/train)
+    jit: str = "auto"  # compiled step: see resolve_jit
     test_data: str | None = None
     command: str | None = None
 
@@ -96,6 +96,18 @@ class TrainOptions:
 
 
 JIT_CHOICES = ("auto", "on", "off")
+
+
+def resolve_jit(mode: str, backend: str, gpu: bool) -> bool:
+    """Keras' ``jit_compile`` for ``--jit``: "auto" is on for GPUs and for JAX, off for TensorFlow and PyTorch on CPUs.
+
+    Measured on a 2-core Zen 3 (benchmarks/train/speed.md): TensorFlow's XLA is slower than its oneDNN kernels
+    there; JAX without jit runs op by op, slower than with it; torch.compile needs a C compiler and minutes of
+    compilation per process, so it is opt-in (``--jit on``).
+    """
+    if mode != "auto":
+        return mode == "on"
+    return gpu or backend == "jax"
 
 
 def _import_backend(threads: int | None) -> Any:
@@ -174,7 +186,7 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     policy = resolve_precision(o.precision)
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(o.seed)
-    jit = o.jit == "on" or (o.jit == "auto" and bool(nvidia_gpus()))
+    jit = resolve_jit(o.jit, keras.backend.backend(), bool(nvidia_gpus()))
     lookahead = None
     if recipe.lookahead:
         from cifarbench.models.airbench import Lookahead
