@@ -1,9 +1,13 @@
-"""Training throughput of the flagship per precision on this machine, and the shipped run's timeline.
+"""Training throughput of the flagship per Keras backend, precision, XLA and batch on this machine.
 
-Each precision runs in its own subprocess (Keras' dtype policy is global), on the same random
-batch stream, after one warm-up epoch; the ratio to float32 is taken within the same run.
+Each configuration runs in its own subprocess (Keras' backend and dtype policy are global), on the same
+random batch stream, after a warm-up fit; ratios are to the first configuration of the same run.
+A configuration is ``[backend/]precision:jit:batch`` (backend: tensorflow, torch or jax; default
+tensorflow). ``--torch-ceiling`` adds the same net's step in plain PyTorch (torch_ceiling.py), a
+reference for what a CPU framework reaches without Keras.
 
-    python benchmarks/train/bench_train.py [--arch flagship] [--images 2048] [--out benchmarks/train/results.md]
+    python benchmarks/train/bench_train.py [--arch flagship] [--images 2048] [--configs ...] [--torch-ceiling]
+        [--out benchmarks/train/speed.md]
 """
 
 from __future__ import annotations
@@ -57,13 +61,26 @@ def _prep_seconds(arch: str) -> float:
     return time.perf_counter() - t0
 
 
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("tensorflow", "keras", "torch", "jax"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="flagship")
     ap.add_argument("--images", type=int, default=4096)
     ap.add_argument("--configs", default="float32:off:1024,float32:on:1024,float32:off:256,mixed_bfloat16:off:1024",
-                    help="precision:jit:batch, comma-separated; each runs in its own process")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "train" / "results.md"))
+                    help="[backend/]precision:jit:batch, comma-separated; each runs in its own process")
+    ap.add_argument("--torch-ceiling", action="store_true", help="add plain PyTorch rows (channels_last, NCHW)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "train" / "speed.md"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -72,26 +89,40 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from cifarbench.sysinfo import cpu_info, package_versions
+    from cifarbench.sysinfo import cpu_info
+
+    load0 = ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
     rates = {}
     for c in args.configs.split(","):
-        out = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--images", str(args.images), "--child", c],
-                             capture_output=True, text=True, check=True)
+        backend, _, cfg = c.rpartition("/")
+        env = {**os.environ, "KERAS_BACKEND": backend or "tensorflow"}
+        out = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--images", str(args.images), "--child", cfg],
+                             capture_output=True, text=True, check=True, env=env)
         rates[c] = json.loads(out.stdout.strip().splitlines()[-1])["img_per_s"]
         print(f"{c}: {rates[c]:.1f} img/s", file=sys.stderr)
+    if args.torch_ceiling:
+        for fmt in ("channels_last", "nchw"):
+            out = subprocess.run([sys.executable, str(Path(__file__).with_name("torch_ceiling.py")), "--images",
+                                  str(args.images), "--batch", str(min(1024, args.images)), "--format", fmt],
+                                 capture_output=True, text=True, check=True)
+            rates[f"pytorch-plain/{fmt}"] = json.loads(out.stdout.strip().splitlines()[-1])["img_per_s"]
+            print(f"pytorch-plain/{fmt}: {rates[f'pytorch-plain/{fmt}']:.1f} img/s", file=sys.stderr)
 
     cpu = cpu_info()
     flags = " ".join(f for f, on in cpu["flags"].items() if on)
     lines = [
         f"# Training throughput: {args.arch}", "",
         f"Machine: {cpu['model']}, {cpu['usable_cores']} cores, flags: {flags}; "
-        f"TensorFlow {package_versions()['tensorflow']}, Keras {package_versions()['keras']}.",
+        + ", ".join(f"{k} {v}" for k, v in _versions().items()) + f"; load average before: {load0}.",
         f"Command: `python benchmarks/train/bench_train.py --arch {args.arch} --images {args.images} "
-        f"--configs {args.configs}`", "",
+        f"--configs {args.configs}" + (" --torch-ceiling" if args.torch_ceiling else "") + "`", "",
         "Each configuration runs the recipe's real train step (training graph, summed loss, SGD) in its own process, "
-        "on random data, after a warm-up fit; ratios are to the first row of the same run.", "",
-        "| precision | XLA jit | batch | img/s | ratio |", "|---|---|---:|---:|---:|",
+        "on random data, after a warm-up fit; ratios are to the first row of the same run. `jit` is Keras' "
+        "`jit_compile` (XLA on TensorFlow and JAX, torch.compile on PyTorch). pytorch-plain rows are the same net "
+        "without Keras (torch_ceiling.py).", "",
+        "| Keras backend | precision | jit | batch | img/s | ratio | min per 50,000-image epoch |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     prep = _prep_seconds(args.arch)
     lines.insert(-2, f"Data preparation of one 50,000-image epoch (shuffle, alternating flip, translate, float32): "
@@ -99,8 +130,13 @@ def main() -> None:
                      f"costs no wall time. XLA `jit_compile` is off by default on CPUs (`--jit auto`).\n")
     base = next(iter(rates.values()))
     for c, r in rates.items():
-        prec, jit, batch = c.split(":")
-        lines.append(f"| {prec} | {jit} | {batch} | {r:.1f} | {r / base:.2f}x |")
+        backend, _, cfg = c.rpartition("/")
+        if backend == "pytorch-plain":
+            backend, prec, jit, batch = f"none (plain PyTorch, {cfg})", "float32", "off", str(min(1024, args.images))
+        else:
+            prec, jit, batch = cfg.split(":")
+        lines.append(f"| {backend or 'tensorflow'} | {prec} | {jit} | {batch} | {r:.1f} | {r / base:.2f}x | "
+                     f"{50_000 / r / 60:.1f} |")
     manifest = REPO / "trained" / args.arch / "manifest.json"
     history = REPO / "trained" / args.arch / "history.json"
     if manifest.is_file() and history.is_file():
