@@ -193,6 +193,18 @@ def test_flat_tree_without_test_data_is_refused(tmp_path: Path) -> None:
     (tmp_path / "nested" / "train").rename(flat)
     r = run_cli("train", "--arch", "tiny-cnn", "--data", flat, "--epochs", "1", "--val-size", "5", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "--test-data" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()  # refused before any output folder is made
+
+
+def test_bad_data_leaves_no_output_and_keeps_an_old_checkpoint(tmp_path: Path) -> None:
+    r = run_cli("train", "--arch", "tiny-cnn", "--data", tmp_path / "missing", "--out", tmp_path / "new")
+    assert r.exit_code == 4 and "not found" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old" / "checkpoint"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text('{"epoch": 7}')
+    r = run_cli("train", "--arch", "tiny-cnn", "--data", tmp_path / "missing", "--out", tmp_path / "old")
+    assert r.exit_code == 4 and (old / "state.json").read_text() == '{"epoch": 7}'  # not wiped by a typo
 
 
 def test_alternating_flip_mirrors_the_whole_set_on_odd_epochs() -> None:

@@ -169,7 +169,6 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     epochs = float(o.epochs or recipe.epochs)
     batch_size = o.batch_size or recipe.batch_size
     out = Path(out)
-    ckpt = Checkpoint(out, o.resume)
     started = time.time()
 
     # 1. Data: the train split, and a stratified validation slice held out of it (none with --val-size 0).
@@ -180,6 +179,7 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     steps_per_epoch, total_steps = step_plan(len(train_ds), batch_size, epochs, recipe.drop_remainder)
     epoch_data = EpochData(train_ds, num_classes, recipe.augment, o.seed, batch_size, (steps_per_epoch, total_steps))
     n_epochs = int(math.ceil(epochs))
+    ckpt = Checkpoint(out, o.resume)  # only now: a bad --data leaves no output folder (and keeps an old checkpoint)
 
     # 2. Framework set-up: threads, precision, XLA, seeds (TensorFlow only when it is Keras' backend).
     keras = _import_backend(o.threads)
