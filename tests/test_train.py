@@ -166,11 +166,13 @@ def test_schedule_and_whitening_bias_gate() -> None:
     assert got == pytest.approx([0.2, 1.0, 0.07], abs=1e-6)
 
 
-def test_flagship_resume_is_exact_with_lookahead(tmp_path: Path, tree: Path) -> None:
-    """Fractional epochs, dropped remainder, lookahead EMA and the flip phase all survive a restart."""
+@pytest.mark.parametrize("micro_batch", [None, 16])
+def test_flagship_resume_is_exact_with_lookahead(tmp_path: Path, tree: Path, micro_batch: int | None) -> None:
+    """Fractional epochs, dropped remainder, lookahead EMA, the flip phase and gradient accumulation survive a restart."""
     from cifarbench.training.train import TrainOptions, train
 
-    opts = TrainOptions(data=str(tree), epochs=2.5, batch_size=64, val_size=0, precision="float32", threads=1)
+    opts = TrainOptions(data=str(tree), epochs=2.5, batch_size=64, micro_batch=micro_batch, val_size=0,
+                        precision="float32", threads=1)
     train("flagship", tmp_path / "full", opts)
 
     with pytest.raises(_Stop):
@@ -248,3 +250,47 @@ def test_jit_auto_is_on_for_jax_and_gpus_only() -> None:
     assert not resolve_jit("auto", "tensorflow", gpu=False) and not resolve_jit("auto", "torch", gpu=False)
     assert resolve_jit("auto", "tensorflow", gpu=True) and resolve_jit("auto", "torch", gpu=True)
     assert resolve_jit("on", "tensorflow", gpu=False) and not resolve_jit("off", "jax", gpu=True)
+
+
+def test_micro_batches_make_the_same_update_as_the_full_batch() -> None:
+    """Accumulation is the recipe unchanged: summed loss, L2 through momentum, Nesterov; one update per full batch."""
+    import keras
+
+    from cifarbench.models.zoo import get_arch
+    from cifarbench.training.optim import compile_recipe
+
+    recipe = get_arch("flagship").recipe  # sgd-nesterov, summed loss, label smoothing
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 16)]
+
+    def fit(micro: int) -> list[np.ndarray]:
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((6,))
+        out = keras.layers.Dense(10, activation="softmax", kernel_regularizer=keras.regularizers.L2(0.3))(inp)
+        model = keras.Model(inp, out)
+        compile_recipe(keras, model, recipe, 0.05, False, micro)
+        model.fit(x, y, batch_size=16 // micro, epochs=3, shuffle=False, verbose=0)  # 3 updates either way
+        return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+    full, accumulated = fit(1), fit(4)
+    for a, b in zip(full, accumulated):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batch_must_divide_the_batch() -> None:
+    from cifarbench.errors import UsageError
+    from cifarbench.training.train import accumulation_steps
+
+    assert accumulation_steps(1024, None) == 1 and accumulation_steps(1024, 1024) == 1
+    assert accumulation_steps(1024, 256) == 4
+    for bad in (300, 2048):
+        with pytest.raises(UsageError, match="--micro-batch must divide"):
+            accumulation_steps(1024, bad)
+
+
+def test_lookahead_counts_optimizer_updates_under_accumulation() -> None:
+    from cifarbench.models.airbench import Lookahead
+
+    la = Lookahead(total_steps=10, micro=4)
+    assert (la.total, la.every) == (40, 20)  # every 5 updates = every 20 micro-batches; the last at update 10

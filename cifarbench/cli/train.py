@@ -16,6 +16,9 @@ from cifarbench.training.train import JIT_CHOICES, PRECISIONS
 @click.option("--epochs", type=click.FloatRange(0, min_open=True),
               help="Epochs (default: the recipe's; fractional: the last epoch stops part-way).")
 @click.option("--batch-size", type=click.IntRange(1), help="Batch size (default: the recipe's).")
+@click.option("--micro-batch", type=click.IntRange(1),
+              help="Accumulate gradients over micro-batches of this size, one update per --batch-size images "
+                   "(same recipe; BatchNorm sees micro-batches). PyTorch on CPUs runs faster at 256 (benchmarks/train).")
 @click.option("--val-size", type=click.IntRange(0), default=5000, show_default=True,
               help="Validation images held out of train for model selection; 0: train on all, keep the last epoch.")
 @click.option("--test-data", help="Test split source when --data has none (e.g. a flat <class>/ tree); default: --data.")
@@ -24,18 +27,18 @@ from cifarbench.training.train import JIT_CHOICES, PRECISIONS
               help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with native bf16, else float32.")
 @click.option("--threads", type=click.IntRange(1), help="Framework intra-op threads (default: all cores).")
 @click.option("--jit", type=click.Choice(JIT_CHOICES), default="auto", show_default=True,
-              help="XLA jit_compile; auto: on for GPUs, off on CPUs (slower there, see benchmarks/train).")
+              help="Keras jit_compile; auto: on for GPUs and JAX, off for TensorFlow/PyTorch on CPUs (benchmarks/train).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: runs/<arch>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def command(arch: str, data: str, epochs: float | None, batch_size: int | None, val_size: int, test_data: str | None,
+def command(arch: str, data: str, epochs: float | None, batch_size: int | None, micro_batch: int | None, val_size: int, test_data: str | None,
             seed: int, precision: str, threads: int | None, jit: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train ARCH; writes model.keras, manifest.json, history.json, report.txt, curves.png, confusion.png."""
     from cifarbench.cli.ui import EventPrinter
     from cifarbench.training.train import TrainOptions, train
 
     out = out or f"runs/{arch}"
-    opts = TrainOptions(data=data, epochs=epochs, batch_size=batch_size, val_size=val_size, seed=seed,
+    opts = TrainOptions(data=data, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, val_size=val_size, seed=seed,
                         precision=precision, resume=resume, threads=threads, jit=jit, test_data=test_data,
                         command=" ".join(["cifarbench"] + sys.argv[1:]))
     manifest = train(arch, out, opts, events=EventPrinter("train", quiet))

@@ -181,9 +181,12 @@ class Lookahead(keras.callbacks.Callback):
     ``state()``/``load_state()`` carry the copy through checkpoints so ``--resume`` is exact.
     """
 
-    def __init__(self, total_steps: int, every: int = LOOKAHEAD_EVERY) -> None:
+    def __init__(self, total_steps: int, every: int = LOOKAHEAD_EVERY, micro: int = 1) -> None:
         super().__init__()
-        self.total, self.every = int(total_steps), int(every)
+        # Counted in batches fit() runs: with gradient accumulation over ``micro`` micro-batches, every
+        # ``every`` optimizer updates is every ``every * micro`` batches.
+        self.micro = int(micro)
+        self.total, self.every = int(total_steps) * self.micro, int(every) * self.micro
         self.ema: list[np.ndarray] | None = None
 
     def _variables(self) -> list[Any]:
@@ -193,7 +196,7 @@ class Lookahead(keras.callbacks.Callback):
     def on_train_begin(self, logs: Any = None) -> None:
         # The step is counted here rather than read from the optimizer each batch: on the JAX backend
         # reading any variable mid-epoch needs a full state sync, which only the lookahead steps pay.
-        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) * self.micro  # updates
         if self.ema is None:
             self.ema = [keras.ops.convert_to_numpy(v).copy() for v in self._variables()]
 

@@ -37,16 +37,24 @@ def lr_schedule(keras: Any, recipe: Recipe, steps_per_epoch: int, total_steps: i
     return WarmupLinear(recipe.lr, int(recipe.warmup_epochs * steps_per_epoch), total_steps)
 
 
-def compile_recipe(keras: Any, model: Any, recipe: Recipe, lr: Any, jit: bool) -> None:
-    """The recipe's optimizer (decoupled weight decay off norms and biases) and label-smoothed loss."""
+def compile_recipe(keras: Any, model: Any, recipe: Recipe, lr: Any, jit: bool, micro: int = 1) -> None:
+    """The recipe's optimizer (decoupled weight decay off norms and biases) and label-smoothed loss.
+
+    With ``micro`` > 1 the optimizer accumulates ``micro`` micro-batches per update (Keras averages their
+    gradients); a summed loss is weighted by ``micro`` so the update equals the full batch's sum, while
+    the regularizers' penalty, added once per micro-batch, averages back to itself.
+    """
+    acc = {"gradient_accumulation_steps": micro} if micro > 1 else {}
     if recipe.optimizer == "adam":
-        opt = keras.optimizers.Adam(lr, weight_decay=recipe.weight_decay or None)
+        opt = keras.optimizers.Adam(lr, weight_decay=recipe.weight_decay or None, **acc)
     elif recipe.optimizer == "sgd-nesterov":
-        opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay or None)
+        opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay or None,
+                                   **acc)
     else:  # pragma: no cover - recipes are fixed in the zoo
         raise UsageError(f"unknown optimizer {recipe.optimizer!r}")
     if recipe.weight_decay:
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing, reduction=(
         "sum" if recipe.loss_reduction == "sum" else "sum_over_batch_size"))
-    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"], jit_compile=jit)
+    weights = [float(micro)] if micro > 1 and recipe.loss_reduction == "sum" else None
+    model.compile(optimizer=opt, loss=loss, loss_weights=weights, metrics=["accuracy"], jit_compile=jit)

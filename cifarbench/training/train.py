@@ -74,6 +74,7 @@ class TrainOptions:
     data: str = "cifar10"
     epochs: float | None = None  # None: the recipe's; fractional epochs end part-way through the last one
     batch_size: int | None = None
+    micro_batch: int | None = None  # gradient accumulation: fit micro-batches, one update per batch_size images
     val_size: int = 5000  # 0: train on the whole split with the fixed schedule, ship the last epoch
     seed: int = 0
     precision: str = "auto"
@@ -88,6 +89,8 @@ class TrainOptions:
             raise UsageError(f"--epochs must be > 0, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise UsageError(f"--micro-batch must be >= 1, got {self.micro_batch}")
         if self.val_size < 0:
             raise UsageError(f"--val-size must be >= 0, got {self.val_size}")
         if self.jit not in JIT_CHOICES:
@@ -96,6 +99,26 @@ class TrainOptions:
 
 
 JIT_CHOICES = ("auto", "on", "off")
+
+
+def accumulation_steps(batch_size: int, micro_batch: int | None) -> int:
+    """Micro-batches per optimizer update: ``batch_size / micro_batch`` (1 without ``--micro-batch``)."""
+    if not micro_batch or micro_batch == batch_size:
+        return 1
+    if micro_batch > batch_size or batch_size % micro_batch:
+        raise UsageError(f"--micro-batch must divide the batch size ({batch_size}), got {micro_batch}")
+    return batch_size // micro_batch
+
+
+def spread_bn_momentum(model: Any, micro: int) -> None:
+    """BatchNorm's running statistics update once per micro-batch under accumulation: momentum m**(1/micro)
+    keeps their horizon in images what the recipe's m gives per full batch."""
+    if micro > 1:
+        import keras
+
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(layer.momentum) ** (1.0 / micro)
 
 
 def resolve_jit(mode: str, backend: str, gpu: bool) -> bool:
@@ -176,6 +199,7 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     refuse_flat_tree(full, o.data, o.test_data)
     train_ds, val_ds = train_val_split(full, o.val_size, o.seed) if o.val_size else (full, None)
     num_classes = len(full.class_names)
+    micro = accumulation_steps(batch_size, o.micro_batch)
     steps_per_epoch, total_steps = step_plan(len(train_ds), batch_size, epochs, recipe.drop_remainder)
     epoch_data = EpochData(train_ds, num_classes, recipe.augment, o.seed, batch_size, (steps_per_epoch, total_steps))
     n_epochs = int(math.ceil(epochs))
@@ -191,24 +215,26 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     if recipe.lookahead:
         from cifarbench.models.airbench import Lookahead
 
-        lookahead = Lookahead(total_steps)
+        lookahead = Lookahead(total_steps, micro=micro)
 
     # 3. Model: fresh (whitening from train patches, Dirac init), or the checkpoint of an interrupted run.
     state = fresh_state()
     if ckpt.resumable:
-        lr_schedule(keras, recipe, steps_per_epoch, total_steps)  # registers the schedule class for loading
+        lr_schedule(keras, recipe, steps_per_epoch * micro, total_steps * micro)  # registers the schedule class
         if arch.build_train:
             import cifarbench.models.airbench  # noqa: F401  registers the training graph's layers
         model, state = ckpt.load(keras, bool(recipe.weight_decay), lookahead)
     else:
         model = (arch.build_train or arch.build)(num_classes)
+        spread_bn_momentum(model, micro)
         if arch.needs_whitening:
             init_whitening(model, train_ds.images, seed=o.seed)
         if arch.build_train:
             from cifarbench.models.airbench import dirac_init
 
             dirac_init(model)
-        compile_recipe(keras, model, recipe, lr_schedule(keras, recipe, steps_per_epoch, total_steps), jit)
+        compile_recipe(keras, model, recipe, lr_schedule(keras, recipe, steps_per_epoch * micro, total_steps * micro),
+                       jit, micro)
     state["flip_mask_seed"] = epoch_data.flip_mask_seed
 
     # 4. Epochs: the next epoch's data is prepared in a thread while this one trains.
@@ -225,7 +251,7 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
 
                 set_whiten_bias_trainable(model, epoch < recipe.whiten_bias_epochs)
             t0 = time.time()
-            h = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+            h = model.fit(x, y, batch_size=batch_size // micro, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
             fit_s = time.time() - t0
             del x, y
             row = {"epoch": epoch + 1, "loss": float(h.history["loss"][-1]), "acc": float(h.history["accuracy"][-1]),
@@ -274,7 +300,7 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
                  "test_source": str(o.test_data or o.data), "test_fingerprint": test_ds.fingerprint},
         "recipe": {**recipe.as_dict(), "epochs": epochs, "batch_size": batch_size},
         "seed": o.seed, "epochs_run": state["epoch"], "steps": total_steps, "best_epoch": best_epoch,
-        "precision": policy, "threads": o.threads, "jit_compile": jit,
+        "precision": policy, "threads": o.threads, "jit_compile": jit, "micro_batch": batch_size // micro,
         "wall_seconds": round(state["train_seconds"], 1),
         "device": {"cpu": cpu["model"], "cpu_flags": sorted(k for k, v in cpu["flags"].items() if v),
                    "cores": os.cpu_count(), "gpus": nvidia_gpus(), **_framework_versions(keras)},
