@@ -93,7 +93,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(env: dict[str, str], *args: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
 
 
 def _train_cli(env: dict[str, str], arch: str, tree: Path, out: Path, opts: dict[str, Any], *extra: str) -> None:
