@@ -42,6 +42,22 @@ def test_each_zoo_entry_trains_one_epoch(tmp_path: Path, tree: Path, arch: str) 
     assert len(json.loads((out / "history.json").read_text())) == 1
 
 
+def test_quiet_is_silent_in_a_fresh_process(tmp_path: Path, tree: Path) -> None:
+    """-q covers native logging too: TensorFlow's first import prints CUDA probes through TSL (which jaxlib's XLA
+    shares), read once at import, so only a fresh process without a log level set shows whether train sets it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
+    env["KERAS_BACKEND"] = "tensorflow"
+    r = subprocess.run([sys.executable, "-m", "cifarbench", "train", "--arch", "tiny-cnn", "--data", str(tree),
+                        "--epochs", "1", "--batch-size", "64", "--val-size", "30", "--precision", "float32",
+                        "--out", str(tmp_path / "run"), "-q"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr == "" and r.stdout == ""
+
+
 def test_macs_and_params_by_hand() -> None:
     from cifarbench.models.zoo import ZOO, count_macs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -34,6 +35,9 @@ from cifarbench.training.train import JIT_CHOICES, PRECISIONS
 def command(arch: str, data: str, epochs: float | None, batch_size: int | None, micro_batch: int | None, val_size: int, test_data: str | None,
             seed: int, precision: str, threads: int | None, jit: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train ARCH; writes model.keras, manifest.json, history.json, report.txt, curves.png, confusion.png."""
+    from cifarbench.models.tfquiet import framework_logs, quiet_tensorflow
+
+    quiet_tensorflow()  # before any framework import: TSL logging reads its level once
     from cifarbench.cli.ui import EventPrinter
     from cifarbench.training.train import TrainOptions, train
 
@@ -41,7 +45,10 @@ def command(arch: str, data: str, epochs: float | None, batch_size: int | None, 
     opts = TrainOptions(data=data, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, val_size=val_size, seed=seed,
                         precision=precision, resume=resume, threads=threads, jit=jit, test_data=test_data,
                         command=" ".join(["cifarbench"] + sys.argv[1:]))
-    manifest = train(arch, out, opts, events=EventPrinter("train", quiet))
+    # -q is silent on success: native code (absl's "before InitializeLog" CUDA probes on TensorFlow's import, XLA's
+    # "slow compile" banner under JAX) writes to fd 2 whatever the log levels say, so it goes to a discarded file.
+    with framework_logs() if quiet else contextlib.nullcontext():
+        manifest = train(arch, out, opts, events=EventPrinter("train", quiet))
     if not quiet:
         t = manifest.metrics["test"]
         val = f"val {manifest.metrics['val']['accuracy']:.4f}; " if "val" in manifest.metrics else ""

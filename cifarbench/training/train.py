@@ -28,6 +28,7 @@ from cifarbench.data.sources import Dataset, load_dataset, train_val_split
 from cifarbench.errors import UsageError
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.models.manifest import Manifest
+from cifarbench.models.tfquiet import quiet_tensorflow
 from cifarbench.models.zoo import count_macs, get_arch, init_whitening
 from cifarbench.sysinfo import cpu_info, has_fast_bf16, nvidia_gpus
 from cifarbench.training.data import EpochData, airbench_steps, augment, refuse_flat_tree, step_plan
@@ -134,7 +135,12 @@ def resolve_jit(mode: str, backend: str, gpu: bool) -> bool:
 
 
 def _import_backend(threads: int | None) -> Any:
-    """Keras, with TensorFlow's thread pools set only when TensorFlow is the backend."""
+    """Keras, with TensorFlow's thread pools set only when TensorFlow is the backend.
+
+    TSL's log level is set first (a user's own setting wins): its INFO lines, such as TensorFlow's CPU-feature
+    notice, are not training output. absl's pre-initialisation lines ignore it; ``train -q`` hides fd 2 instead.
+    """
+    quiet_tensorflow()
     import keras
 
     if keras.backend.backend() == "tensorflow" and threads:
