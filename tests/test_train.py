@@ -43,8 +43,8 @@ def test_each_zoo_entry_trains_one_epoch(tmp_path: Path, tree: Path, arch: str) 
 
 
 def test_quiet_is_silent_in_a_fresh_process(tmp_path: Path, tree: Path) -> None:
-    """-q covers native logging too: TensorFlow's first import prints CUDA probes through TSL (which jaxlib's XLA
-    shares), read once at import, so only a fresh process without a log level set shows whether train sets it."""
+    """-q covers native logging too: TensorFlow's first import prints absl's CUDA-probe lines, which no log-level
+    variable stops, and only once per process, so only a fresh process without those variables shows it."""
     import os
     import subprocess
     import sys

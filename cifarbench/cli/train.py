@@ -35,10 +35,8 @@ from cifarbench.training.train import JIT_CHOICES, PRECISIONS
 def command(arch: str, data: str, epochs: float | None, batch_size: int | None, micro_batch: int | None, val_size: int, test_data: str | None,
             seed: int, precision: str, threads: int | None, jit: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train ARCH; writes model.keras, manifest.json, history.json, report.txt, curves.png, confusion.png."""
-    from cifarbench.models.tfquiet import framework_logs, quiet_tensorflow
-
-    quiet_tensorflow()  # before any framework import: TSL logging reads its level once
     from cifarbench.cli.ui import EventPrinter
+    from cifarbench.models.tfquiet import framework_logs
     from cifarbench.training.train import TrainOptions, train
 
     out = out or f"runs/{arch}"
