@@ -24,6 +24,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("CIFARBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def fresh_env(**extra: str) -> dict[str, str]:
+    """os.environ for a child process, minus the log-level variables cifarbench sets in-process (tfquiet), so the
+    child shows whether it sets them itself."""
+    from cifarbench.models.tfquiet import _ENV
+
+    return {**{k: v for k, v in os.environ.items() if k not in _ENV}, **extra}
+
+
 def run_cli(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Result:
     """Invoke the CLI in-process; stderr is kept apart from stdout."""
     from cifarbench.cli import cli

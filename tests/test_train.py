@@ -10,7 +10,7 @@ import pytest
 
 from cifarbench.events import Event
 from cifarbench.models.manifest import Manifest
-from conftest import make_tree, run_cli
+from conftest import fresh_env, make_tree, run_cli
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
@@ -45,12 +45,10 @@ def test_each_zoo_entry_trains_one_epoch(tmp_path: Path, tree: Path, arch: str) 
 def test_quiet_is_silent_in_a_fresh_process(tmp_path: Path, tree: Path) -> None:
     """-q covers native logging too: TensorFlow's first import prints absl's CUDA-probe lines, which no log-level
     variable stops, and only once per process, so only a fresh process without those variables shows it."""
-    import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
-    env["KERAS_BACKEND"] = "tensorflow"
+    env = fresh_env(KERAS_BACKEND="tensorflow")
     r = subprocess.run([sys.executable, "-m", "cifarbench", "train", "--arch", "tiny-cnn", "--data", str(tree),
                         "--epochs", "1", "--batch-size", "64", "--val-size", "30", "--precision", "float32",
                         "--out", str(tmp_path / "run"), "-q"], env=env, capture_output=True, text=True, timeout=600)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cifarbench.models.manifest import Manifest
-from conftest import make_tree
+from conftest import fresh_env, make_tree
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jax")  # in the test extra (train-jax); a guard for installs without it
@@ -78,8 +78,7 @@ def jax_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (root / "poison" / name).mkdir(parents=True)
         (root / "poison" / name / "__init__.py").write_text(_POISON)
     path = os.pathsep.join(p for p in (str(root / "poison"), os.environ.get("PYTHONPATH")) if p)
-    inherited = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
-    return {**inherited, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
+    return {**fresh_env(), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
             "CIFARBENCH_POISON_LOG": str(root / "poison.log"), "CIFARBENCH_CACHE_DIR": str(root / "cache"),
             "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
