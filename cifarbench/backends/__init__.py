@@ -91,14 +91,15 @@ def get_spec(name: str) -> BackendSpec:
 def unavailable_reason(name: str, manifest: Manifest | None = None, device: str = "cpu") -> str | None:
     """Why ``name`` cannot run here (missing package, artifact or device), or None if it can."""
     spec = get_spec(name)
+    # The artifact first: with no keras file, "install tensorflow" would send the user after the wrong fix.
+    if manifest is not None and spec.format not in manifest.artifacts:
+        return f"model {manifest.name!r} has no {spec.format} artifact"
     if importlib.util.find_spec(spec.requires) is None:
         if spec.requires == "tensorflow":
             return "tensorflow is not installed (pip install 'cifarbench[train]')"
         if spec.requires == "openvino":
             return "openvino is not installed (pip install 'cifarbench[openvino]')"
         return f"{spec.requires} is not installed"
-    if manifest is not None and spec.format not in manifest.artifacts:
-        return f"model {manifest.name!r} has no {spec.format} artifact"
     if device == "gpu" and not spec.gpu:
         return f"{name} runs on the CPU only (its runtime has no GPU support here)"
     check = getattr(importlib.import_module(spec.module_path), "unavailable", None)

@@ -9,18 +9,26 @@ judged only when it is larger than ``latency_floor_ms`` (0.1 ms by default) in a
 call moves by that much between two runs with no code change (tflite-int8 at batch 1 on the test model:
 p50 0.047 then 0.099 ms in a CI run, against a ±91 % spread over its repeats). Accuracy on the same data
 is deterministic up to runtime rounding, so a drop of more than 0.1 pp counts. A row that
-was ok and now fails or vanished is a regression too.
+was ok and now fails is a regression too; a row present in only one run (a backend not installed on one
+machine, a narrower ``--backend`` list) is "absent", not a regression, unless ``strict``.
+
+The figures compared are the rows' own (``cifarbench.bench.repeats.figure``): the same numbers the
+table and report.md of each run show, medians across ``--repeat`` by that module's one definition.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+from cifarbench.bench.repeats import figure
 from cifarbench.bench.results_schema import load_results
 
 ACCURACY_PP = 0.1
+ARROW = "→"  # the one arrow every view uses, old → new
+FORMATS = ("table", "md", "json")
 LATENCY_FLOOR_MS = 0.1
 METRICS = (  # (metric, higher is better)
     ("images_per_s", True),
@@ -39,20 +47,21 @@ def _key(r: dict[str, Any]) -> tuple[str, str, Any]:
 
 
 def _figure(r: dict[str, Any], metric: str) -> tuple[float | None, float]:
-    """(median value, relative min-max spread) of one metric of a row; spread 0 without repeats."""
+    """(the row's figure, relative min-max spread across its repeats) of one metric; spread 0 without repeats."""
+    value = figure(r, metric)
     rep = (r.get("repeat") or {}).get(metric)
-    if rep and rep.get("median"):
-        return float(rep["median"]), (float(rep["max"]) - float(rep["min"])) / float(rep["median"])
-    if metric == "images_per_s":
-        tp = r.get("throughput") or []
-        return (float(tp[-1]["images_per_s"]) if tp and tp[-1].get("images_per_s") else None), 0.0
-    v = (r.get("latency") or {}).get(metric)
-    return (float(v) if v is not None else None), 0.0
+    if value and rep and rep.get("max") is not None and rep.get("min") is not None:
+        return value, (float(rep["max"]) - float(rep["min"])) / value
+    return value, 0.0
 
 
 def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.05,
-                 latency_floor_ms: float = LATENCY_FLOOR_MS) -> dict[str, Any]:
-    """Row-by-row comparison of two results documents; ``verdict`` is same, improved or regression."""
+                 latency_floor_ms: float = LATENCY_FLOOR_MS, strict: bool = False) -> dict[str, Any]:
+    """Row-by-row comparison of two results documents; ``verdict`` is same, improved or regression.
+
+    A row in only one run gets the verdict ``absent`` (``strict``: a row that was ok and is absent now is
+    a regression).
+    """
     olds = {_key(r): r for r in old["results"]}
     news = {_key(r): r for r in new["results"]}
     rows = []
@@ -69,8 +78,11 @@ def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.
         rows.append(row)
         if o is None or n is None or o["status"] != "ok" or n["status"] != "ok":
             was, now = (o or {}).get("status", "absent"), (n or {}).get("status", "absent")
-            row["status"] = f"{was} -> {now}"
-            row["verdict"] = "regression" if was == "ok" else ("improved" if now == "ok" else "same")
+            row["status"] = f"{was} {ARROW} {now}"
+            if "absent" in (was, now):
+                row["verdict"] = "regression" if strict and was == "ok" else "absent"
+            else:
+                row["verdict"] = "regression" if was == "ok" else ("improved" if now == "ok" else "same")
             continue
         for metric, higher_better in METRICS:
             (ov, os_), (nv, ns) = _figure(o, metric), _figure(n, metric)
@@ -93,16 +105,20 @@ def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.
         row["verdict"] = "regression" if "regression" in verdicts else "improved" if "improved" in verdicts else "same"
     verdicts = {r["verdict"] for r in rows}
     overall = "regression" if "regression" in verdicts else "improved" if "improved" in verdicts else "same"
+    absent = [r for r in rows if r["verdict"] == "absent"]
+    if absent:
+        notes.append(f"{len(absent)} row(s) present in one run only: not judged (--strict makes a row that was ok "
+                     "and is gone a regression)")
     return {"verdict": overall, "rows": rows, "notes": notes, "tolerance_pct": 100 * tolerance,
-            "latency_floor_ms": latency_floor_ms,
+            "latency_floor_ms": latency_floor_ms, "strict": strict,
             "old": {"created": old.get("created"), "command": old.get("command")},
             "new": {"created": new.get("created"), "command": new.get("command")}}
 
 
 def compare_files(old: str | os.PathLike[str], new: str | os.PathLike[str], tolerance: float = 0.05,
-                  latency_floor_ms: float = LATENCY_FLOOR_MS) -> dict[str, Any]:
+                  latency_floor_ms: float = LATENCY_FLOOR_MS, strict: bool = False) -> dict[str, Any]:
     return compare_docs(load_results(_results_path(old)), load_results(_results_path(new)), tolerance,
-                        latency_floor_ms)
+                        latency_floor_ms, strict)
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -112,10 +128,10 @@ def _cells(r: dict[str, Any]) -> list[str]:
     out = [r["model"], name]
     for metric, spec in (("images_per_s", ",.0f"), ("p50_ms", ".3f"), ("p99_ms", ".3f")):
         c = r["changes"].get(metric)
-        out.append(f"{c['old']:{spec}} → {c['new']:{spec}} ({c['delta_pct']:+.1f} %, noise ±{c['noise_pct']:.0f} %)"
+        out.append(f"{c['old']:{spec}} {ARROW} {c['new']:{spec}} ({c['delta_pct']:+.1f} %, noise ±{c['noise_pct']:.0f} %)"
                    + (" **" + c["verdict"] + "**" if c["verdict"] != "same" else "") if c else "–")
     a = r["changes"].get("accuracy")
-    out.append(f"{a['old']:.4f} → {a['new']:.4f} ({a['delta_pp']:+.2f} pp)" if a else "–")
+    out.append(f"{a['old']:.4f} {ARROW} {a['new']:.4f} ({a['delta_pp']:+.2f} pp)" if a else "–")
     out.append(r["verdict"])
     return out
 
@@ -133,6 +149,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
     lines += [""] + [f"> {n}" for n in result["notes"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def to_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2) + "\n"
+
+
+def render(result: dict[str, Any], fmt: str) -> str:
+    """The comparison in one of FORMATS."""
+    return {"md": to_markdown, "json": to_json, "table": to_text}[fmt](result)
 
 
 def to_text(result: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Figures a bench row gets from the others: agreement, accuracy delta, speed-up, int8 and parity flags, spread warnings.
 
-Each row is compared with its model's reference backend at the same thread count (keras when
-measured, else onnx float32).
+Each row is compared with its model's reference backend at the same thread count: the first float32
+backend in REFERENCE_ORDER that ran (keras, the source, then onnx, tflite, openvino-f32), so a run
+without keras or onnx still has agreement, accuracy deltas and speed-ups.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from cifarbench.models.manifest import Manifest
 if TYPE_CHECKING:
     from cifarbench.bench.runner import Row
 
-REFERENCE_ORDER = ("keras", "onnx")  # keras when measured, else onnx fp32
+REFERENCE_ORDER = ("keras", "onnx", "tflite", "openvino-f32")  # float32 backends only (openvino may run bf16)
+REFERENCE_TEXT = f"the first float32 backend measured of {', '.join(REFERENCE_ORDER)}"
 INT8_FLAG_PP = 1.0  # an int8 row losing more accuracy than this (percentage points) is flagged
 PARITY_FLAG = "convert's parity check: "  # prefix of a flag carrying the manifest's parity warning
 
@@ -43,7 +45,7 @@ def against_reference(manifests: list[Manifest], rows: dict[Any, Row], probs: di
             mine = [r for (model, _, t), r in rows.items() if model == m.name and t == threads and r.status == "ok"]
             if ref is None:
                 if mine:
-                    notes.append(f"{m.name}: no reference backend measured ({' or '.join(REFERENCE_ORDER)}), "
+                    notes.append(f"{m.name}: no reference backend measured (a float32 one: {', '.join(REFERENCE_ORDER)}), "
                                  "so agreement, accuracy delta and speed-up are blank")
                 for row in mine:
                     flag_int8(row, None)

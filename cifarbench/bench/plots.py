@@ -61,18 +61,107 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.Pa
     return True
 
 
-def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, label: str, path: str | os.PathLike[str], xlabel: str, ylabel: str, logx: bool = False) -> bool:
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Plain 1-2-5 tick values covering [lo, hi] on a log axis (1-1.5-2-3-5-7 when that gives fewer than three)."""
+    if not (lo > 0 and hi >= lo):
+        return []
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+                 for m in mantissas]
+        inside = [t for t in ticks if lo <= t * (1 + 1e-9) and t <= hi * (1 + 1e-9)]
+        if len(inside) >= 3:
+            return inside
+    return inside
+
+
+def plain_number(v: float) -> str:
+    """1,000 and 300 and 1.5: what a tick says, never 3×10²."""
+    return f"{v:,.0f}" if v >= 10 or float(v).is_integer() else f"{v:g}"
+
+
+def _text_box(ann: Any, renderer: Any) -> Any:
+    """An annotation's text in display pixels, without its leader line (which always reaches its own point)."""
+    from matplotlib.text import Text
+
+    ann.update_positions(renderer)
+    return Text.get_window_extent(ann, renderer)
+
+
+def place_labels(fig: Any, ax: Any, labels: Sequence[tuple[str, float, float]], fontsize: float = 8) -> list[Any]:
+    """Annotate each (text, x, y) beside its point where it overlaps no other label, marker or the axes' edge.
+
+    Greedy: candidate offsets right and left of the point, stepping further up and down (with a thin leader
+    line once away from the point); the first free one wins, the nearest one when none is free.
+    """
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    markers = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in
+               (ax.transData.transform((x, y)) for _, x, y in labels)]
+    placed: list[Any] = []
+    out = []
+    steps = [0] + [s * k for k in range(1, 9) for s in (1, -1)]
+    candidates = [(dx, 3 + 11 * k) for k in steps for dx in (6, -6)]
+    for text, x, y in labels:
+        best = None
+        for dx, dy in candidates:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                              ha="left" if dx > 0 else "right", va="center",
+                              arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.4", "shrinkB": 4} if dy != 3 else None)
+            box = _text_box(ann, renderer)
+            free = (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                    and not any(box.overlaps(o) for o in placed + markers))
+            if free:
+                best = (ann, box)
+                break
+            ann.remove()
+        if best is None:  # crowded: the first candidate, overlapping
+            ann = ax.annotate(text, (x, y), xytext=candidates[0], textcoords="offset points", fontsize=fontsize,
+                              ha="left", va="center")
+            best = (ann, _text_box(ann, renderer))
+        placed.append(best[1])
+        out.append(best[0])
+    return out
+
+
+def scatter_figure(points: Sequence[dict[str, Any]], x: str, y: str, label: str, xlabel: str, ylabel: str,
+                   logx: bool = False, title: str = "") -> tuple[Any, Any, list[Any]]:
+    """(figure, axes, label annotations) of a labelled scatter: plain tick numbers, labels that do not overlap."""
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    xs = np.array([float(p[x]) for p in points])
+    ys = np.array([float(p[y]) for p in points])
+    ax.scatter(xs, ys, s=30, zorder=3, color=[plt.get_cmap("tab10")(i % 10) for i in range(len(points))])
+    if logx:
+        ax.set_xscale("log")
+    lo, hi = float(xs.min()), float(xs.max())
+    pad = max(1.2, (hi / lo) ** 0.15)  # room for labels left and right of the end points
+    ax.set_xlim(lo / pad, hi * pad) if logx else ax.set_xlim(lo - (hi - lo + 1) * 0.3, hi + (hi - lo + 1) * 0.3)
+    ylo, yhi = float(ys.min()), float(ys.max())
+    ypad = max((yhi - ylo) * 0.25, 0.002)
+    ax.set_ylim(ylo - ypad, yhi + ypad)
+    if logx:
+        ax.set_xticks(log_ticks(*ax.get_xlim()))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: plain_number(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.canvas.draw()
+    anns = place_labels(fig, ax, [(str(p[label]), float(p[x]), float(p[y])) for p in points])
+    return fig, ax, anns
+
+
+def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, label: str, path: str | os.PathLike[str],
+                 xlabel: str, ylabel: str, logx: bool = False, title: str = "") -> bool:
     plt = _pyplot()
     if plt is None or not points:
         return False
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for p in points:
-        ax.scatter(p[x], p[y])
-        ax.annotate(p[label], (p[x], p[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig, _, _ = scatter_figure(points, x, y, label, xlabel, ylabel, logx, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

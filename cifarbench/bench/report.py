@@ -16,6 +16,7 @@ from typing import Any
 
 from cifarbench.atomic import atomic_write
 from cifarbench.bench import plots
+from cifarbench.bench.derive import REFERENCE_TEXT
 from cifarbench.errors import DataError
 from cifarbench.bench.results_schema import RESULTS_SCHEMA, load_results, row_schema, upgrade, validate  # noqa: F401 (re-exported)
 
@@ -33,6 +34,7 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for r in doc["results"]:
         q, lat, ag = r["quality"], r["latency"], r["agreement"]
         tp = {t["batch_size"]: t["images_per_s"] for t in r["throughput"]}
+        call = {t["batch_size"]: t.get("latency") or {} for t in r["throughput"]}
         row: dict[str, Any] = {
             "model": r["model"], "backend": r["backend"], "threads": r.get("threads"), "status": r["status"],
             "reason": r["reason"], "accuracy": q.get("accuracy"), "accuracy_delta_pp": r.get("accuracy_delta_pp"),
@@ -43,6 +45,7 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "first_call_ms": r["first_call_ms"], "latency_n": lat.get("n"),
             **{f"{k}_ms": lat.get(f"{k}_ms") for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")},
             **{f"img_per_s_b{b}": tp.get(b) for b in sizes},
+            **{f"{q}_ms_b{b}": call.get(b, {}).get(f"{q}_ms") for b in sizes for q in ("p50", "p90", "p99")},
             "speedup": r["speedup"],
             **{f"speedup_b{b}": (r.get("speedup_by_batch") or {}).get(str(b)) for b in sizes},
             "size_mb": r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
@@ -107,6 +110,11 @@ def _f(v: Any, spec: str = ".3f", none: str = "–") -> str:
     return none if v is None else format(v, spec)
 
 
+def _x(v: Any, spec: str = ".2f") -> str:
+    """A ratio with its ×, or a bare dash when there is none (never "–×")."""
+    return "–" if v is None else format(v, spec) + "×"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
         ["| " + " | ".join(r) + " |" for r in rows]
@@ -125,20 +133,20 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     for w in all_warnings(doc):
         lines.append(f"> **Warning:** {w}")
     lines += ["", "## Summary", "",
-              f"Speed-up: images/s at batch {big} over the reference backend's (keras when measured, else onnx)."
+              f"Speed-up: images/s at batch {big} over the reference backend's ({REFERENCE_TEXT})."
               " Δ acc: accuracy minus the reference's, in percentage points.", ""]
     lines += _table(["model", "backend", "accuracy", "Δ acc (pp)", "macro F1", "top-1 agree", "max Δp", "p50 ms",
                      "p99 ms", f"img/s @{big}", "speed-up", "size MB"],
                     [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["accuracy_delta_pp"], "+.2f"),
                       _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
-                      _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _f(r["speedup"], ".2f") + "×",
+                      _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _x(r["speedup"]),
                       _f(r["size_mb"], ".2f")] for r in ok])
     tta = [r for r in ok if r.get("tta_accuracy") is not None]
     if tta:
         lines += ["", "Test-time augmentation (the accuracy pass again over the views; cost = its time / single view's):", ""]
         lines += _table(["model", "backend", "single view", "TTA", "mode", "cost"],
                         [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["tta_accuracy"], ".4f"), r["tta_mode"],
-                          _f(r["tta_cost_x"], ".1f") + "×"] for r in tta])
+                          _x(r["tta_cost_x"], ".1f")] for r in tta])
     noted = [r for r in ok if r.get("runtime_note")]
     if noted:
         lines += ["", "What ran, as the runtime reports it:", ""]
@@ -158,12 +166,17 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     lines += ["", "## Throughput (images/s)", "", "Definition: " + doc["definitions"]["throughput"] + ".", ""]
     lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
                     [[r["model"], label(r)] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
+    lines += ["", "## Latency per call at each batch size (ms, p50 / p90 / p99)", "",
+              "One call is one batch of that size (at batch 1: the single-stream samples).", ""]
+    lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
+                    [[r["model"], label(r)] + [" / ".join(_f(r.get(f"{q}_ms_b{b}")) for q in ("p50", "p90", "p99"))
+                                               for b in sizes] for r in ok])
     by = {(x["model"], x["backend"]): x.get("speedup_by_batch") or {} for x in doc["results"]}
     if any(by.values()):
         lines += ["", "Speed-up over the reference backend at each batch size (images/s ratio):", ""]
         lines += _table(["model", "backend", "reference"] + [f"batch {b}" for b in sizes],
                         [[r["model"], label(r), r["reference"] or "–"] +
-                         [_f(by[(r["model"], r["backend"])].get(str(b)), ".2f") + "×" for b in sizes]
+                         [_x(by[(r["model"], r["backend"])].get(str(b))) for b in sizes]
                          for r in ok if r["reference"]])
     dec = d["decode"]
     lines += ["", "## Decode and preprocess (not in the numbers above)", ""]
@@ -265,11 +278,14 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> tuple[list[str], list[str
         if plots.plot_confusion(r["quality"]["confusion"], classes, out_dir / name,
                                 title=f"{r['model']} / {r['backend']}: accuracy {r['quality']['accuracy']:.4f}"):
             written.append(name)
-    points = [{"label": f"{r['model']}/{r['backend']}", "tp": r["throughput"][-1]["images_per_s"],
-               "acc": r["quality"]["accuracy"]} for r in ok if r["throughput"] and r["throughput"][-1]["images_per_s"]]
+    one_model = len({r["model"] for r in ok}) == 1  # then the title names it and each label is the backend alone
+    points = [{"label": label(r) if one_model else f"{r['model']}/{label(r)}", "tp": r["throughput"][-1]["images_per_s"],
+               "acc": 100 * r["quality"]["accuracy"]} for r in ok if r["throughput"] and r["throughput"][-1]["images_per_s"]]
     big = batch_sizes(doc)[-1] if ok else None
+    title = f"{ok[0]['model']}: " if one_model and ok else ""
     if plots.plot_scatter(points, "tp", "acc", "label", out_dir / "throughput_vs_accuracy.png",
-                          f"images/s at batch {big} (log scale)", "top-1 accuracy", logx=True):
+                          f"images/s at batch {big} (log scale)", "top-1 accuracy (%)", logx=True,
+                          title=f"{title}throughput vs accuracy ({doc['data']['source']})"):
         written.append("throughput_vs_accuracy.png")
     lat = [{"label": f"{r['model']}/{r['backend']}", "p50_ms": r["latency"]["p50_ms"], "p99_ms": r["latency"]["p99_ms"]}
            for r in ok if r["latency"]]

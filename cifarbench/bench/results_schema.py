@@ -23,7 +23,8 @@ _LATENCY = {"type": "object", "properties": {k: _NUM for k in (
     "n", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "total_s")}}
 _THROUGHPUT = {"type": "object", "required": ["batch_size", "calls", "images", "seconds", "images_per_s"],
                "properties": {"batch_size": {"type": "integer"}, "calls": {"type": "integer"},
-                              "images": {"type": "integer"}, "seconds": {"type": "number"}, "images_per_s": _NUM}}
+                              "images": {"type": "integer"}, "seconds": {"type": "number"}, "images_per_s": _NUM,
+                              "latency": _LATENCY}}  # per-call percentiles at that batch size (optional: v2 files)
 _DETAIL: dict[str, Any] = {  # sub-schemas of the fields whose inner shape the views read
     "status": {"enum": ["ok", "skipped", "failed"]},
     "latency": _LATENCY, "throughput": {"type": "array", "items": _THROUGHPUT},

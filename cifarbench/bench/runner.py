@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import importlib
 import os
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +29,7 @@ from cifarbench.backends.tta import check_mode as check_tta
 from cifarbench.bench.data import BenchData, load_subset, measure_decode
 from cifarbench.bench.derive import (INT8_FLAG_PP, against_reference, busy_cpu_warnings, flag_parity, reference,
                                      spread_warnings)
+from cifarbench.bench.repeats import combine as combine_repeats
 from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.bench.worker import Job, measure, run_isolated
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, default_max_pixels
@@ -44,7 +44,7 @@ SCHEMA_VERSION = 2
 DEFINITIONS = {
     "throughput": "offline scenario: images/s = images passed to backend.predict / summed wall time (perf_counter) "
     "of those calls; batches are uint8 arrays already decoded in memory, so decode, batching and loop overhead are "
-    "excluded",
+    "excluded; each batch size also records the percentiles of its timed calls (latency: one call = one batch)",
     "latency": "single-stream scenario: wall time of one backend.predict call at batch 1, after warm-up calls; the "
     "first call after loading is reported on its own (first_call_ms) and never enters the statistics",
     "server": "server scenario: queries arrive as a Poisson process at a target rate; one inference thread takes "
@@ -60,8 +60,10 @@ DEFINITIONS = {
     "cumulative in run order (keras last); rss_delta_mb is resident memory after minus before loading the backend",
     "speedup": "images/s at the largest batch size divided by the reference backend's for the same model and threads",
     "agreement": "top-1 agreement and max |probability difference| against the reference backend on the same images",
-    "repeat": "with --repeat N each row is measured N times (the accuracy pass once); the row shows the repeat with "
-    "the median throughput, and repeat holds the median and min-max of throughput, p50 and p99",
+    "repeat": "with --repeat N each row is measured N times (the accuracy pass once); every figure of the row is the "
+    "median across the repeats of that figure (table, results.json, report.md and bench compare show the same "
+    "number), and repeat holds that median with the min-max and the values of throughput, p50 and p99 (also per "
+    "batch size under by_batch)",
     "int8_loss_pp": f"reference accuracy minus the int8 row's, in percentage points (bench's own measurement); "
     f"above {INT8_FLAG_PP} pp the row is flagged, as it is when the manifest's parity check recorded such a loss",
     "flags": "what needs a look: an int8 loss above the bound (measured here or recorded by convert) and the "
@@ -273,9 +275,10 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
                tensorflow_import_s=tf_import_s, isolated=config.isolate)
     first = next(iter(data_cache.values()), None)
     left_out = [f"{name}: {why}" for name, why in first.dataset.skipped] if first else []
-    warnings = busy_cpu_warnings(env) + compare_notes + spread_warnings(rows) + (
+    ran = any(r.status == "ok" for r in rows.values())  # a busy CPU cannot have disturbed a run of skips
+    warnings = (busy_cpu_warnings(env) if ran else []) + compare_notes + spread_warnings(rows) + (
         [f"{len(left_out)} data image(s) could not be used and were left out, e.g. {left_out[0]}"] if left_out else [])
-    data_doc = {"source": config.data, "split": "test", "images": int(len(first.images)) if first else 0,
+    data_doc = {"source": config.data, "split": "test", "images": int(len(first.images)) if first else None,
                 "subset": first.subset if first else None, "fingerprint": first.dataset.fingerprint if first else None,
                 "load_s": first.load_s if first else None, "left_out": len(left_out), "left_out_examples": left_out[:5]}
     with default_max_pixels(config.max_pixels):
@@ -299,36 +302,14 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     }
 
 
-def _headline(run: dict[str, Any]) -> float:
-    tp = run.get("throughput") or []
-    if tp and tp[-1].get("images_per_s"):
-        return float(tp[-1]["images_per_s"])
-    return -float((run.get("latency") or {}).get("p50_ms") or 0.0)
-
-
-def _spread(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
-
-
 def _fill(row: Row, runs: list[dict[str, Any]], m: Manifest) -> None:
-    """Row fields from the repeat with the median headline figure; the accuracy pass from the first."""
-    ranked = sorted(runs, key=_headline)
-    rep = ranked[(len(ranked) - 1) // 2]
-    for k, v in {**runs[0], **rep}.items():
+    """Row fields from the repeats (per-figure medians: cifarbench.bench.repeats); the accuracy pass from the first."""
+    fields_, row.repeat = combine_repeats(runs)
+    for k, v in {**runs[0], **fields_}.items():
         if k in MEASURED:
             setattr(row, k, v)
     for k in ("quality", "eval"):
         setattr(row, k, runs[0].get(k) or {})
-    if len(runs) > 1:
-        series: dict[str, list[float]] = {}
-        for run in runs:
-            tp = run.get("throughput") or []
-            if tp and tp[-1].get("images_per_s"):
-                series.setdefault("images_per_s", []).append(tp[-1]["images_per_s"])
-            for q in ("p50_ms", "p99_ms"):
-                if (run.get("latency") or {}).get(q) is not None:
-                    series.setdefault(q, []).append(run["latency"][q])
-        row.repeat = {"n": len(runs), **{k: _spread(v) for k, v in series.items()}}
     spec = backends.get_spec(row.backend)
     art = m.artifacts.get(spec.format)
     parity = (art.parity if art else None) or {}

@@ -76,19 +76,26 @@ def batches(images: np.ndarray, batch_size: int, start: int = 0) -> Iterator[np.
 
 def measure_throughput(predict: Predict, images: np.ndarray, batch_size: int, min_time: float, min_calls: int = 3,
                        warmup: int = 2, clock: Clock = time.perf_counter) -> dict[str, Any]:
-    """Offline: images / summed call time at one batch size; warm-up calls (resizes, retraces) excluded."""
+    """Offline: images / summed call time at one batch size; warm-up calls (resizes, retraces) excluded.
+
+    ``latency`` holds the percentiles of the timed calls themselves (one call = one batch), so every batch
+    size has its tail latency beside its throughput.
+    """
     gen = batches(images, batch_size)
     for _ in range(warmup):
         predict(next(gen))
-    calls, total = 0, 0.0
-    while calls < max(1, min_calls) or total < min_time:
+    samples: list[float] = []
+    total = 0.0
+    while len(samples) < max(1, min_calls) or total < min_time:
         x = next(gen)
         t0 = clock()
         predict(x)
-        total += clock() - t0
-        calls += 1
+        dt = clock() - t0
+        samples.append(dt)
+        total += dt
+    calls = len(samples)
     return {"batch_size": batch_size, "calls": calls, "images": calls * batch_size, "seconds": total,
-            "images_per_s": calls * batch_size / total if total > 0 else None}
+            "images_per_s": calls * batch_size / total if total > 0 else None, "latency": latency_stats(samples)}
 
 
 def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int,

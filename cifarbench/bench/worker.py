@@ -113,7 +113,8 @@ def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray
         out["latency"] = lat
         if 1 in sizes:
             tp.append({"batch_size": 1, "calls": lat["n"], "images": lat["n"], "seconds": lat["total_s"],
-                       "images_per_s": lat["n"] / lat["total_s"] if lat["total_s"] else None, "from": "latency samples"})
+                       "images_per_s": lat["n"] / lat["total_s"] if lat["total_s"] else None, "from": "latency samples",
+                       "latency": {k: v for k, v in lat.items() if k != "total_s"}})
     if "offline" in job.scenarios:
         tp += [measure_throughput(be.predict, images, b, job.min_time, job.min_calls) for b in sizes if not tp or b != 1]
     out["throughput"] = tp

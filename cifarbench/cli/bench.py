@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from cifarbench.backends import DEVICES
 from cifarbench.backends.tta import TTA_MODES
+from cifarbench.bench.compare import FORMATS as COMPARE_FORMATS
 from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
@@ -50,12 +53,12 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 
 
 @click.group("bench", invoke_without_command=True)
-@click.option("--model", "models", multiple=True, metavar="NAME|DIR",
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME|DIR",
               help="Model to bench (repeatable): shipped name, directory with manifest.json, or artifact file. "
                    "Default: every shipped model.")
 @click.option("--all", "all_backends", is_flag=True,
               help="Every backend (the default when no --backend is given); unavailable ones are listed as skipped.")
-@click.option("--backend", "backend_names", multiple=True, type=BackendChoice(),
+@click.option("--backend", "-b", "backend_names", multiple=True, type=BackendChoice(),
               help="Backend to bench (repeatable); auto: the one classify and serve pick here (measured, cached).")
 @click.option("--data", default="bundled", show_default=True,
               help="Labelled data source: bundled (10,000-image test split), cifar10, a folder tree or an archive.")
@@ -65,9 +68,10 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
                    "the server scenario's dynamic batches.")
 @click.option("--threads", callback=_threads, metavar="N[,N...]",
               help="Intra-op threads per backend; a list (1,2) measures one row per count (default: each runtime's own).")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="gpu: CUDA for onnx/keras rows, OpenVINO's GPU plugin (Intel GPUs) for openvino rows; backends "
-                   "that cannot use it are listed as skipped.")
+                   "that cannot use it are listed as skipped. auto: each row on a GPU when its backend can use one "
+                   "here, else the CPU (as classify and serve).")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIOS),
               help="single-stream (batch-1 latency), offline (throughput per batch size), server (Poisson arrivals); "
                    "repeatable [default: single-stream and offline].")
@@ -87,7 +91,7 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
               help="Seconds of timed calls at least, for latency and for each throughput batch size.")
 @click.option("--min-iters", type=click.IntRange(1), default=200, show_default=True,
               help="Batch-1 latency calls at least (p99 needs >= 100).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Where results.json, results.csv, report.md and plots go [default: bench-results/<timestamp>].")
 @click.option("--format", "fmt", type=click.Choice(STDOUT_FORMATS),
               help="What goes to stdout [default: table; nothing with --quiet]; the files in --output-dir are always "
@@ -111,6 +115,12 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     `cifarbench bench compare OLD NEW` compares two runs' results.json.
     """
     if ctx.invoked_subcommand is not None:
+        given = [p for p in ctx.command.params if ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+        if given:  # `bench -q compare A B` would otherwise drop -q without a word
+            flags = " ".join(p.opts[0] for p in given)
+            sub = ctx.invoked_subcommand
+            raise click.UsageError(f"bench option(s) {flags} given before `{sub}` do not apply to `bench {sub}`; "
+                                   f"put {sub}'s own options after it (see bench {sub} --help)")
         return
     from cifarbench.bench import runner as bench
     from cifarbench.bench import report
@@ -131,6 +141,11 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
             err.print(f"{model}: auto = {sel.note or sel.name}", markup=False, soft_wrap=True)
     with progress_bar(len(plan.jobs), "bench", quiet=quiet) as bar:
         doc = bench.run_bench(config, EventPrinter("bench", quiet, bar), plan)
+    statuses = {r["status"] for r in doc["results"]}
+    if "ok" not in statuses:  # nothing measured: no table of blanks, no files of blanks; the reasons, even with -q
+        for r in doc["results"]:
+            err.print(f"{r['model']}/{report.label(r)} {r['status']}: {r['reason']}", markup=False, soft_wrap=True)
+        raise BackendUnavailable("no model x backend could run here (reasons above); no result files written")
     out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)
     if not quiet:
@@ -150,9 +165,6 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         click.echo(report.to_markdown(doc, [f.name for f in files if f.suffix == ".png"], notes), nl=False)
     elif fmt == "table" or not quiet:
         _print_table(doc)
-    statuses = {r["status"] for r in doc["results"]}
-    if "ok" not in statuses:
-        raise BackendUnavailable("no model x backend could run here; see the skipped reasons above")
     if "failed" in statuses:
         sys.exit(int(ExitStatus.PARTIAL))
 
@@ -160,25 +172,33 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
 @command.command("compare")
 @click.argument("old", type=click.Path(dir_okay=True, path_type=Path))
 @click.argument("new", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--markdown", is_flag=True, help="Markdown (for a pull-request comment) instead of a plain table.")
+@click.option("--format", "fmt", type=click.Choice(COMPARE_FORMATS), default="table", show_default=True,
+              help="table (plain text), md (Markdown, for a pull-request comment) or json (the comparison document).")
+@click.option("--markdown", is_flag=True, help="Same as --format md (kept for existing CI scripts).")
+@click.option("--strict", is_flag=True,
+              help="A row that was ok in OLD and is absent from NEW is a regression (default: reported as absent).")
 @click.option("--tolerance", type=click.FloatRange(0, 100), default=5.0, show_default=True,
               help="Smallest speed change in percent that counts, when the runs' own spread is narrower.")
 @click.option("--latency-floor-ms", type=click.FloatRange(0), default=0.1, show_default=True,
               help="Smallest p50 change in milliseconds that counts (sub-0.1 ms calls jitter by that much).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit code says it.")
-def compare_command(old: Path, new: Path, markdown: bool, tolerance: float, latency_floor_ms: float,
-                    quiet: bool) -> None:
+def compare_command(old: Path, new: Path, fmt: str, markdown: bool, strict: bool, tolerance: float,
+                    latency_floor_ms: float, quiet: bool) -> None:
     """Per-row deltas of two bench runs (results.json or their folders); exit 0 same, 3 regression.
 
     A change of img/s or p50 counts only when it exceeds both --tolerance and the sum of the
     runs' min-max spreads across --repeat, a p50 change only beyond --latency-floor-ms (p99 is
-    shown, not judged); accuracy beyond 0.1 pp.
+    shown, not judged); accuracy beyond 0.1 pp. A row in only one run is "absent" (--strict: a regression
+    when it was ok in OLD).
     """
     from cifarbench.bench import compare
 
-    result = compare.compare_files(old, new, tolerance / 100, latency_floor_ms)
+    if markdown and click.get_current_context().get_parameter_source("fmt") == ParameterSource.COMMANDLINE \
+            and fmt != "md":
+        raise click.UsageError(f"--markdown and --format {fmt} exclude each other")
+    result = compare.compare_files(old, new, tolerance / 100, latency_floor_ms, strict)
     if not quiet:
-        click.echo(compare.to_markdown(result) if markdown else compare.to_text(result), nl=False)
+        click.echo(compare.render(result, "md" if markdown else fmt), nl=False)
     if result["verdict"] == "regression":
         sys.exit(int(ExitStatus.PARTIAL))
 
@@ -187,10 +207,11 @@ def _print_table(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     from cifarbench.cli.ui import stdout_console
+    from cifarbench.bench.derive import REFERENCE_TEXT
     from cifarbench.bench.report import batch_sizes, label, summary_rows
 
-    sizes = batch_sizes(doc)
-    big = sizes[-1] if sizes else "-"
+    sizes = batch_sizes(doc) or sorted(doc["config"]["batch_sizes"])
+    big = sizes[-1]
     t = Table(title=f"cifarbench bench: {doc['data']['source']}, {doc['data']['subset'] or str(doc['data']['images']) + ' images'}")
     for name in ("model", "backend", "accuracy", "macro F1", "p50 ms", "p99 ms", f"img/s @{big}", "speed-up", "size MB"):
         t.add_column(name, justify="left" if name in ("model", "backend") else "right")
@@ -218,4 +239,4 @@ def _print_table(doc: dict[str, Any]) -> None:
         if r["status"] == "ok" and r.get("runtime_note"):
             con.print(f"{r['model']}/{r['backend']}: {r['runtime_note']}", markup=False)
     con.print(f"img/s = images ÷ wall time of the backend calls only, at batch {big}; speed-up vs the reference backend "
-              "(keras if measured, else onnx).", markup=False)
+              f"({REFERENCE_TEXT}).", markup=False)
