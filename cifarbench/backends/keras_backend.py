@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from cifarbench.errors import ModelError, first_line
 from cifarbench.models.manifest import InputContract, Manifest
-from cifarbench.models.tfquiet import quiet_tensorflow
+from cifarbench.models.tfquiet import framework_logs, quiet_tensorflow
 
 
 class KerasBackend:
     def __init__(self, name: str, path: str, device: str, threads: int | None, contract: InputContract, details: dict) -> None:
+        # absl's pre-init lines ("All log messages before absl::InitializeLog()", "Could not find cuda drivers",
+        # oneDNN's notice) ignore TF_CPP_MIN_LOG_LEVEL and went past `classify -q` and into serve's log: the import
+        # and load run with native stderr hidden (CIFARBENCH_VERBOSE_FRAMEWORKS=1 shows them).
+        with framework_logs(verbose=os.environ.get("CIFARBENCH_VERBOSE_FRAMEWORKS") == "1"):
+            self._load(name, path, device, threads, contract, details)
+
+    def _load(self, name: str, path: str, device: str, threads: int | None, contract: InputContract,
+              details: dict) -> None:
         quiet_tensorflow()
         import tensorflow as tf
 

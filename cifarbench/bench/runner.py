@@ -37,6 +37,7 @@ from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.models.manifest import Manifest
 from cifarbench.models.model_ref import resolve_model, shipped_models
+from cifarbench.models.tfquiet import framework_logs
 from cifarbench.sysinfo import environment
 
 SCHEMA = "cifarbench.bench"
@@ -248,7 +249,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
         if backend == "keras" and not config.isolate and "tensorflow" not in sys.modules:
             emit(Event("status", "importing TensorFlow for the keras backend"))
             t0 = time.perf_counter()
-            importlib.import_module("tensorflow")
+            with framework_logs(verbose=os.environ.get("CIFARBENCH_VERBOSE_FRAMEWORKS") == "1"):  # absl's pre-init lines
+                importlib.import_module("tensorflow")
             tf_import_s = time.perf_counter() - t0
         runs: list[dict[str, Any]] = []
         try:

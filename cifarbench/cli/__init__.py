@@ -18,7 +18,7 @@ from cifarbench.errors import EXIT_CODE_HELP, CifarbenchError, ExitStatus, first
 COMMANDS = {
     "info": ("cifarbench.cli.info", "Versions, CPU flags, GPUs, backends and the default model."),
     "train": ("cifarbench.cli.train", "Train a zoo architecture on CIFAR-10."),
-    "convert": ("cifarbench.cli.convert", "Convert a Keras model to TFLite and ONNX artifacts."),
+    "convert": ("cifarbench.cli.convert", "Convert a Keras or ONNX model to TFLite and ONNX artifacts."),
     "classify": ("cifarbench.cli.classify", "Classify image files and folders; CSV/JSONL out."),
     "bench": ("cifarbench.cli.bench", "Accuracy, F1, latency and throughput per backend."),
     "serve": ("cifarbench.cli.serve", "HTTP API and upload page for a model."),

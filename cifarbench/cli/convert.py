@@ -41,7 +41,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--calibration-data", help="Train-split source for int8 calibration and parity (default: the model's training data).")
 @click.option("--test-data", default="bundled", show_default=True,
               help="Test-split source scoring a model cifarbench did not train (its train split may be in the parity images).")
-@click.option("--calibration-size", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--calibration-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Train-split images that calibrate the int8 formats' activation ranges.")
 @click.option("--parity-size", type=click.IntRange(1), default=2000, show_default=True, help="Images for the parity check.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset (Keras models).")
 @click.option("--preprocess", help="Preprocessing a foreign model expects, baked into the graphs: none, scale:1/255, "
@@ -51,7 +52,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--input-size", callback=_size, help="H,W of a model whose input is not 32x32: pixels are resized inside the graph.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda/custom layers (runs code from the model file).")
 @click.option("--verbose", is_flag=True, help="Show TensorFlow/absl/CUDA/converter logging (hidden by default).")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no parity table; warnings and errors still go to stderr.")
 def command(model: str, out: str | None, quiet: bool, verbose: bool, **options: Any) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir, .onnx, or a converted model dir) to TFLite and ONNX.
 

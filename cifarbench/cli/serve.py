@@ -51,16 +51,20 @@ if TYPE_CHECKING:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own copy of the model.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Backend threads per process [default: runtime's choice].")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="gpu: onnxruntime CUDA, TensorFlow GPU or OpenVINO's GPU plugin; auto: a GPU when the backend can "
+                   "use one here, else the CPU.")
 @click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
               help="Test-time augmentation: average over the image and its mirror (flip, 2x the model work) "
                    "or 6 mirrored/shifted views (flip-translate).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn log level (logs go to stderr).")
+@click.option("--access-log", is_flag=True,
+              help="One line per request on stderr: UTC time, status, method, path, images, milliseconds.")
 def command(model: str | None, backend: str | None, host: str, port: int, max_upload_mb: float, max_pixels: int,
             max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, max_queue: int,
             max_buffered_mb: float, max_connections: int, header_timeout: float, keep_alive: int, workers: int,
-            threads: int | None, device: str, tta: str, log_level: str) -> None:
+            threads: int | None, device: str, tta: str, log_level: str, access_log: bool) -> None:
     """Serve a model over HTTP: GET / (upload page), GET /health, GET /v1/model, POST /v1/classify.
 
     \b
@@ -99,7 +103,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
 
     if workers == 1:
         app = create_app(manifest, with_tta(selection.load(manifest, threads), tta), backend_name=name, top_k=top_k,
-                         limits=limits, max_batch=max_batch)
+                         limits=limits, max_batch=max_batch, access_log=access_log)
         click.echo(f"serving {manifest.name} with {name} on {url}  (Ctrl-C to stop)", err=True)
         server.run(app, sock, connection, keep_alive, log_level)
         return
@@ -108,6 +112,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     os.environ[ENV_CONFIG] = json.dumps({
         "model": os.path.abspath(model) if model and os.path.exists(model) else model, "backend": name,
         "device": selection.device, "threads": threads, "tta": tta, "top_k": top_k, "max_batch": max_batch,
+        "access_log": access_log,
         "limits": dataclasses.asdict(limits),
     })
     click.echo(f"serving {manifest.name} with {name} on {url} in {workers} worker processes  (Ctrl-C to stop)", err=True)

@@ -23,7 +23,8 @@ from cifarbench.training.train import JIT_CHOICES, PRECISIONS
 @click.option("--val-size", type=click.IntRange(0), default=5000, show_default=True,
               help="Validation images held out of train for model selection; 0: train on all, keep the last epoch.")
 @click.option("--test-data", help="Test split source when --data has none (e.g. a flat <class>/ tree); default: --data.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of weight init, data order, augmentation and the validation split (same seed, same run).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with native bf16, else float32.")
 @click.option("--threads", type=click.IntRange(1), help="Framework intra-op threads (default: all cores).")

@@ -39,6 +39,7 @@ from cifarbench import __version__
 from cifarbench.data.cstderr import python_stderr_apart
 from cifarbench.data.images import ImageResult
 from cifarbench.models.manifest import Manifest
+from cifarbench.serve.access_log import IMAGES_KEY, AccessLog
 from cifarbench.serve.admission import Admission, Busy, UploadBudget
 from cifarbench.serve.batching import BatcherClosed, MicroBatcher
 from cifarbench.serve.memory import rss_bytes, trim_heap, tune_malloc
@@ -104,6 +105,7 @@ class _App:
                     raise HTTPException(400, "no images in the request: send multipart/form-data file fields "
                                              "or one raw image body (Content-Type: image/* or application/octet-stream)")
                 names = [name for name, _ in uploads]
+                setattr(request.state, IMAGES_KEY, len(names))  # for --access-log
                 phase = "queue"
                 t1 = time.perf_counter()
                 async with self.admission.slot():
@@ -268,8 +270,11 @@ def create_app(
     max_batch: int = 64,
     max_wait_ms: float = 0.0,
     resize: str = "center-crop",
+    access_log: bool = False,
 ) -> Starlette:
     """An ASGI app serving ``backend`` (anything with ``predict`` and ``describe``) for ``manifest``.
+
+    ``access_log``: one line per request on stderr (cifarbench.serve.access_log).
 
     ``app.state.handlers.batcher`` is closed on lifespan shutdown (or call ``close_app``).
     """
@@ -290,7 +295,8 @@ def create_app(
         Route("/v1/classify", h.classify, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)],
+    middleware = ([Middleware(AccessLog)] if access_log else []) + [Middleware(_SecurityHeaders)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: _http_error, 500: _server_error})
     app.state.handlers = h
     return app

@@ -23,6 +23,7 @@ def make_config(app: Any, connection: ConnectionLimits | None = None, keep_alive
     """
     import uvicorn
 
+    kwargs.setdefault("access_log", False)  # serve --access-log writes its own lines (serve/access_log.py)
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=keep_alive, server_header=False,
                             http=guarded_protocol(protocol), ws="none", **kwargs)
     config.cifarbench_connection = connection or ConnectionLimits()  # type: ignore[attr-defined]  # pickled to workers
