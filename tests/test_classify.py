@@ -371,7 +371,8 @@ def test_quiet_run_on_a_corrupt_tiff_prints_one_line(tiny_model: Path, tmp_path:
     r = run_cli("classify", tmp_path, "-m", tiny_model, "-b", "onnx", "-o", out, "-q")
     fd = capfd.readouterr()
     assert r.exit_code == ExitStatus.PARTIAL
-    assert r.stderr == "classify: 1 of 2 files failed; see the error column\n" and fd.err == "" and fd.out == ""
+    assert r.stderr == f"classify: 1 of 2 files failed ({tmp_path / 'bad.tif'}); see the error column\n"
+    assert fd.err == "" and fd.out == ""
     assert "libtiff: ZIPDecode" in _csv(out.read_text())[1][-1]
 
 

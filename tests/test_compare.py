@@ -36,7 +36,7 @@ def _slower(doc: dict[str, Any], factor: float) -> dict[str, Any]:
             if k in r["latency"]:
                 r["latency"][k] *= factor
         for k, s in r["repeat"].items():
-            if isinstance(s, dict):
+            if isinstance(s, dict) and "median" in s:  # by_batch holds per-size spreads
                 f = 1 / factor if k == "images_per_s" else factor
                 r["repeat"][k] = {kk: ([x * f for x in v] if kk == "values" else v * f) for kk, v in s.items()}
     return d
@@ -62,6 +62,10 @@ def _shifted(doc: dict[str, Any], frac: float) -> dict[str, Any]:
                 shift = frac * (s["max"] - s["min"])
                 r["repeat"][k] = {kk: ([x + shift for x in v] if kk == "values" else v + shift)
                                   for kk, v in s.items()}
+                if k == "images_per_s":  # the row's own figure moves with its repeats (bench.repeats)
+                    r["throughput"][-1]["images_per_s"] += shift
+                else:
+                    r["latency"][k] += shift
     return d
 
 
@@ -78,7 +82,7 @@ def test_rerun_within_its_noise_passes(two_runs: tuple[Path, Path], tmp_path: Pa
 
 def _doc(p50: float, p50_spread: float = 0.0) -> dict[str, Any]:
     return {"data": {}, "environment": {}, "results": [{
-        "model": "m", "backend": "onnx", "threads": None, "status": "ok", "throughput": [], "latency": {},
+        "model": "m", "backend": "onnx", "threads": None, "status": "ok", "throughput": [], "latency": {"p50_ms": p50},
         "repeat": {"p50_ms": {"median": p50, "min": p50, "max": p50 * (1 + p50_spread), "values": [p50]}}}]}
 
 
@@ -93,6 +97,7 @@ def test_sub_floor_p50_change_is_shown_not_judged(two_runs: tuple[Path, Path], t
         doc = copy.deepcopy(real)
         for r in doc["results"]:
             r["repeat"]["p50_ms"] = _doc(p50)["results"][0]["repeat"]["p50_ms"]
+            r["latency"]["p50_ms"] = p50
         (tmp_path / name).write_text(json.dumps(doc))
     assert run_cli("bench", "compare", tmp_path / "old.json", tmp_path / "new.json").exit_code == 0
     r = run_cli("bench", "compare", tmp_path / "old.json", tmp_path / "new.json", "--latency-floor-ms", "0")
@@ -104,7 +109,7 @@ def _spread(doc: dict[str, Any], rel: float) -> dict[str, Any]:
     d = copy.deepcopy(doc)
     for r in d["results"]:
         for s in r["repeat"].values():
-            if isinstance(s, dict):
+            if isinstance(s, dict) and "median" in s:
                 s["min"], s["max"] = s["median"] * (1 - rel / 2), s["median"] * (1 + rel / 2)
     return d
 
@@ -144,7 +149,7 @@ def test_a_row_that_stopped_working_is_a_regression(two_runs: tuple[Path, Path])
     broken = copy.deepcopy(doc)
     broken["results"][0].update(status="failed", reason="boom")
     res = compare.compare_docs(doc, broken)
-    assert res["verdict"] == "regression" and res["rows"][0]["status"] == "ok -> failed"
+    assert res["verdict"] == "regression" and res["rows"][0]["status"] == "ok → failed"
 
 
 def test_unreadable_input_is_a_one_line_error(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_missing_tensorflow_is_exit_7(tmp_path: Path) -> None:
     src = _foreign(tmp_path)
     code = ("import sys; sys.modules['tensorflow'] = None; from cifarbench.cli import main; "
             f"sys.argv = ['cifarbench', 'convert', {str(src)!r}, '--out', {str(tmp_path / 'o')!r}, "
-            "'--calibration-data', 'bundled']; main()")
+            f"'--calibration-data', {str(tmp_path)!r}]; main()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == ExitStatus.UNAVAILABLE, p.stderr
     assert p.stderr.strip().splitlines()[-1] == (

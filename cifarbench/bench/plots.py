@@ -62,16 +62,20 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.Pa
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
-    """Plain 1-2-5 tick values covering [lo, hi] on a log axis (1-1.5-2-3-5-7 when that gives fewer than three)."""
-    if not (lo > 0 and hi >= lo):
+    """Plain tick values in [lo, hi] for a log axis: 1-2-5 per decade, 1-1.5-2-3-5-7 when that gives fewer than
+    three, and evenly spaced round numbers (steps of 1, 2, 2.5 or 5 x 10^k) for a range narrower still."""
+    if not (lo > 0 and hi > lo):
         return []
-    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
         ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
                  for m in mantissas]
         inside = [t for t in ticks if lo <= t * (1 + 1e-9) and t <= hi * (1 + 1e-9)]
         if len(inside) >= 3:
             return inside
-    return inside
+    mag = 10.0 ** np.floor(np.log10((hi - lo) / 4))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if (hi - lo) / (m * mag) <= 5)
+    first = np.ceil(lo / step) * step
+    return [float(v) for v in np.arange(first, hi + step * 1e-9, step)]
 
 
 def plain_number(v: float) -> str:

@@ -31,7 +31,7 @@ Exit codes:
   {int(ExitStatus.OK):>3}  every file classified
   {int(ExitStatus.ERROR):>3}  output not writable, or an unexpected error (cifarbench --traceback classify ...)
   {int(ExitStatus.USAGE):>3}  usage error (bad option or PATH)
-  {int(ExitStatus.PARTIAL):>3}  some files failed (their rows were still written)
+  {int(ExitStatus.PARTIAL):>3}  some files failed (their rows were still written; 0 with --allow-errors)
   {int(ExitStatus.DATA):>3}  model file missing, corrupt or not a model
   {int(ExitStatus.LOCKED):>3}  another run is writing the same --output (lock held)
   {int(ExitStatus.UNAVAILABLE):>3}  backend, device or runtime not available here
@@ -40,6 +40,9 @@ Exit codes:
 \b
 Cron (no flock needed: the run locks <output>.lock itself):
   */15 * * * *  cifarbench classify /srv/photos --output /srv/labels.csv --resume --quiet
+With --quiet, a run whose files all classified prints nothing; one with failures prints one line
+naming the first three failed files and exits 3, every run, since failed files are retried. Once
+those files are known bad, --allow-errors keeps their error rows, prints nothing and exits 0.
 """
 
 
@@ -80,11 +83,14 @@ Cron (no flock needed: the run locks <output>.lock itself):
 @click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
               help="Test-time augmentation: average the probabilities of the image and its mirror (flip, 2x the "
                    "model work) or of 6 mirrored/shifted views (flip-translate, 6x).")
+@click.option("--allow-errors", is_flag=True,
+              help="Files that cannot be classified are not a failure: their error rows are still written, the exit "
+                   "code is 0 and --quiet prints nothing about them (for cron, once the bad files are known).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
 def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
             batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
             include: tuple[str, ...], resize: str, resume: bool, engine: str, ray_address: str | None,
-            actors: int | None, max_pixels: int, tta: str, quiet: bool) -> None:
+            actors: int | None, max_pixels: int, tta: str, allow_errors: bool, quiet: bool) -> None:
     """Classify image files and folders (PATH...) into CSV or JSONL rows.
 
     Folders are walked recursively in sorted order; hidden files and folders are skipped and
@@ -129,11 +135,15 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
 
     if report.files == 0:
         note("no image files found (see --include)")
-    if report.failed and quiet:
-        click.echo(f"classify: {report.failed} of {report.files} files failed; see the error column", err=True)
+    if report.failed and quiet and not allow_errors:
+        click.echo(f"classify: {report.failed} of {report.files} files failed ({report.failed_text()}); "
+                   "see the error column", err=True)
     elif not quiet:
         click.echo(report.summary(), err=True)
-    click.get_current_context().exit(int(report.exit_status))
+    status = report.exit_status
+    if allow_errors and status == ExitStatus.PARTIAL:
+        status = ExitStatus.OK
+    click.get_current_context().exit(int(status))
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: beside the model).")
 @click.option("--formats", default="all", show_default=True, callback=_formats,
               help=f"Comma-separated: {', '.join(FORMAT_NAMES)} (an ONNX model: onnx, onnx-int8).")
-@click.option("--calibration-data", help="Train-split source for int8 calibration and parity (default: the model's training data).")
+@click.option("--calibration-data", help="Train-split source for int8 calibration and parity (default: the model's "
+              "training data; not needed without int8 formats: parity then uses --test-data's test split).")
 @click.option("--test-data", default="bundled", show_default=True,
               help="Test-split source scoring a model cifarbench did not train (its train split may be in the parity images).")
 @click.option("--calibration-size", type=click.IntRange(1), default=1000, show_default=True,
@@ -96,9 +97,11 @@ def parity_table(manifest: Manifest) -> Any:
     has_test = "images" in test
     # Only cifarbench's own models are known not to have trained on the parity images.
     seen = "held-out train images" if par.get("held_out", not has_test) else "train-split images (possibly seen in training)"
+    on_test = par.get("split") == "test"  # no int8 format asked and no calibration data: parity on test images
+    seen = "test-split images" if on_test else seen
     t = Table(title=f"{manifest.name}: parity on {par.get('images', 0)} {seen}"
                     + (f"; accuracy also on {test['images']} test-split images" if has_test else ""))
-    cols = ["artifact", "file", "MB", "top-1 agree", "max |dp|", "accuracy (train val)"]
+    cols = ["artifact", "file", "MB", "top-1 agree", "max |dp|", "accuracy (test split)" if on_test else "accuracy (train val)"]
     cols += ["accuracy (test split)"] if has_test else []
     for col in cols + ["acc drop pp", "status"]:
         t.add_column(col, justify="left" if col in ("artifact", "file", "status") else "right")

@@ -25,6 +25,7 @@ def collect() -> dict:
     env["backends"] = {name: (unavailable_reason(name, m) or "available") for name in BACKENDS}
     env["default_model"] = default
     env["default_backend"] = _auto(m)
+    env["auto_cache"] = cached_auto_choices(env)
     env["shipped_models"] = shipped_models()
     env["trained_dir"] = str(trained_dir())
     env["bundled_test_data"] = str(BUNDLED_TEST_ARCHIVE) if BUNDLED_TEST_ARCHIVE.is_file() else None
@@ -46,6 +47,37 @@ def _auto(m: object) -> dict:
         return cached_choice(m)  # type: ignore[arg-type]
     except CifarbenchError as exc:
         return {"choice": None, "how": str(exc)}
+
+
+def cached_auto_choices(env: dict) -> list[dict]:
+    """Every cached `auto` choice, newest first: model, batch size, threads, device, the choice, when measured.
+
+    ``current`` says whether the entry's machine and versions are this one's (others are never used here,
+    e.g. after a package upgrade, but are kept until the cache rotates them out).
+    """
+    from cifarbench.backends.autoselect import cached_entries
+
+    out = []
+    for e in cached_entries():
+        key = e.get("key") if isinstance(e.get("key"), dict) else {}
+        figures = e.get("figures") if isinstance(e.get("figures"), dict) else {}
+        cands = key.get("candidates") if isinstance(key.get("candidates"), dict) else {}
+        devices = sorted({str(c.get("device")) for c in cands.values() if isinstance(c, dict)})
+        out.append({
+            "model": e.get("model"), "choice": e.get("choice"), "batch_size": key.get("batch"),
+            "threads": key.get("threads"), "device": ",".join(devices) or None, "measured_at": e.get("measured_at"),
+            "images_per_s": {n: f.get("images_per_s") for n, f in figures.items() if isinstance(f, dict)},
+            "current": key.get("cpu") == env["cpu"]["model"] and key.get("versions") == env["versions"],
+        })
+    return out
+
+
+def _cache_text(c: dict) -> str:
+    tp = (c["images_per_s"] or {}).get(c["choice"])
+    rate = f", {tp:,.0f} img/s" if isinstance(tp, (int, float)) else ""
+    where = f"batch {c['batch_size']}, threads {c['threads'] or 'default'}, {c['device'] or 'cpu'}"
+    stale = "" if c["current"] else " [another CPU or package versions: not used here]"
+    return f"{c['choice']}{rate} ({where}), measured {c['measured_at']}{stale}"
 
 
 def _auto_text(a: dict) -> str:
@@ -89,6 +121,10 @@ def command(as_json: bool) -> None:
     d = info["default_model"]
     t.add_row("default model", escape(f"{d['name']} at {d['path']}") if "name" in d else f"[red]{escape(d['error'])}[/red]")
     t.add_row("default backend (auto)", escape(_auto_text(info["default_backend"])))
+    for i, c in enumerate(info["auto_cache"]):
+        t.add_row("cached auto choices" if i == 0 else "", escape(f"{c['model']}: {_cache_text(c)}"))
+    if not info["auto_cache"]:
+        t.add_row("cached auto choices", "none yet (classify, serve and bench --backend auto measure and cache one)")
     t.add_row("shipped models", escape(", ".join(info["shipped_models"]) or "none"))
     t.add_row("bundled test data", escape(info["bundled_test_data"]) if info["bundled_test_data"] else "[red]missing[/red]")
     con.print(t)

@@ -97,10 +97,12 @@ def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | No
     out_dir = Path(out) if out else (src if src.is_dir() else src.parent)
     classes = read_classes(opts.classes_file) if opts.classes_file else (prior.classes if prior else list(CIFAR10_CLASSES))
 
+    # Checked before the model loads (TensorFlow's import alone takes seconds): a wrong --calibration-data fails now.
+    cal_source = _calibration_source(prior, opts, classes)
     emit(Event("step", f"loading {src}"))
     source = _open_source(src, prior, opts, len(classes))
     formats = _formats_for(source, opts)
-    data = _pick_data(prior, opts, classes, emit)
+    data = _pick_data(prior, opts, classes, emit) if cal_source else _test_split_parity(opts, classes, emit)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(prior, source, out_dir, classes, formats, opts)
     with tempfile.TemporaryDirectory(prefix="cifarbench-convert-") as scratch:
@@ -225,6 +227,40 @@ def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, emit: Emit
     idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
     sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
     return sample, f"test split of {where} ({len(idx)} images): the model was not trained by cifarbench"
+
+
+def _calibration_source(prior: Manifest | None, opts: ConvertOptions, classes: list[str]) -> str | None:
+    """The train-split source calibration and parity will read, checked without reading it; None when no
+    int8 format is asked and none is at hand (parity then runs on the test split: no calibration needed)."""
+    int8 = opts.formats is None or any(EXPORTERS[f].quantized for f in opts.formats)
+    given = opts.calibration_data
+    if given is not None:
+        if given == "bundled":
+            raise UsageError("--calibration-data bundled: the bundled data is the test split, and calibrating on "
+                             "test images would flatter int8 accuracy; pass a train-split source (cifar10, a folder "
+                             "tree or an archive with train/)")
+        if given != "cifar10" and not Path(given).expanduser().exists():
+            raise DataError(f"--calibration-data {given}: not found")
+        return given
+    try:
+        return _default_calibration_source(prior)
+    except UsageError:
+        if int8:
+            raise
+    if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
+        raise UsageError("no --calibration-data given and the model's training data is not at hand; the parity "
+                         "check needs images of the model's classes: pass --calibration-data or --test-data")
+    return None
+
+
+def _test_split_parity(opts: ConvertOptions, classes: list[str], emit: Emit) -> SampleSet:
+    """Parity images from the test split (--test-data): float formats need no calibration data, only images."""
+    where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
+    emit(Event("step", f"loading parity images from the test split of {where} (no int8 format: no calibration data)"))
+    test = load_dataset(where, "test", classes=classes)
+    idx = np.sort(np.random.default_rng(0).permutation(len(test))[: opts.parity_size])
+    return SampleSet(where, 0, test.images[:0], test.images[idx], test.labels[idx], None,
+                     "parity measured on the test split itself", held_out=True, split="test")
 
 
 def _default_calibration_source(prior: Manifest | None) -> str:

@@ -43,6 +43,7 @@ class SampleSet:
     test: Dataset | None  # a foreign model's test-split sample
     test_note: str
     held_out: bool = False  # True only for cifarbench's own models: the parity images are known to be unseen
+    split: str = "train (validation slice)"  # "test" when no int8 format needs calibration data (convert)
 
 
 def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: SampleSet, emit: Emit) -> list[str]:
@@ -71,7 +72,7 @@ def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: Samp
             warnings.append(f"{fmt}: {par['warning']}")
     m.metrics["parity"] = {
         "reference": "keras" if source.kind == "keras" else "the original ONNX model (onnxruntime)",
-        "reference_accuracy": ref_parity["accuracy"], "source": data.source, "split": "train (validation slice)",
+        "reference_accuracy": ref_parity["accuracy"], "source": data.source, "split": data.split,
         "held_out": data.held_out,
         "images": int(len(data.par_x)), "warnings": warnings,
         "test_split": {"note": data.test_note, **({"images": len(data.test), "reference_accuracy": ref_parity["test_accuracy"]}

@@ -130,6 +130,7 @@ class ClassifyReport:
     classified: int = 0  # rows computed in this run (failed ones included)
     reused: int = 0  # rows kept from the previous output (--resume)
     failed: int = 0
+    failed_examples: list[str] = field(default_factory=list)  # the first FAILED_NAMED failed files, as written
     seconds: float = 0.0  # decode + inference + writing, model load excluded
     load_seconds: float = 0.0
     backend: str = ""
@@ -149,8 +150,14 @@ class ClassifyReport:
     def exit_status(self) -> ExitStatus:
         return ExitStatus.PARTIAL if self.failed else ExitStatus.OK
 
+    def failed_text(self) -> str:
+        """The failed files by name, the first FAILED_NAMED of them: "a.jpg, b.png, c.gif and 7 more"."""
+        names = ", ".join(self.failed_examples)
+        more = self.failed - len(self.failed_examples)
+        return names + (f" and {more} more" if more > 0 else "")
+
     def summary(self) -> str:
-        parts = [f"{self.files} files", f"{self.failed} failed"]
+        parts = [f"{self.files} files", f"{self.failed} failed" + (f" ({self.failed_text()})" if self.failed else "")]
         if self.reused:
             parts.append(f"{self.reused} reused")
         rate = self.images_per_second
@@ -297,7 +304,10 @@ def _emit_rows(fh: IO[str], writer: RowWriter, reuse: KeptRows, batches: Iterabl
             put(writer.format(row))
             i += 1
             report.classified += 1
-            report.failed += row.error is not None
+            if row.error is not None:
+                report.failed += 1
+                if len(report.failed_examples) < FAILED_NAMED:
+                    report.failed_examples.append(display_text(row.path))
         fh.write("".join(parts))
         parts.clear()
         if flush_each:
@@ -312,6 +322,7 @@ def _emit_rows(fh: IO[str], writer: RowWriter, reuse: KeptRows, batches: Iterabl
 
 
 _WRITE_ROWS = 1024  # rows joined into one write
+FAILED_NAMED = 3  # failed files named in the summary line (cron mail), then "and N more"
 
 
 def _remove_stale_temps(output: Path) -> None:
