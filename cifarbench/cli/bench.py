@@ -143,7 +143,7 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         doc = bench.run_bench(config, EventPrinter("bench", quiet, bar), plan)
     statuses = {r["status"] for r in doc["results"]}
     if "ok" not in statuses:  # nothing measured: no table of blanks, no files of blanks; the reasons, even with -q
-        for r in doc["results"]:
+        for r in doc["results"] if quiet else []:  # (without -q each row's line is already above)
             err.print(f"{r['model']}/{report.label(r)} {r['status']}: {r['reason']}", markup=False, soft_wrap=True)
         raise BackendUnavailable("no model x backend could run here (reasons above); no result files written")
     out = output_dir or _default_output_dir()
