@@ -166,11 +166,12 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     lines += ["", "## Throughput (images/s)", "", "Definition: " + doc["definitions"]["throughput"] + ".", ""]
     lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
                     [[r["model"], label(r)] + [_f(r.get(f"img_per_s_b{b}"), ",.0f") for b in sizes] for r in ok])
-    lines += ["", "## Latency per call at each batch size (ms, p50 / p90 / p99)", "",
-              "One call is one batch of that size (at batch 1: the single-stream samples).", ""]
-    lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
-                    [[r["model"], label(r)] + [" / ".join(_f(r.get(f"{q}_ms_b{b}")) for q in ("p50", "p90", "p99"))
-                                               for b in sizes] for r in ok])
+    if any(r.get(f"p50_ms_b{b}") is not None for r in ok for b in sizes):  # (results written before issue 24 lack them)
+        lines += ["", "## Latency per call at each batch size (ms, p50 / p90 / p99)", "",
+                  "One call is one batch of that size (at batch 1: the single-stream samples).", ""]
+        lines += _table(["model", "backend"] + [f"batch {b}" for b in sizes],
+                        [[r["model"], label(r)] + [" / ".join(_f(r.get(f"{q}_ms_b{b}")) for q in ("p50", "p90", "p99"))
+                                                   for b in sizes] for r in ok])
     by = {(x["model"], x["backend"]): x.get("speedup_by_batch") or {} for x in doc["results"]}
     if any(by.values()):
         lines += ["", "Speed-up over the reference backend at each batch size (images/s ratio):", ""]
