@@ -7,6 +7,7 @@ TensorFlow prints them once, on its first import, whatever TF_CPP_MIN_LOG_LEVEL 
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import threading
@@ -19,8 +20,8 @@ from PIL import Image
 
 from conftest import REPO, fresh_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("tensorflow") is None, reason="tensorflow not installed")]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")]
 FLAGSHIP = REPO / "trained" / "flagship"
 NATIVE = ("absl", "InitializeLog", "cuda", "oneDNN", "I0000", "W0000", "E0000", "cpu_feature_guard")
 
