@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from cifarbench.bench.repeats import figure
-from cifarbench.bench.results_schema import load_results
 
 ACCURACY_PP = 0.1
 ARROW = "→"  # the one arrow every view uses, old → new
@@ -117,6 +116,8 @@ def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.
 
 def compare_files(old: str | os.PathLike[str], new: str | os.PathLike[str], tolerance: float = 0.05,
                   latency_floor_ms: float = LATENCY_FLOOR_MS, strict: bool = False) -> dict[str, Any]:
+    from cifarbench.bench.results_schema import load_results  # (imports the runner: kept out of the CLI's import)
+
     return compare_docs(load_results(_results_path(old)), load_results(_results_path(new)), tolerance,
                         latency_floor_ms, strict)
 
