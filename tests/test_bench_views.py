@@ -61,15 +61,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return m.directory, data
 
 
-@pytest.fixture
-def fake(setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    model, _ = setup
+def _patch(mp: pytest.MonkeyPatch, model: Path) -> None:
     have = Manifest.load(model).artifacts
     seeds = iter(range(10_000))
-    monkeypatch.setattr(backends, "unavailable_reason", lambda name, manifest=None, device="cpu":
-                        None if backends.BACKENDS[name].format in have else "no artifact (fake)")
-    monkeypatch.setattr(backends, "load_backend", lambda name, manifest, device="cpu", threads=None:
-                        JitterBackend(name, "int8" in name, next(seeds)))
+    mp.setattr(backends, "unavailable_reason", lambda name, manifest=None, device="cpu":
+               None if backends.BACKENDS[name].format in have else "no artifact (fake)")
+    mp.setattr(backends, "load_backend", lambda name, manifest, device="cpu", threads=None:
+               JitterBackend(name, "int8" in name, next(seeds)))
+
+
+@pytest.fixture
+def fake(setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    _patch(monkeypatch, setup[0])
     return setup
 
 
@@ -190,10 +193,14 @@ def test_log_ticks_cover_narrow_and_wide_ranges() -> None:
 # --------------------------------------------------------------------------- item 11: compare
 
 
-@pytest.fixture
-def two_docs(fake: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
-    model, data = fake
-    r = _run(model, data, tmp_path / "a", "-b", "onnx", "-b", "tflite-int8", "-q")
+@pytest.fixture(scope="module")
+def two_docs(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real (fake-backend) run and the same run without its tflite-int8 row."""
+    model, data = setup
+    tmp_path = tmp_path_factory.mktemp("two_docs")
+    with pytest.MonkeyPatch.context() as mp:
+        _patch(mp, model)
+        r = _run(model, data, tmp_path / "a", "-b", "onnx", "-b", "tflite-int8", "-q")
     assert r.exit_code == 0, r.stderr
     doc = json.loads((tmp_path / "a" / "results.json").read_text())
     fewer = copy.deepcopy(doc)
@@ -230,9 +237,8 @@ def test_compare_formats_one_arrow_and_the_markdown_alias(two_docs: tuple[Path, 
 
 
 @pytest.mark.parametrize("before", [("-q",), ("--all",), ("--repeat", "3"), ("-m", "flagship")])
-def test_bench_options_before_compare_are_an_error(two_docs: tuple[Path, Path], before: tuple[str, ...]) -> None:
-    full, fewer = two_docs
-    r = run_cli("bench", *before, "compare", full, fewer)
+def test_bench_options_before_compare_are_an_error(tmp_path: Path, before: tuple[str, ...]) -> None:
+    r = run_cli("bench", *before, "compare", tmp_path / "a", tmp_path / "b")  # refused before any file is read
     assert r.exit_code == ExitStatus.USAGE and "before `compare`" in r.stderr and r.stdout == ""
 
 
