@@ -172,3 +172,69 @@ def test_preprocess_steps_parse_once() -> None:
     assert parse_preprocess(None) == parse_preprocess("none") == ()
     assert parse_preprocess("scale:1/255 + mean-std:0.485,0.456,0.406/0.229,0.224,0.225") == (
         Step("scale", scale=1 / 255), Step("mean-std", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+
+
+# ----------------------------------------------------------------------------- presets and the transform
+
+_IMAGENET_MEAN, _IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+_PRESET_ORACLES = {  # Keras applications' preprocess_input modes, written out in numpy (float64)
+    "torch": lambda x: (x / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD,
+    "tf": lambda x: x / 127.5 - 1.0,
+    "caffe": lambda x: x[..., ::-1] - np.array([103.939, 116.779, 123.68]),
+    "none": lambda x: x,
+}
+
+
+@pytest.mark.parametrize("preset", sorted(_PRESET_ORACLES))
+def test_presets_match_numpy_computed_independently(preset: str) -> None:
+    from cifarbench.models.kerasio import apply_preprocess
+    from cifarbench.models.manifest import parse_preprocess
+    from cifarbench.models.onnxio import _apply
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 3)).astype(np.float32)
+    x[0, 0, 0] = (255, 0, 17)  # a pixel whose channels differ, so a BGR flip shows
+    want = _PRESET_ORACLES[preset](x.astype(np.float64))
+    steps = parse_preprocess(preset)
+    np.testing.assert_allclose(apply_preprocess(x, steps), want, rtol=1e-5, atol=1e-4)
+    got = x
+    for s in steps:
+        got = _apply(got, s)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert parse_preprocess(preset.upper()) == steps
+
+
+def test_caffe_preset_reverses_channels_inside_an_onnx_graph() -> None:
+    """The wrapped ONNX graph (Gather on the channel axis) computes the caffe preset too."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from cifarbench.models.manifest import InputContract
+    from cifarbench.models.onnxio import wrap
+
+    g = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"], axis=1)], "flat",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    contract = InputContract(size=(2, 2), preprocess="caffe")
+    wrapped = wrap(model, model.graph.input[0], model.graph.output[0], contract, np.float32)
+    sess = ort.InferenceSession(wrapped.SerializeToString(), providers=["CPUExecutionProvider"])
+    px = np.random.default_rng(1).integers(0, 256, (2, 2, 2, 3), dtype=np.uint8)
+    got = sess.run(None, {"pixels": px})[0]
+    want = _PRESET_ORACLES["caffe"](px.astype(np.float64)).reshape(2, 12)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert onnx is not None
+
+
+def test_transform_round_trips_and_first_release_manifests_keep_their_transform(tmp_path: Path) -> None:
+    from cifarbench.data.transform import Transform
+    from cifarbench.models.manifest import InputContract
+
+    c = InputContract(size=(64, 48), resize="pad", crop_pct=0.875, interpolation="bicubic", preprocess="torch")
+    back = InputContract.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert back == c and back.transform == Transform((64, 48), "pad", 0.875, "bicubic")
+    assert back.transform_with(resize="squash", crop_pct=1.0) == Transform((64, 48), "squash", 1.0, "bicubic")
+    old = InputContract.from_dict({"shape": [32, 32, 3], "layout": "NHWC", "dtype": "uint8"})
+    assert old.transform == Transform((32, 32), "center-crop", None, "lanczos")
+    with pytest.raises(ModelError):
+        InputContract.from_dict({"shape": [32, 32, 3], "crop_pct": 2})

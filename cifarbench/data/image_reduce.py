@@ -8,15 +8,15 @@ so the full-size pixels are the decode's only big allocation.
 
 from __future__ import annotations
 
-import math
-
 from PIL import Image, ImageMode
+
+from cifarbench.data.transform import SizeLike, as_transform
 
 REDUCING_GAP = 3.0  # big images are box-reduced to >= 3x the target, then Lanczos-resampled
 _REDUCIBLE = frozenset(("L", "RGB", "RGBA", "LA", "CMYK", "I", "F", "RGBX", "YCbCr", "LAB"))
 
 
-def decode_cost(im: Image.Image, size: int = 32, resize: str = "center-crop") -> int:
+def decode_cost(im: Image.Image, size: SizeLike = 32, resize: str | None = None) -> int:
     """Bytes a decode of the opened (not yet loaded) ``im`` allocates at its peak, from the header alone.
 
     Pixels x bytes per pixel as Pillow stores them (1 for L/P/1, 2 for 16-bit, 4 for every
@@ -42,7 +42,7 @@ def pixel_bytes(mode: str) -> int:
         return 4
 
 
-def reduce_factors(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int]:
+def reduce_factors(wh: tuple[int, int], size: SizeLike, resize: str | None = None) -> tuple[int, int]:
     """Integer box-reduction factors that keep at least ``REDUCING_GAP`` x the resampling target."""
     tw, th = draft_target(wh, size, resize)
     return max(1, int(wh[0] / tw / REDUCING_GAP)), max(1, int(wh[1] / th / REDUCING_GAP))
@@ -55,7 +55,7 @@ def needs_shrink(im: Image.Image, factors: tuple[int, int]) -> bool:
     return im.mode in _REDUCIBLE or im.mode in ("P", "PA", "1") or im.mode.startswith("I;16")
 
 
-def shrink(im: Image.Image, size: int, resize: str) -> tuple[Image.Image, str]:
+def shrink(im: Image.Image, size: SizeLike, resize: str | None = None) -> tuple[Image.Image, str]:
     """Box-reduce a big decoded image before any full-size conversion; returns it and the mode to scale from.
 
     Without this, a 50 MP RGBA PNG is copied four times at full size on its way to RGB. Conversions
@@ -89,10 +89,6 @@ def shrink(im: Image.Image, size: int, resize: str) -> tuple[Image.Image, str]:
     return out, mode
 
 
-def draft_target(wh: tuple[int, int], size: int, resize: str) -> tuple[int, int]:
+def draft_target(wh: tuple[int, int], size: SizeLike, resize: str | None = None) -> tuple[int, int]:
     """The smallest decoded size from which the loader's resize still downsamples (never upsamples)."""
-    w, h = wh
-    if resize == "squash":
-        return (size, size)
-    scale = size / (min(w, h) if resize == "center-crop" else max(w, h))
-    return (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+    return as_transform(size, resize).draft_target(wh)

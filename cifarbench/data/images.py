@@ -1,4 +1,4 @@
-"""The one image loader: any file Pillow reads -> RGB uint8 (size, size, 3), or a reason.
+"""The one image loader: any file Pillow reads -> RGB uint8 (H, W, 3) at the model's own size, or a reason.
 
 Every command goes through ``load_image`` so a photo is preprocessed the same way
 whether it is classified, benchmarked or served. Failures come back as an
@@ -34,11 +34,11 @@ from PIL import Image, ImageFile
 from cifarbench.data.cstderr import capture_fd2
 from cifarbench.data.decode_budget import MIB, process_budget, return_big_frees_to_os
 from cifarbench.data.image_reduce import REDUCING_GAP, decode_cost, draft_target, pixel_bytes, shrink
+from cifarbench.data.transform import INTERPOLATIONS, RESIZE_POLICIES, SizeLike, Transform, as_transform
 from cifarbench.errors import UsageError, first_line
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
-RESIZE_POLICIES = ("center-crop", "squash", "pad")
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .avif .heic .heif .jp2 .tga .ico".split()
 )
@@ -95,7 +95,7 @@ def current_max_pixels() -> int | None:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """``array`` (uint8 [size, size, 3], RGB) on success, else ``error``: a one-line reason."""
+    """``array`` (uint8 [H, W, 3], RGB) on success, else ``error``: a one-line reason."""
 
     array: np.ndarray | None
     error: str | None = None
@@ -107,30 +107,27 @@ class ImageResult:
 
 def load_image(
     src: ImageSource,
-    size: int = 32,
-    resize: str = "center-crop",
+    size: SizeLike = 32,
+    resize: str | None = None,
     max_pixels: int | None | EllipsisType = ...,
     *,
     draft: bool = True,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> ImageResult:
-    """Decode ``src`` (a path or encoded bytes) to an RGB uint8 array of shape (size, size, 3).
+    """Decode ``src`` (a path or encoded bytes) to an RGB uint8 array of shape (H, W, 3).
 
-    ``resize``: ``center-crop`` (shorter side to ``size``, centre crop), ``squash`` (ignore aspect)
-    or ``pad`` (longer side to ``size``, white borders). ``max_pixels`` refuses bigger images from
+    ``size``: an int (square), (H, W), or a whole ``Transform`` (a model's input contract).
+    ``resize``: ``center-crop`` (cover the target, centre crop; the default), ``squash`` (ignore aspect)
+    or ``pad`` (fit inside, white borders); ``crop_pct`` (timm's) resizes to size / crop_pct first;
+    ``interpolation``: bilinear, bicubic or lanczos (the default). Arguments given here override a
+    Transform's fields. ``max_pixels`` refuses bigger images from
     their header (``None`` disables it; ``...``: the process default, see ``default_max_pixels``).
-    Only a bad ``resize``/``size`` raises; every
+    Only a bad size/resize/crop/interpolation raises; every
     per-file problem is returned as ``ImageResult(None, reason)``. ``draft=False`` decodes
     JPEGs at full size (the reference the loader benchmark compares against).
     """
-    if resize not in RESIZE_POLICIES:
-        raise UsageError(f"unknown resize policy {resize!r}; choose from {', '.join(RESIZE_POLICIES)}")
-    try:
-        n = operator.index(size)  # numpy integers too
-    except TypeError:
-        n = 0
-    if n < 1:
-        raise UsageError(f"image size must be a positive integer, got {size!r}")
-    size = n
+    t = as_transform(size, resize, crop_pct, interpolation)
     if max_pixels is ...:
         max_pixels = _default_max_pixels
     try:
@@ -139,7 +136,7 @@ def load_image(
             return ImageResult(None, data)
         fp = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
         try:
-            return ImageResult(_decode(fp, size, resize, max_pixels, draft))
+            return ImageResult(_decode(fp, t, max_pixels, draft))
         finally:
             fp.close()
     except Image.DecompressionBombError as exc:
@@ -199,40 +196,51 @@ def _read_source(src: ImageSource) -> bytes | bytearray | memoryview | BinaryIO 
     return data if data else "empty file (0 bytes)"
 
 
-def _decode(fp: IO[bytes], size: int, resize: str, max_pixels: int | None, draft: bool) -> np.ndarray:
+def _decode(fp: IO[bytes], t: Transform, max_pixels: int | None, draft: bool) -> np.ndarray:
     pillow_limit = Image.MAX_IMAGE_PIXELS
     if pillow_limit is not None and (max_pixels is None or max_pixels > pillow_limit):
         # A limit above Pillow's must also hold for the checks plugins make while loading
         # (TIFF strips, GIF frames): rare, so the whole decode runs with the global lifted.
         with _pillow_limit(None):
-            return _decode_unlocked(fp, size, resize, max_pixels, draft)
-    return _decode_unlocked(fp, size, resize, max_pixels, draft)
+            return _decode_unlocked(fp, t, max_pixels, draft)
+    return _decode_unlocked(fp, t, max_pixels, draft)
 
 
-def _decode_unlocked(fp: IO[bytes], size: int, resize: str, max_pixels: int | None, draft: bool) -> np.ndarray:
+def _decode_unlocked(fp: IO[bytes], t: Transform, max_pixels: int | None, draft: bool) -> np.ndarray:
     im = _open_checked(fp, max_pixels)
     try:
-        if draft and im.format == "JPEG" and (im.width > size or im.height > size):
+        # A JPEG's EXIF is in its header: read before the draft, so a rotated photo drafts for its turned target.
+        jpeg_tagged = im.format == "JPEG" and ("exif" in im.info or "xmp" in im.info)
+        orientation = _orientation(im) if jpeg_tagged else 1
+        if draft and im.format == "JPEG" and (im.width > t.size[1] or im.height > t.size[0]):
             # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target.
-            im.draft(None, draft_target(im.size, size, resize))
-        cost = decode_cost(im, size, resize)
+            im.draft(None, draft_target(im.size, _turned(t, orientation)))
+        cost = decode_cost(im, t)  # priced after the draft: the pixels this decode really allocates
         if cost >= 4 * MIB:
             return_big_frees_to_os()  # once per process: freed decodes leave, not linger in thread arenas
         with process_budget().hold(cost) if cost >= MIB else _NO_HOLD:  # small images: no lock at all
             _load(im)
-            # plain JPEGs skip the EXIF parse
-            orientation = _orientation(im) if im.format != "JPEG" or "exif" in im.info or "xmp" in im.info else 1
-            small, mode = shrink(im, size, resize)
+            if im.format != "JPEG":  # plain JPEGs skip the EXIF parse; PNG may carry it after the pixels
+                orientation = _orientation(im)
+            turned = _turned(t, orientation)
+            small, mode = shrink(im, turned)
             if small is not im:
                 im.close()  # the full-size pixels go now, before any conversion
-            out = _fit(_to_rgb(small, mode), size, resize)
-        if orientation in _TRANSPOSE:  # every resize policy is symmetric, so rotating the result is the same
+            out = _fit(_to_rgb(small, mode), turned)
+        if orientation in _TRANSPOSE:  # every policy is centred, so fitting the turned target then rotating is the same
             out = out.transpose(_TRANSPOSE[orientation])
         # tobytes + frombuffer is ~3x cheaper than numpy's __array_interface__ path for 32x32;
         # the bytearray makes the result writeable.
         return np.frombuffer(bytearray(out.tobytes()), dtype=np.uint8).reshape(out.height, out.width, 3)
     finally:
         im.close()
+
+
+def _turned(t: Transform, orientation: int) -> Transform:
+    """The target before an EXIF rotation by 90 degrees (orientations 5-8): W x H instead of H x W."""
+    if orientation in (5, 6, 7, 8) and t.size[0] != t.size[1]:
+        return Transform((t.size[1], t.size[0]), t.resize, t.crop_pct, t.interpolation)
+    return t
 
 
 class _DecodeFailed(Exception):
@@ -340,23 +348,35 @@ def _scale_to_u8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint((a - lo) * (255.0 / span)), 0, 255).astype(np.uint8)
 
 
-def _fit(im: Image.Image, size: int, resize: str) -> Image.Image:
-    """Resize with Lanczos (antialiased); ``reducing_gap`` box-reduces what ``_shrink`` left big."""
-    w, h = im.size
-    if (w, h) == (size, size):
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS}
+assert set(_FILTERS) == set(INTERPOLATIONS)
+
+
+def _fit(im: Image.Image, size: SizeLike, resize: str | None = None) -> Image.Image:
+    """Resample the transform's source box straight into place (antialiased); white borders for ``pad``.
+
+    ``reducing_gap`` box-reduces what ``shrink`` left big. Rotating the result by EXIF orientation
+    afterwards is only right for a symmetric target, so the caller transposes before fitting a
+    non-square one (see ``_decode_unlocked``).
+    """
+    t = as_transform(size, resize)
+    h_t, w_t = t.size
+    if im.size == (w_t, h_t) and t.pct == 1.0:
         return im
-    lanczos = Image.Resampling.LANCZOS
-    if resize == "squash":
-        return im.resize((size, size), lanczos, reducing_gap=REDUCING_GAP)
-    if resize == "pad":
-        scale = size / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = Image.new("RGB", (size, size), PAD_COLOR)
-        canvas.paste(im.resize((nw, nh), lanczos, reducing_gap=REDUCING_GAP), ((size - nw) // 2, (size - nh) // 2))
-        return canvas
-    side = min(w, h)  # center-crop: the centred square, resampled straight from the source
-    left, top = (w - side) / 2, (h - side) / 2
-    return im.resize((size, size), lanczos, box=(left, top, left + side, top + side), reducing_gap=REDUCING_GAP)
+    box, (x, y, w, h) = t.placement(im.size)
+    part = im.resize((w, h), _FILTERS[t.interpolation], box=box, reducing_gap=REDUCING_GAP)
+    if (w, h) == (w_t, h_t):
+        return part
+    canvas = Image.new("RGB", (w_t, h_t), PAD_COLOR)
+    canvas.paste(part, (x, y))
+    return canvas
+
+
+def fit_array(pixels: np.ndarray, size: SizeLike, resize: str | None = None) -> np.ndarray:
+    """An RGB uint8 (h, w, 3) array resampled to a transform's target, exactly as a decoded file would be."""
+    out = _fit(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "RGB"), as_transform(size, resize))
+    return np.asarray(out, dtype=np.uint8).copy()
 
 
 _draft_target = draft_target  # the names the loader's tests and benchmark have used

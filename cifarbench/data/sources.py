@@ -1,4 +1,7 @@
-"""The data layer: any CIFAR-10 source -> (images uint8 [N,32,32,3], labels int64 [N], class names).
+"""The data layer: any CIFAR-10 source -> (images uint8 [N,H,W,3], labels int64 [N], class names).
+
+Images come at 32x32 unless a ``transform`` (a model's input contract) asks for another size: files
+decode straight to it, CIFAR-10's raw 32x32 arrays are resampled by the same loader code.
 
 Sources: ``bundled`` (the 10,000-image test split shipped in the package), ``cifar10``
 (the official download, cached where Keras keeps it), a ``cifar-10-batches-py`` directory,
@@ -29,7 +32,8 @@ import numpy as np
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.atomic import atomic_write
-from cifarbench.data.images import IMAGE_EXTENSIONS, current_max_pixels, load_image
+from cifarbench.data.images import IMAGE_EXTENSIONS, current_max_pixels, fit_array, load_image
+from cifarbench.data.transform import SizeLike, Transform, as_transform
 from cifarbench.errors import DataError
 from cifarbench.paths import BUNDLED_TEST_ARCHIVE, cache_dir
 
@@ -41,7 +45,7 @@ _CACHE_VERSION = "1"
 
 @dataclass
 class Dataset:
-    images: np.ndarray  # uint8 [N, 32, 32, 3], RGB
+    images: np.ndarray  # uint8 [N, H, W, 3], RGB (32x32 unless a transform asked otherwise)
     labels: np.ndarray  # int64 [N]
     class_names: tuple[str, ...]
     source: str
@@ -67,8 +71,13 @@ def load_dataset(
     split: str = "test",
     classes: Sequence[str] | None = None,
     use_cache: bool = True,
+    transform: SizeLike | None = None,
 ) -> Dataset:
-    """Load one split of a source; see the module docstring for the sources."""
+    """Load one split of a source; see the module docstring for the sources.
+
+    ``transform``: a model's input transform (or a size): the images come at its size, resized its way.
+    """
+    t = as_transform(transform if transform is not None else 32)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     class_names = tuple(classes) if classes else CIFAR10_CLASSES
@@ -87,7 +96,7 @@ def load_dataset(
         if not path.exists():
             raise DataError(f"data source not found: {src}; expected {describe_sources()}")
 
-    key = _fingerprint(path, split, class_names)
+    key = _fingerprint(path, split, class_names, t)
     cached = _cache_path(key)
     if use_cache and cached.is_file():
         try:
@@ -99,7 +108,7 @@ def load_dataset(
         except Exception:  # corrupt cache entry: rebuild it
             pass
 
-    ds = _load_uncached(path, split, class_names)
+    ds = _load_uncached(path, split, class_names, t)
     ds.source, ds.fingerprint = src, key
     if len(ds) == 0:
         raise DataError(f"no {split} images found in {src}; expected {describe_sources()}")
@@ -111,17 +120,17 @@ def load_dataset(
 # --------------------------------------------------------------------------- sources
 
 
-def _load_uncached(path: Path, split: str, classes: tuple[str, ...]) -> Dataset:
+def _load_uncached(path: Path, split: str, classes: tuple[str, ...], t: Transform = Transform()) -> Dataset:
     if path.is_dir():
         batches = _find_batches_dir(path)
         if batches is not None:
-            return _from_pickles(lambda name: (batches / name).read_bytes(), split, classes)
+            return _resampled(_from_pickles(lambda name: (batches / name).read_bytes(), split, classes), t)
         with members_of(path) as members:
-            return _from_tree(members, split, classes)
+            return _from_tree(members, split, classes, t)
     kind = "zip" if path.name.lower().endswith(".zip") else "tar"
     try:
         with members_of(path) as members:
-            return _from_archive_members(members, split, classes)
+            return _from_archive_members(members, split, classes, t)
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DataError(f"{path}: not a readable {kind} archive ({exc})") from None
 
@@ -168,15 +177,26 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[tuple[str, Callable[[], bytes]
             raise tarfile.ReadError("data after the end-of-archive marker: the archive is corrupt")
 
 
-def _from_archive_members(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...]) -> Dataset:
+def _from_archive_members(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...],
+                          t: Transform = Transform()) -> Dataset:
     members = list(members)
     by_base = {n.rsplit("/", 1)[-1]: r for n, r in members}
     if "data_batch_1" in by_base or "test_batch" in by_base:
-        return _from_pickles(lambda base: by_base[base](), split, classes)
-    return _from_tree(sorted(members, key=lambda m: m[0]), split, classes)
+        return _resampled(_from_pickles(lambda base: by_base[base](), split, classes), t)
+    return _from_tree(sorted(members, key=lambda m: m[0]), split, classes, t)
 
 
-def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...]) -> Dataset:
+def _resampled(ds: Dataset, t: Transform) -> Dataset:
+    """CIFAR-10's raw 32x32 arrays at another model's size, resampled as the loader resamples files."""
+    if t.size == (32, 32) and t.pct == 1.0:
+        return ds
+    ds.images = np.ascontiguousarray(np.stack([fit_array(a, t) for a in ds.images])) if len(ds) else \
+        np.zeros((0, *t.size, 3), np.uint8)
+    return ds
+
+
+def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...],
+               t: Transform = Transform()) -> Dataset:
     """Members named ``.../<split>/<class>/<file>`` or ``.../<class>/<file>``."""
     rows = []
     for name, read in members:
@@ -205,14 +225,14 @@ def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, c
         except OSError as exc:  # vanished or unreadable member: a row-level problem, not a crash
             skipped.append((name, f"unreadable: {exc.strerror or exc}"))
             continue
-        res = load_image(raw)
+        res = load_image(raw, t)
         if not res.ok:
             skipped.append((name, res.error or "unreadable"))
             continue
         images.append(res.array)
         labels.append(index[parts[-2]])
         paths.append(name)
-    return Dataset(_stack(images), np.asarray(labels, dtype=np.int64), classes, "", split, "", paths, skipped)
+    return Dataset(_stack(images, t.size), np.asarray(labels, dtype=np.int64), classes, "", split, "", paths, skipped)
 
 
 def _from_pickles(read: Callable[[str], bytes], split: str, classes: tuple[str, ...]) -> Dataset:
@@ -326,9 +346,11 @@ def _official_cifar10_dir() -> Path:
 # --------------------------------------------------------------------------- cache
 
 
-def _fingerprint(path: Path, split: str, classes: tuple[str, ...]) -> str:
-    # The pixel limit decides which files decode, so a run under another --max-pixels never reuses this one's arrays.
-    h = hashlib.sha256(f"{_CACHE_VERSION}|{path.resolve()}|{split}|{','.join(classes)}|{current_max_pixels()}".encode())
+def _fingerprint(path: Path, split: str, classes: tuple[str, ...], t: Transform = Transform()) -> str:
+    # The pixel limit decides which files decode, so a run under another --max-pixels never reuses this one's arrays;
+    # another transform means other pixels (the first release's 32x32 default keeps its old keys).
+    shape = "" if t == Transform() else f"|{t.size}|{t.resize}|{t.crop_pct}|{t.interpolation}"
+    h = hashlib.sha256(f"{_CACHE_VERSION}|{path.resolve()}|{split}|{','.join(classes)}|{current_max_pixels()}{shape}".encode())
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file():
@@ -355,9 +377,9 @@ def _write_cache(path: Path, ds: Dataset) -> None:
         pass  # a read-only cache dir costs speed, not correctness
 
 
-def _stack(images: list[np.ndarray]) -> np.ndarray:
+def _stack(images: list[np.ndarray], size: tuple[int, int] = (32, 32)) -> np.ndarray:
     if not images:
-        return np.zeros((0, 32, 32, 3), np.uint8)
+        return np.zeros((0, *size, 3), np.uint8)
     return np.ascontiguousarray(np.stack(images))
 
 

@@ -152,7 +152,9 @@ def _is_unsafe_error(msg: str) -> bool:
 def apply_preprocess(x: Any, steps: Sequence[Step]) -> Any:
     """Apply steps to float pixels; works on TF tensors and numpy arrays alike."""
     for s in steps:
-        if s.kind == "scale":
+        if s.kind == "bgr":
+            x = x[..., ::-1]  # RGB -> BGR (a strided slice in TF graphs)
+        elif s.kind == "scale":
             x = x * s.scale
         else:
             x = (x - list(s.mean)) / list(s.std)

@@ -23,6 +23,7 @@ from typing import Any
 
 from cifarbench import CIFAR10_CLASSES, __version__
 from cifarbench.atomic import atomic_write
+from cifarbench.data.transform import DEFAULT_INTERPOLATION, Transform
 from cifarbench.errors import ModelError, UsageError
 
 MANIFEST_NAME = "manifest.json"
@@ -45,22 +46,32 @@ FORMAT_FILES = {
 
 @dataclass(frozen=True)
 class Step:
-    """One preprocessing step baked into a graph: ``x * scale`` or ``(x - mean) / std`` on float pixels."""
+    """One preprocessing step baked into a graph: ``x * scale``, ``(x - mean) / std`` or ``bgr`` (reverse channels)."""
 
-    kind: str  # "scale" or "mean-std"
+    kind: str  # "scale", "mean-std" or "bgr"
     scale: float = 1.0
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
 
-_PREPROCESS_HELP = "use none, scale:1/255, mean-std:R,G,B/R,G,B, or steps joined by +"
+# Keras applications' preprocess_input modes, by name, as explicit steps (ImageNet statistics).
+PRESETS = {
+    "torch": "scale:1/255+mean-std:0.485,0.456,0.406/0.229,0.224,0.225",  # 0-1, then ImageNet mean/std (RGB)
+    "tf": "scale:1/127.5+mean-std:1/1",  # [-1, 1]
+    "caffe": "bgr+mean-std:103.939,116.779,123.68/1",  # BGR, ImageNet mean (BGR order) subtracted, no scaling
+    "none": "none",
+}
+_PREPROCESS_HELP = ("use a preset (torch, tf, caffe, none), or scale:1/255, mean-std:R,G,B/R,G,B, bgr, "
+                    "or steps joined by +")
 
 
 def parse_preprocess(spec: str | None) -> tuple[Step, ...]:
-    """``none`` | ``scale:1/255`` | ``mean-std:R,G,B/R,G,B``; steps joined with ``+`` run in order.
+    """A preset name, or ``none`` | ``scale:1/255`` | ``mean-std:R,G,B/R,G,B`` | ``bgr``; steps joined with ``+`` run in order.
 
     Raises ``UsageError`` (exit 2) for anything else, including zero or non-finite numbers.
     """
+    if spec and spec.strip().lower() in PRESETS:
+        spec = PRESETS[spec.strip().lower()]
     if not spec or spec.strip().lower() == "none":
         return ()
     steps = []
@@ -68,7 +79,9 @@ def parse_preprocess(spec: str | None) -> tuple[Step, ...]:
         kind, _, arg = part.strip().partition(":")
         kind = kind.strip().lower()
         try:
-            if kind == "scale":
+            if kind == "bgr" and not arg.strip():
+                steps.append(Step("bgr"))
+            elif kind == "scale":
                 scale = _number(arg)
                 if scale == 0:
                     raise ValueError("scale must not be 0")
@@ -122,20 +135,37 @@ class InputContract:
     softmax_added: bool = False
     model_input_size: tuple[int, int] | None = None
     model_layout: str = "NHWC"
+    resize: str = "center-crop"
+    crop_pct: float | None = None
+    interpolation: str = DEFAULT_INTERPOLATION
     steps: tuple[Step, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
         object.__setattr__(self, "steps", parse_preprocess(self.preprocess))
+        self.transform  # validates resize, crop_pct and interpolation (UsageError)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.size[0], self.size[1], self.channels)
+
+    @property
+    def transform(self) -> Transform:
+        """How every command turns a photo into this model's pixels (unless its options override a field)."""
+        return Transform(self.size, self.resize, self.crop_pct, self.interpolation)
+
+    def transform_with(self, resize: str | None = None, crop_pct: float | None = None,
+                       interpolation: str | None = None) -> Transform:
+        """The contract's transform with a command line's overrides (None: keep the manifest's)."""
+        return Transform(self.size, resize or self.resize, self.crop_pct if crop_pct is None else crop_pct,
+                         interpolation or self.interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "shape": list(self.shape), "layout": self.layout, "dtype": self.dtype, "color": self.color,
             "range": list(self.value_range), "preprocess": "inside the model",
             "preprocess_baked": self.preprocess or "none", "softmax_added": bool(self.softmax_added),
+            "resize": self.resize, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
         }
         if self.model_input_size is not None:
             d["model_input_size"] = list(self.model_input_size)
@@ -163,7 +193,10 @@ class InputContract:
                        preprocess=str(raw.get("preprocess_baked") or "none"),
                        softmax_added=bool(raw.get("softmax_added", False)),
                        model_input_size=(int(mis[0]), int(mis[1])) if mis else None,
-                       model_layout=str(raw.get("model_layout", "NHWC")).upper())
+                       model_layout=str(raw.get("model_layout", "NHWC")).upper(),
+                       resize=str(raw.get("resize") or "center-crop"),
+                       crop_pct=None if raw.get("crop_pct") is None else float(raw["crop_pct"]),
+                       interpolation=str(raw.get("interpolation") or DEFAULT_INTERPOLATION))
         except UsageError as exc:
             raise ModelError(f"input contract: {exc}") from None
         except (TypeError, ValueError, IndexError) as exc:

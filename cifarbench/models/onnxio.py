@@ -111,6 +111,12 @@ def wrap(model: Any, inp: Any, out: Any, contract: InputContract, dtype: type) -
     cur = "cifarbench_pixels_f32"
     nodes.append(helper.make_node("Cast", ["pixels"], [cur], to=TensorProto.FLOAT, name="cifarbench_cast_in"))
     for i, s in enumerate(contract.steps):
+        if s.kind == "bgr":  # reverse the channel axis of NHWC
+            cname, nxt = f"cifarbench_pre{i}_bgr_idx", f"cifarbench_pre{i}_bgr"
+            consts.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), cname))
+            nodes.append(helper.make_node("Gather", [cur, cname], [nxt], axis=3, name=f"cifarbench_pre{i}_bgr"))
+            cur = nxt
+            continue
         if s.kind == "scale":
             pairs = [("Mul", np.array(s.scale, np.float32))]
         else:
@@ -146,6 +152,8 @@ def wrap(model: Any, inp: Any, out: Any, contract: InputContract, dtype: type) -
 
 
 def _apply(x: np.ndarray, s: Step) -> np.ndarray:
+    if s.kind == "bgr":
+        return x[..., ::-1]
     if s.kind == "scale":
         return x * np.float32(s.scale)
     return (x - np.asarray(s.mean, np.float32)) / np.asarray(s.std, np.float32)
