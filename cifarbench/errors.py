@@ -87,3 +87,7 @@ EXIT_CODE_MEANINGS: dict[ExitStatus, str] = {
 EXIT_CODE_HELP = "\n".join(
     f"{int(s):>5}  {s.name.lower():<14}{EXIT_CODE_MEANINGS.get(s, '')}".rstrip() for s in ExitStatus
 )
+
+
+class BatchError(UsageError, ValueError):
+    """A backend's ``predict()`` was given a batch of the wrong dtype or shape (not uint8 N x H x W x 3)."""

@@ -143,23 +143,42 @@ def test_truncated_keras_file(tmp_path: Path, tiny_model: Path) -> None:
     assert r.exit_code == ExitStatus.DATA and "truncated" in r.stderr
 
 
-def test_wrong_input_shape_and_class_count(tmp_path: Path, synthetic_tree: Path) -> None:
+def test_native_input_size_and_class_count(tmp_path: Path, synthetic_tree: Path) -> None:
+    """A 64x64 model converts at 64x64 without options; --input-size is for dynamic sizes only (exit 2 otherwise)."""
     import keras
 
     inp = keras.Input((64, 64, 3))
     out = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))
     keras.Model(inp, out).save(tmp_path / "big.keras")
-    r = run_cli("convert", tmp_path / "big.keras", "--calibration-data", synthetic_tree, "--formats", "onnx")
-    assert r.exit_code == ExitStatus.DATA and "not 32x32x3" in r.stderr
+    small = ("--parity-size", "20", "--calibration-size", "20", "-q")
     r = run_cli("convert", tmp_path / "big.keras", "--out", tmp_path / "o", "--calibration-data", synthetic_tree,
-                "--formats", "onnx", "--input-size", "64,64", "--parity-size", "20", "--calibration-size", "20", "-q")
+                "--formats", "onnx", *small)
     assert r.exit_code == 0, r.output
+    m = Manifest.load(tmp_path / "o")
+    assert m.input.size == (64, 64) and m.input.model_input_size is None and m.input.to_dict()["shape"] == [64, 64, 3]
+    r = run_cli("convert", tmp_path / "big.keras", "--out", tmp_path / "o2", "--calibration-data", synthetic_tree,
+                "--formats", "onnx", "--input-size", "64,48", *small)
+    assert r.exit_code == ExitStatus.USAGE and "contradicts" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    inp = keras.Input((None, None, 3))  # dynamic: --input-size needed, and then used
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))
+    keras.Model(inp, out).save(tmp_path / "dyn.keras")
+    r = run_cli("convert", tmp_path / "dyn.keras", "--out", tmp_path / "d", "--calibration-data", synthetic_tree,
+                "--formats", "onnx", *small)
+    assert r.exit_code == ExitStatus.USAGE and "dynamic" in r.stderr and "--input-size" in r.stderr
+    r = run_cli("convert", tmp_path / "dyn.keras", "--out", tmp_path / "d", "--calibration-data", synthetic_tree,
+                "--formats", "onnx", "--input-size", "40,24", *small)
+    assert r.exit_code == 0, r.output
+    assert Manifest.load(tmp_path / "d").input.size == (40, 24)
 
     inp = keras.Input((32, 32, 3))
     out = keras.layers.Dense(7, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))
     keras.Model(inp, out).save(tmp_path / "seven.keras")
-    r = run_cli("convert", tmp_path / "seven.keras", "--calibration-data", synthetic_tree, "--formats", "onnx")
-    assert r.exit_code == ExitStatus.DATA and "does not match 10 classes" in r.stderr
+    names = tmp_path / "ten.txt"
+    names.write_text("\n".join(f"c{i}" for i in range(10)))
+    r = run_cli("convert", tmp_path / "seven.keras", "--calibration-data", synthetic_tree, "--formats", "onnx",
+                "--classes", names)
+    assert r.exit_code == ExitStatus.DATA and "7 outputs but 10 class names" in r.stderr
 
 
 def test_lambda_layer_needs_unsafe(tmp_path: Path, synthetic_tree: Path) -> None:

@@ -28,7 +28,10 @@ class Backend(Protocol):
     device: str  # the device actually used: "cpu" or "gpu"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 NHWC (N, 32, 32, 3) RGB -> float32 (N, classes) probabilities."""
+        """uint8 NHWC (N, H, W, 3) RGB at the manifest's input size -> float32 (N, classes) probabilities.
+
+        Anything else (float pixels, another size, a list) raises ``BatchError`` (see backends.checks).
+        """
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -222,10 +222,10 @@ def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | Non
         n = hit["choice"]
         return Selection(n, candidates[n], "cached", f"{n}: fastest in a probe on {hit['measured_at']} "
                          f"({_figures_text(hit['figures'])}; cached in {cache_path()})", hit["figures"])
-    size = int((manifest.input.get("shape") or [32])[0])
+    h, w = manifest.input.size  # the model's own input size (non-square allowed)
     t0 = time.perf_counter()
     figures, failed = probe(lambda n: _neighbourly(load_backend(n, manifest, candidates[n], threads)), names,
-                            (size, size, 3), batch=batch)
+                            (h, w, 3), batch=batch)
     seconds = time.perf_counter() - t0
     if not figures:
         n = heuristic(names, cpu_info()["flags"])

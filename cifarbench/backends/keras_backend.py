@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarbench.backends.checks import check_batch, check_outputs
 from cifarbench.errors import ModelError, first_line
 from cifarbench.models.manifest import InputContract, Manifest
 from cifarbench.models.tfquiet import framework_logs, quiet_tensorflow
@@ -54,9 +55,14 @@ class KerasBackend:
             return tf.nn.softmax(y) if softmax else y
 
         self._fn = tf.function(forward, reduce_retracing=True)
+        self.size = tuple(contract.size)
+        try:
+            self.n_outputs: Any = self.model.output_shape[-1]
+        except Exception:  # a SavedModel wrapper: no static shape
+            self.n_outputs = None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._fn(np.ascontiguousarray(batch)), dtype=np.float32)
+        return np.asarray(self._fn(np.ascontiguousarray(check_batch(batch, self.size, self.name))), dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": "keras", "version": self.version, "threads": self.threads, "device": self.device}
@@ -79,9 +85,11 @@ def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> KerasBackend:
     try:
-        return KerasBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input,
-                            manifest.artifacts[spec.format].details)
+        be = KerasBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input,
+                          manifest.artifacts[spec.format].details)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"keras cannot load {manifest.name}: {first_line(exc)}") from None
+    check_outputs(be.n_outputs, manifest.classes, f"{manifest.name} (keras)")
+    return be

@@ -6,12 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from cifarbench.backends.checks import check_batch, check_outputs
 from cifarbench.errors import ModelError, first_line
 from cifarbench.models.manifest import Manifest
 
 
 class OnnxBackend:
-    def __init__(self, name: str, path: str, device: str, threads: int | None, spin: bool = True) -> None:
+    def __init__(self, name: str, path: str, device: str, threads: int | None, spin: bool = True,
+                 size: tuple[int, int] = (32, 32)) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -31,6 +33,9 @@ class OnnxBackend:
         self.input_name = inp.name
         self.input_float = "float" in inp.type
         self.output_name = self.session.get_outputs()[0].name
+        out_shape = self.session.get_outputs()[0].shape
+        self.n_outputs = out_shape[-1] if out_shape else None  # an int, or a symbolic name
+        self.size = tuple(size)  # the manifest's input contract: H, W of the uint8 NHWC pixels
         self.version = ort.__version__
 
     def without_spinning(self) -> "OnnxBackend":
@@ -43,10 +48,10 @@ class OnnxBackend:
         spinning changed batch-256 throughput by under 3 % but saved 15-50 % of batch-1 p50, so every
         other session keeps it.
         """
-        return OnnxBackend(self.name, self.path, self.device, self.threads, spin=False)
+        return OnnxBackend(self.name, self.path, self.device, self.threads, spin=False, size=self.size)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32 if self.input_float else np.uint8)
+        x = np.ascontiguousarray(check_batch(batch, self.size, self.name), dtype=np.float32 if self.input_float else np.uint8)
         return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -70,4 +75,6 @@ def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None
 
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> OnnxBackend:
-    return OnnxBackend(spec.name, str(manifest.verify(spec.format)), device, threads)
+    be = OnnxBackend(spec.name, str(manifest.verify(spec.format)), device, threads, size=manifest.input.size)
+    check_outputs(be.n_outputs, manifest.classes, f"{manifest.name} ({spec.format})")
+    return be

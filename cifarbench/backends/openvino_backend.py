@@ -117,8 +117,10 @@ def precision_summary(inference_precision: str, kernels: Counter[str]) -> str:
 
 
 class OpenVINOBackend:
-    def __init__(self, name: str, path: str, device: str, threads: int | None) -> None:
+    def __init__(self, name: str, path: str, device: str, threads: int | None,
+                 size: tuple[int, int] = (32, 32)) -> None:
         ov = import_openvino()
+        self.size = tuple(size)  # the manifest's input contract: H, W of the uint8 NHWC pixels
         self.name, self.device, self.threads_requested = name, device, threads
         self.ov_device = "GPU" if device == "gpu" else "CPU"
         strict = name in STRICT_F32
@@ -134,7 +136,10 @@ class OpenVINOBackend:
         self.num_classes = classes.get_length() if classes.is_static else None
 
     def _prepare(self, batch: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(batch, dtype=np.float32 if self.input_float else np.uint8)
+        from cifarbench.backends.checks import check_batch
+
+        return np.ascontiguousarray(check_batch(batch, self.size, self.name),
+                                    dtype=np.float32 if self.input_float else np.uint8)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         x = self._prepare(batch)
@@ -197,4 +202,8 @@ class OpenVINOBackend:
 
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> OpenVINOBackend:
-    return OpenVINOBackend(spec.name, str(manifest.verify(spec.format)), device, threads)
+    from cifarbench.backends.checks import check_outputs
+
+    be = OpenVINOBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input.size)
+    check_outputs(be.num_classes, manifest.classes, f"{manifest.name} ({spec.format})")
+    return be

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from cifarbench.backends.checks import check_batch, check_outputs
 from cifarbench.errors import ModelError, first_line
 from cifarbench.models.manifest import Manifest
 from cifarbench.sysinfo import usable_cores
@@ -44,6 +45,7 @@ class TFLiteBackend:
             self._batch = n
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        check_batch(batch, self._size, self.name)
         self._resize(len(batch))
         x = np.ascontiguousarray(batch)
         dtype = self._inp["dtype"]
@@ -89,4 +91,6 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> TFLiteBackend:
-    return TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads, manifest.input.size)
+    be = TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads, manifest.input.size)
+    check_outputs(be._out["shape"][-1], manifest.classes, f"{manifest.name} ({spec.format})")
+    return be

@@ -13,6 +13,7 @@ import numpy as np
 
 from cifarbench.data.images import IMAGE_EXTENSIONS, load_image
 from cifarbench.data.sources import Dataset, load_dataset, members_of, source_path
+from cifarbench.data.transform import Transform
 from cifarbench.errors import CifarbenchError
 
 
@@ -28,9 +29,11 @@ class BenchData:
 
 
 
-def load_subset(source: str, classes: Sequence[str], limit: int | None, seed: int) -> BenchData:
+def load_subset(source: str, classes: Sequence[str], limit: int | None, seed: int,
+                transform: Transform | None = None) -> BenchData:
+    """The test split at the model's size, decoded with its transform (``None``: 32x32, the first release's)."""
     t0 = time.perf_counter()
-    ds = load_dataset(source, "test", classes=classes)
+    ds = load_dataset(source, "test", classes=classes, transform=transform)
     load_s = time.perf_counter() - t0
     if limit is None or limit >= len(ds):
         return BenchData(ds.images, ds.labels, f"all {len(ds)} images", ds, load_s)
@@ -53,7 +56,7 @@ def _encoded_members(source: str, k: int) -> Iterator[bytes]:
                 yield read()
 
 
-def measure_decode(source: str, k: int) -> dict[str, Any]:
+def measure_decode(source: str, k: int, transform: Transform | None = None) -> dict[str, Any]:
     """Decode + preprocess time per image through the one loader, on the source's own encoded files."""
     if k <= 0 or source == "cifar10":
         return {"images": 0, "note": "not measured: the source holds raw pixel arrays, nothing to decode"}
@@ -66,7 +69,7 @@ def measure_decode(source: str, k: int) -> dict[str, Any]:
     times, failed = [], 0
     for b in blobs:
         t0 = time.perf_counter()
-        ok = load_image(b).ok
+        ok = load_image(b, transform if transform is not None else 32).ok
         times.append(time.perf_counter() - t0)
         failed += not ok
     total = sum(times)

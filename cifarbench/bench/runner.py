@@ -51,7 +51,7 @@ DEFINITIONS = {
     "server": "server scenario: queries arrive as a Poisson process at a target rate; one inference thread takes "
     "whatever has queued, up to the maximum batch; a query's latency runs from its arrival to its batch's end. "
     "max_rate is the highest target rate whose p99 stayed within the bound (doubling, then bisection)",
-    "decode": "load_image on encoded files of the data source (decode + EXIF transpose + resize to 32x32 RGB), "
+    "decode": "load_image on encoded files of the data source (decode + EXIF transpose + resize to the first model's size with its transform), "
     "timed apart from inference",
     "load": "wall time of load_backend: checksum verification plus runtime session/interpreter creation "
     "(isolated rows: a keras row's load includes importing TensorFlow; rows sharing a process time that import "
@@ -228,7 +228,7 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     plan = plan or resolve_plan(config)
     batch_sizes = sorted(set(int(b) for b in config.batch_sizes))
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    data_cache: dict[tuple[str, ...], BenchData] = {}
+    data_cache: dict[tuple[tuple[str, ...], Any], BenchData] = {}
     started = time.time()
     rows: dict[tuple[str, str, int | None], Row] = {}
     probs: dict[tuple[str, str, int | None], np.ndarray] = {}
@@ -242,10 +242,11 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
             row.status, row.reason = "skipped", reason
             emit(Event("row", f"{label}: skipped ({reason})"))
             continue
-        if tuple(m.classes) not in data_cache:
+        data_key = (tuple(m.classes), m.input.transform)  # each model's own classes, size and transform
+        if data_key not in data_cache:
             with default_max_pixels(config.max_pixels):
-                data_cache[tuple(m.classes)] = load_subset(config.data, m.classes, config.limit, config.seed)
-        data = data_cache[tuple(m.classes)]
+                data_cache[data_key] = load_subset(config.data, m.classes, config.limit, config.seed, m.input.transform)
+        data = data_cache[data_key]
         if backend == "keras" and not config.isolate and "tensorflow" not in sys.modules:
             emit(Event("status", "importing TensorFlow for the keras backend"))
             t0 = time.perf_counter()
@@ -284,7 +285,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
                 "subset": first.subset if first else None, "fingerprint": first.dataset.fingerprint if first else None,
                 "load_s": first.load_s if first else None, "left_out": len(left_out), "left_out_examples": left_out[:5]}
     with default_max_pixels(config.max_pixels):
-        data_doc["decode"] = measure_decode(config.data, config.decode_sample if first else 0)
+        first_transform = next(iter(data_cache), ((), None))[1]
+        data_doc["decode"] = measure_decode(config.data, config.decode_sample if first else 0, first_transform)
     cfg = asdict(config)
     cfg["batch_sizes"] = batch_sizes
     order = {b: i for i, b in enumerate(backends.BACKENDS)}

@@ -197,7 +197,7 @@ def _main() -> int:
         pinned = _pin(job.pin)
         manifest = resolve_model(job.model)
         with default_max_pixels(job.max_pixels):  # the same images as the parent's rows, and its cache entry
-            data = load_subset(job.data, manifest.classes, job.limit, job.seed)
+            data = load_subset(job.data, manifest.classes, job.limit, job.seed, manifest.input.transform)
         row, probs = measure(job, manifest, data.images, data.labels)
         row["pinned_cpus"] = pinned
         if probs is not None:

@@ -68,8 +68,11 @@ those files are known bad, --allow-errors keeps their error rows, prints nothing
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Take files matching GLOB (case-insensitive; a GLOB with / matches the path under PATH). "
               "Repeatable. Default: common image extensions.")
-@click.option("--resize", type=click.Choice(("center-crop", "squash", "pad")), default="center-crop", show_default=True,
-              help="How non-square images become 32x32.")
+@click.option("--resize", type=click.Choice(("center-crop", "squash", "pad")),
+              help="How images become the model's own H x W. Default: what convert stored (center-crop for older models).")
+@click.option("--crop-pct", type=float, help="timm's crop_pct: resize to size / crop_pct, then centre-crop. Default: the manifest's.")
+@click.option("--interpolation", type=click.Choice(("bilinear", "bicubic", "lanczos")),
+              help="Resampling filter. Default: the manifest's (lanczos for older models).")
 @click.option("--resume", is_flag=True, help="Reuse rows of --output FILE for files whose path, size and mtime are "
               "unchanged (state in FILE.state.json); the result equals a fresh run.")
 @click.option("--engine", type=click.Choice(tuple(ENGINES)), default="local", show_default=True,
@@ -89,7 +92,8 @@ those files are known bad, --allow-errors keeps their error rows, prints nothing
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
 def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
             batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
-            include: tuple[str, ...], resize: str, resume: bool, engine: str, ray_address: str | None,
+            include: tuple[str, ...], resize: str | None, crop_pct: float | None, interpolation: str | None,
+            resume: bool, engine: str, ray_address: str | None,
             actors: int | None, max_pixels: int, tta: str, allow_errors: bool, quiet: bool) -> None:
     """Classify image files and folders (PATH...) into CSV or JSONL rows.
 
@@ -117,7 +121,8 @@ def command(paths: tuple[str, ...], model: str | None, backend: str | None, devi
             report = classify(
                 list(paths), model=model, backend=backend, device=device, threads=threads, batch_size=batch_size,
                 workers=workers, top_k=top_k, output=None if to_stdout else output, stream=stream, fmt=fmt,
-                recursive=recursive, include=include, resize=resize, resume=resume, engine=engine_options,
+                recursive=recursive, include=include, resize=resize, crop_pct=crop_pct, interpolation=interpolation,
+                resume=resume, engine=engine_options,
                 max_pixels=max_pixels, tta=tta, events=EventPrinter("classify", quiet, bar))
     except BrokenPipeError:  # `classify ... | head`: the reader left; not an error worth a traceback
         _silence_stdout()

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cifarbench.conversion.exporters import EXPORTERS
+from cifarbench.data.transform import INTERPOLATIONS, RESIZE_POLICIES
 from cifarbench.models.manifest import Manifest
 
 FORMAT_NAMES = tuple(EXPORTERS)
@@ -46,11 +47,19 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Train-split images that calibrate the int8 formats' activation ranges.")
 @click.option("--parity-size", type=click.IntRange(1), default=2000, show_default=True, help="Images for the parity check.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset (Keras models).")
-@click.option("--preprocess", help="Preprocessing a foreign model expects, baked into the graphs: none, scale:1/255, "
-              "mean-std:R,G,B/R,G,B, or steps joined by +.")
+@click.option("--preprocess", help="Preprocessing a foreign model expects, baked into the graphs: a preset (torch: 0-1 then "
+              "ImageNet mean/std; tf: [-1,1]; caffe: BGR minus the ImageNet mean; none) or steps: scale:1/255, "
+              "mean-std:R,G,B/R,G,B, bgr, joined by +.")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), help="Input layout of an ONNX model (default: from its shape).")
-@click.option("--classes", "classes_file", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line or a JSON list.")
-@click.option("--input-size", callback=_size, help="H,W of a model whose input is not 32x32: pixels are resized inside the graph.")
+@click.option("--classes", "classes_file", type=click.Path(exists=True, dir_okay=False),
+              help="Class names: one per line, a JSON list, or a JSON object (index -> name). Default: the prior "
+                   "manifest's; else class_0..class_N-1 (CIFAR-10's names for 10 outputs, with a warning).")
+@click.option("--input-size", callback=_size, help="H,W for a model whose spatial input size is dynamic (a fixed size "
+              "is read from the model; every artifact takes pixels at the model's own size).")
+@click.option("--resize", type=click.Choice(RESIZE_POLICIES), help="How photos become the model's H x W (stored in the "
+              "manifest, used by classify, bench and serve): center-crop (default), squash, pad.")
+@click.option("--crop-pct", type=float, help="timm's crop_pct: resize to size / crop_pct, then centre-crop (e.g. 0.875).")
+@click.option("--interpolation", type=click.Choice(INTERPOLATIONS), help="Resampling filter (default lanczos).")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda/custom layers (runs code from the model file).")
 @click.option("--verbose", is_flag=True, help="Show TensorFlow/absl/CUDA/converter logging (hidden by default).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no parity table; warnings and errors still go to stderr.")
@@ -84,6 +93,8 @@ def _report(manifest: Manifest, quiet: bool) -> None:
         from cifarbench.cli.ui import stdout_console
 
         stdout_console().print(parity_table(manifest))
+    for line in manifest.metrics.get("input_check", {}).get("warnings", []):
+        click.echo(f"warning: {line}", err=True)
     for fmt, art in manifest.artifacts.items():
         if art.parity.get("warning"):
             click.echo(f"warning: {fmt}: {art.parity['warning']}", err=True)

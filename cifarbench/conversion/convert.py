@@ -1,7 +1,9 @@
 """Keras or ONNX model -> TFLite (fp32, fp16, int8) and ONNX (fp32, int8) artifacts, with a parity check.
 
-Every artifact takes raw RGB uint8 pixels (the manifest's ``InputContract``): the graph casts,
-applies the declared preprocessing and ends in probabilities. ``convert`` runs named stages:
+Every artifact takes raw RGB uint8 pixels at the model's own input size (the manifest's
+``InputContract``, with the eval transform every command decodes with): the graph casts, applies
+the declared preprocessing and ends in probabilities. Calibration, parity and test images are
+decoded at that size with that transform, so the reference sees exactly the artifacts' pixels. ``convert`` runs named stages:
 open the source, pick the data, export through the registry in ``exporters``, check parity
 through the runtimes ``classify`` and ``bench`` use (``parity``), write the manifest once. int8 artifacts
 are calibrated on the train split's validation slice, never the test split; parity uses other
@@ -26,11 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from cifarbench import CIFAR10_CLASSES
+from cifarbench.conversion import input_check
 from cifarbench.conversion.exporters import EXPORTERS, ExportContext, Source
 from cifarbench.conversion.parity import SampleSet, check_parity
 from cifarbench.data.sources import Dataset, load_dataset, train_val_split
 from cifarbench.errors import BackendUnavailable, CheckFailed, DataError, ModelError, UsageError
 from cifarbench.events import Emit, Event, null_emit
+from cifarbench.data.transform import Transform
 from cifarbench.models.manifest import ARTIFACT_FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
 
 EXPORT_FORMATS = tuple(f for f in ARTIFACT_FORMATS if f in EXPORTERS)  # everything but keras itself, in speed order
@@ -50,9 +54,12 @@ class ConvertOptions:
     preprocess: str | None = None  # None: the prior manifest's, else "none"
     classes_file: str | None = None
     unsafe: bool = False
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[int, int] | None = None  # only for a model whose spatial input size is dynamic
     layout: str | None = None  # an ONNX model's input layout (nchw/nhwc); None: from its shape
     test_data: str = "bundled"  # where a foreign model's test-split accuracy comes from
+    resize: str | None = None  # the eval transform stored in the manifest; None: the prior manifest's, else default
+    crop_pct: float | None = None
+    interpolation: str | None = None
 
     def __post_init__(self) -> None:
         if self.formats is not None:
@@ -71,6 +78,7 @@ class ConvertOptions:
             raise UsageError("--layout must be nchw or nhwc")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
             raise UsageError("--input-size must be H,W with positive sizes")
+        Transform((1, 1), self.resize or "center-crop", self.crop_pct, self.interpolation or "lanczos")  # UsageError now
 
 
 class ParityFailed(CheckFailed):
@@ -95,19 +103,28 @@ def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | No
     emit = events or null_emit
     src, prior = _locate(Path(model_path))
     out_dir = Path(out) if out else (src if src.is_dir() else src.parent)
-    classes = read_classes(opts.classes_file) if opts.classes_file else (prior.classes if prior else list(CIFAR10_CLASSES))
+    classes: list[str] | None = read_classes(opts.classes_file) if opts.classes_file else (prior.classes if prior else None)
 
     # Checked before the model loads (TensorFlow's import alone takes seconds): a wrong --calibration-data fails now.
     cal_source = _calibration_source(prior, opts, classes)
     emit(Event("step", f"loading {src}"))
-    source = _open_source(src, prior, opts, len(classes))
+    source = _open_source(src, prior, opts, len(classes) if classes is not None else None)
+    notes: list[str] = []
+    if classes is None:
+        classes, note = input_check.default_classes(source.n_outputs)
+        notes += [note] if note else []
     formats = _formats_for(source, opts)
-    data = _pick_data(prior, opts, classes, emit) if cal_source else _test_split_parity(opts, classes, emit)
+    transform = source.contract.transform
+    data = _pick_data(prior, opts, classes, transform, emit) if cal_source else \
+        _test_split_parity(opts, classes, transform, emit)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(prior, source, out_dir, classes, formats, opts)
     with tempfile.TemporaryDirectory(prefix="cifarbench-convert-") as scratch:
         _export(ExportContext(source, out_dir, data.cal_x, opts.opset, Path(scratch)), manifest, formats, data, emit)
     failures = check_parity(manifest, source, formats, data, emit)
+    if not _trained_here(prior):
+        notes += _input_checks(manifest, source, data, classes, emit)
+    manifest.metrics["input_check"] = {**manifest.metrics.get("input_check", {}), "warnings": notes}
     manifest.save()
     if failures:
         raise ParityFailed("float artifacts disagree with the reference: " + "; ".join(failures), manifest)
@@ -147,26 +164,47 @@ def _trained_here(prior: Manifest | None) -> bool:
     return prior is not None and bool(prior.training.get("recipe"))
 
 
-def _open_source(src: Path, prior: Manifest | None, opts: ConvertOptions, n_classes: int) -> Source:
+def _input_checks(m: Manifest, source: Source, data: SampleSet, classes: list[str], emit: Emit) -> list[str]:
+    """A foreign model: near-chance accuracy and a clearly better preset, as one-line warnings (kept in the manifest)."""
+    out = []
+    par = m.metrics.get("parity", {})
+    test = par.get("test_split", {})
+    if "reference_accuracy" in test:
+        acc, where = float(test["reference_accuracy"]), "test-split"
+    else:
+        acc, where = float(par.get("reference_accuracy", 1.0)), "parity-image"
+    chance = input_check.near_chance(acc, len(classes), where)
+    if chance:
+        out.append(chance)
+    if hasattr(source, "scores_with") and len(data.par_x):
+        emit(Event("step", "checking the preprocessing presets on the parity images"))
+        scan = input_check.preset_scan(source, data.par_x, data.par_y, m.input.preprocess)
+        m.metrics["input_check"] = {"presets": scan}
+        if scan.get("warning"):
+            out.append(scan["warning"])
+    return out
+
+
+def _open_source(src: Path, prior: Manifest | None, opts: ConvertOptions, n_classes: int | None) -> Source:
     before = prior.input if prior else InputContract()
     contract = dataclasses.replace(
         before, preprocess=opts.preprocess if opts.preprocess is not None else before.preprocess,
-        model_input_size=tuple(opts.input_size) if opts.input_size else before.model_input_size)  # type: ignore[arg-type]
+        resize=opts.resize or before.resize, crop_pct=opts.crop_pct if opts.crop_pct is not None else before.crop_pct,
+        interpolation=opts.interpolation or before.interpolation)
+    fallback = tuple(before.size) if prior is not None else None  # a prior manifest's size serves a dynamic model
     is_onnx = src.suffix.lower() == ".onnx"
     missing = [m for m in (("onnx", "onnxruntime") if is_onnx else ("tensorflow",)) if importlib.util.find_spec(m) is None]
     if missing:
         raise BackendUnavailable(f"converting {src.name} needs {', '.join(missing)}: pip install 'cifarbench[train]'")
     if is_onnx:
-        if opts.input_size is not None:
-            raise UsageError("--input-size applies to Keras models; export the ONNX model at 32x32")
         from cifarbench.models.onnxio import OnnxSource
 
-        return OnnxSource(src, contract, n_classes, opts.layout)
+        return OnnxSource(src, contract, n_classes, opts.layout, opts.input_size, fallback)  # type: ignore[arg-type]
     if opts.layout is not None and opts.layout.lower() != "nhwc":
         raise UsageError("--layout nchw applies to ONNX models; Keras models take NHWC")
     from cifarbench.models.keras_source import KerasSource
 
-    return KerasSource(src, contract, n_classes, opts.unsafe)
+    return KerasSource(src, contract, n_classes, opts.unsafe, opts.input_size, fallback)  # type: ignore[arg-type]
 
 
 def _formats_for(source: Source, opts: ConvertOptions) -> tuple[str, ...]:
@@ -178,22 +216,68 @@ def _formats_for(source: Source, opts: ConvertOptions) -> tuple[str, ...]:
     return tuple(opts.formats)
 
 
+MAX_CLASSES = 100_000
+
+
 def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
-    """Class names from a text file (one per line) or a JSON list; CIFAR-10's by default."""
+    """Class names from a text file (one per line), a JSON list, or a JSON object; CIFAR-10's by default.
+
+    An object maps indices to names (``{"0": "tench", ...}``, values may be ``[id, name]`` lists as in
+    ImageNet's class index: the last item is the name) or names to indices (``{"tench": 0, ...}``).
+    Between 2 and ``MAX_CLASSES`` unique, non-empty names; anything else is a UsageError (exit 2).
+    """
     if path is None:
         return list(CIFAR10_CLASSES)
-    text = Path(path).read_text(encoding="utf-8")
-    names = json.loads(text) if text.lstrip().startswith("[") else [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not names or len(set(names)) != len(names):
-        raise UsageError(f"{path}: need a non-empty list of unique class names")
-    return [str(n) for n in names]
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--classes {path}: unreadable ({exc})") from None
+    try:
+        names = _class_names(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"--classes {path}: {exc}; use one name per line, a JSON list or a JSON object") from None
+    if len(names) < 2 or len(names) > MAX_CLASSES:
+        raise UsageError(f"--classes {path}: need 2 to {MAX_CLASSES:,} class names, got {len(names)}")
+    if any(not n for n in names):
+        raise UsageError(f"--classes {path}: a class name is empty")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"--classes {path}: class name {dup!r} appears twice")
+    return names
+
+
+def _class_names(text: str) -> list[str]:
+    head = text.lstrip()[:1]
+    if head not in ("[", "{"):
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    data = json.loads(text)
+    if isinstance(data, list):
+        return [_name(v) for v in data]
+    if not isinstance(data, dict) or not data:
+        raise ValueError("not a JSON list or object of class names")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):  # name -> index
+        pairs = sorted((int(v), str(k).strip()) for k, v in data.items())
+    else:  # index -> name
+        pairs = sorted((int(k), _name(v)) for k, v in data.items())
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        raise ValueError("the indices are not 0..N-1 without gaps")
+    return [n for _, n in pairs]
+
+
+def _name(v: Any) -> str:
+    if isinstance(v, list) and v:
+        v = v[-1]
+    if not isinstance(v, (str, int)) or isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a class name")
+    return str(v).strip()
 
 
 # --------------------------------------------------------------------------- stage 2: data
 
 
-def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], emit: Emit) -> SampleSet:
-    """Calibration and parity images: disjoint parts of the train split's validation slice."""
+def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str], transform: Transform,
+               emit: Emit) -> SampleSet:
+    """Calibration and parity images, decoded at the model's size: disjoint parts of the train split's validation slice."""
     source = opts.calibration_data or _default_calibration_source(prior)
     if source != "cifar10" and Path(source).exists():
         source = str(Path(source).resolve())  # the manifest must still name it when read from elsewhere
@@ -201,7 +285,7 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     seed = int(prior.training.get("seed", 0)) if own and prior else 0
     val_size = int(prior.training.get("data", {}).get("val", 5000)) if own and prior else opts.calibration_size + opts.parity_size
     emit(Event("step", f"loading calibration/parity data from {source}"))
-    full = load_dataset(source, "train", classes=classes)  # only ever the train split
+    full = load_dataset(source, "train", classes=classes, transform=transform)  # only ever the train split
     if len(full) <= 2:
         raise DataError(f"{source}: too few images for calibration ({len(full)})")
     whole = own and val_size == 0  # trained with --val-size 0: no train image is unseen, so sample the split
@@ -211,25 +295,26 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     par_idx = order[n_cal : n_cal + opts.parity_size] if len(val) > n_cal else order[: opts.parity_size]
     test, note = None, "trained by cifarbench: test accuracy is in metrics.test"
     if not own or whole:  # accuracy on images the model never saw: the test split
-        test, note = _test_sample(opts, classes, seed, emit)
+        test, note = _test_sample(opts, classes, seed, transform, emit)
         if whole:
             note = f"{note.split(':')[0]}: the model trained on the whole train split (parity images were seen in training)"
     return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note,
                      held_out=own and not whole)
 
 
-def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, emit: Emit) -> tuple[Dataset | None, str]:
+def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, transform: Transform,
+                 emit: Emit) -> tuple[Dataset | None, str]:
     if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
         return None, "not measured: the model's classes are not CIFAR-10's"
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
     emit(Event("step", f"loading test split from {where} (accuracy on images the model never saw)"))
-    test = load_dataset(where, "test", classes=classes)
+    test = load_dataset(where, "test", classes=classes, transform=transform)
     idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
     sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
     return sample, f"test split of {where} ({len(idx)} images): the model was not trained by cifarbench"
 
 
-def _calibration_source(prior: Manifest | None, opts: ConvertOptions, classes: list[str]) -> str | None:
+def _calibration_source(prior: Manifest | None, opts: ConvertOptions, classes: list[str] | None) -> str | None:
     """The train-split source calibration and parity will read, checked without reading it; None when no
     int8 format is asked and none is at hand (parity then runs on the test split: no calibration needed)."""
     int8 = opts.formats is None or any(EXPORTERS[f].quantized for f in opts.formats)
@@ -247,17 +332,17 @@ def _calibration_source(prior: Manifest | None, opts: ConvertOptions, classes: l
     except UsageError:
         if int8:
             raise
-    if list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
+    if classes is not None and list(classes) != list(CIFAR10_CLASSES) and opts.test_data == "bundled":
         raise UsageError("no --calibration-data given and the model's training data is not at hand; the parity "
                          "check needs images of the model's classes: pass --calibration-data or --test-data")
     return None
 
 
-def _test_split_parity(opts: ConvertOptions, classes: list[str], emit: Emit) -> SampleSet:
+def _test_split_parity(opts: ConvertOptions, classes: list[str], transform: Transform, emit: Emit) -> SampleSet:
     """Parity images from the test split (--test-data): float formats need no calibration data, only images."""
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
     emit(Event("step", f"loading parity images from the test split of {where} (no int8 format: no calibration data)"))
-    test = load_dataset(where, "test", classes=classes)
+    test = load_dataset(where, "test", classes=classes, transform=transform)
     idx = np.sort(np.random.default_rng(0).permutation(len(test))[: opts.parity_size])
     return SampleSet(where, 0, test.images[:0], test.images[idx], test.labels[idx], None,
                      "parity measured on the test split itself", held_out=True, split="test")

@@ -26,6 +26,7 @@ class Source(Protocol):
     path: Path
     contract: InputContract
     params: int | None
+    n_outputs: int  # the model's output width (one score per class)
 
     def reference(self, pixels: np.ndarray) -> np.ndarray: ...
 

@@ -23,6 +23,7 @@ import numpy as np
 from cifarbench.data.decode_budget import DEFAULT_DECODE_BUDGET, DecodeBudget, set_process_budget
 from cifarbench.data.discover import FileEntry
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, load_image
+from cifarbench.data.transform import SizeLike  # an int, (H, W), or a model's whole Transform
 from cifarbench.errors import UsageError
 
 POOLS = ("auto", "thread", "process", "inline")
@@ -30,7 +31,7 @@ CHUNK = 32  # files per decode task: amortises the pool's per-task cost
 PROCESS_POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
 
 
-def _decode_chunk(items: list[tuple[str, str | None]], size: int, resize: str,
+def _decode_chunk(items: list[tuple[str, str | None]], size: "SizeLike", resize: str | None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[tuple[np.ndarray | None, str | None]]:
     out: list[tuple[np.ndarray | None, str | None]] = []
     for path, error in items:
@@ -188,7 +189,7 @@ class DecodeLimits:
     budget_bytes: int = DEFAULT_DECODE_BUDGET
 
 
-def decode_ordered(entries: Sequence[FileEntry], size: int, resize: str, workers: int, pool: str = "auto",
+def decode_ordered(entries: Sequence[FileEntry], size: "SizeLike", resize: str | None, workers: int, pool: str = "auto",
                    ahead: int = 256, decode_fn: DecodeFn | None = None,
                    limits: DecodeLimits = DecodeLimits()) -> Iterator[tuple[np.ndarray | None, str | None]]:
     """(array, error) per entry, in order, decoded at most ``ahead`` files + 2 chunks per worker in advance.

@@ -41,6 +41,7 @@ from cifarbench.engines import EngineOptions
 from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
 from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
+from cifarbench.data.transform import Transform
 from cifarbench.models.manifest import MANIFEST_NAME, Manifest
 from cifarbench.runs.writers import Row
 from cifarbench.sysinfo import usable_cores
@@ -60,8 +61,8 @@ class Job:
     threads: int | None
     batch_size: int
     top_k: int
-    resize: str
-    size: int
+    resize: "str | Transform"  # the model's Transform (classify passes it), or a policy name
+    size: "int | tuple[int, int]"  # H, W of the pixels
     classes: Sequence[str]
     roots: Sequence[str]  # the PATH arguments: checked on every node that decodes
     max_pixels: int | None = DEFAULT_MAX_PIXELS

@@ -47,22 +47,26 @@ def _check_roots(roots: Sequence[bytes]) -> None:
         _CHECKED_ROOTS.add(root)
 
 
-def decode_block(batch: dict[str, np.ndarray], size: int, resize: str, roots: Sequence[bytes],
+def decode_block(batch: dict[str, np.ndarray], size: Any, resize: Any, roots: Sequence[bytes],
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
-    """A Ray Data task: paths -> pixels with the one loader (same resize, same pixel limit); a failed
-    file keeps its reason. One file at a time, so a worker holds at most one big image."""
-    from cifarbench.data.images import load_image
+    """A Ray Data task: paths -> pixels with the one loader (same transform, same pixel limit); a failed
+    file keeps its reason. One file at a time, so a worker holds at most one big image.
 
+    ``resize``: the model's whole ``Transform`` (its size wins), or a policy name for ``size``."""
+    from cifarbench.data.images import load_image
+    from cifarbench.data.transform import Transform, as_transform
+
+    t = resize if isinstance(resize, Transform) else as_transform(size, resize)
     _check_roots(roots)
     n = len(batch["idx"])
-    pixels = np.zeros((n, size, size, 3), np.uint8)
+    pixels = np.zeros((n, *t.size, 3), np.uint8)
     ok = np.zeros(n, bool)
     errors: list[bytes] = []
     for i, (path, known) in enumerate(zip(batch["path"], batch["error"])):
         if len(known):
             errors.append(bytes(known))
             continue
-        r = load_image(os.fsdecode(bytes(path)), size=size, resize=resize, max_pixels=max_pixels)
+        r = load_image(os.fsdecode(bytes(path)), t, max_pixels=max_pixels)
         if r.array is not None:
             pixels[i], ok[i] = r.array, True
             errors.append(b"")

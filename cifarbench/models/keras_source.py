@@ -1,8 +1,9 @@
 """A Keras model (any vintage kerasio reads) as a conversion source: contract, reference, TFLite and ONNX.
 
-Every graph built here takes uint8 RGB NHWC pixels at the contract's size and applies the
-declared preprocessing, the resize to the model's own input size and (for logits) a softmax,
-so artifacts and the Keras reference compute the same function. Imports TensorFlow.
+Every graph built here takes uint8 RGB NHWC pixels at the model's own input size (read from the
+model; ``--input-size`` only for a model whose spatial size is dynamic) and applies the declared
+preprocessing and (for logits) a softmax, so artifacts and the Keras reference compute the same
+function on the same pixels. Imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -23,30 +24,29 @@ class KerasSource:
     kind = "keras"
     formats = ("tflite", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
 
-    def __init__(self, path: Path, contract: InputContract, n_classes: int, unsafe: bool) -> None:
-        """Load, check the input shape, probe the output: ``contract`` gains model_input_size and softmax_added."""
+    def __init__(self, path: Path, contract: InputContract, n_classes: int | None, unsafe: bool,
+                 input_size: tuple[int, int] | None = None, fallback: tuple[int, int] | None = None) -> None:
+        """Load, read the input size, probe the output: ``contract`` gains size, softmax_added; ``n_outputs`` is set."""
         if contract.model_layout != "NHWC":
             raise UsageError("--layout nchw applies to ONNX models; Keras models take NHWC")
         self.path = path
-        self.size = SIZE = tuple(contract.size)  # what every artifact takes (32x32)
         self.model = load_keras_model(path, unsafe=unsafe)
         import tensorflow as tf
 
         self.tf = tf
-        shape = model_input_shape(self.model)
-        size = tuple(shape[1:3])
-        if tuple(shape[1:]) != (*SIZE, 3):
-            wanted = contract.model_input_size
-            if wanted is None or size != tuple(wanted) or shape[3] != 3:
-                raise ModelError(
-                    f"model input shape {tuple(shape[1:])} is not {SIZE[0]}x{SIZE[1]}x3; pass --input-size H,W matching the model "
-                    f"to resize the {SIZE[0]}x{SIZE[1]} pixels inside the graph")
-        resize = tuple(contract.model_input_size) if contract.model_input_size and size != SIZE else None
-        self.contract = dataclasses.replace(contract, model_input_size=resize)
+        shape = tuple(model_input_shape(self.model))
+        if len(shape) != 4 or shape[3] not in (3, None):
+            raise ModelError(f"{path}: model input shape {shape[1:]} is not H x W x 3 (RGB images)")
+        self.size = native_size(path, shape[1:3], input_size, fallback)
+        self.contract = dataclasses.replace(contract, size=self.size, model_input_size=None)
         probe = np.asarray(self._forward(tf.constant(
-            np.random.default_rng(0).integers(0, 256, (4, *SIZE, 3)), tf.float32)))
-        if probe.ndim != 2 or probe.shape[1] != n_classes:
-            raise ModelError(f"model output shape {probe.shape[1:]} does not match {n_classes} classes; pass --classes FILE")
+            np.random.default_rng(0).integers(0, 256, (4, *self.size, 3)), tf.float32)))
+        if probe.ndim != 2:
+            raise ModelError(f"{path}: model output shape {probe.shape[1:]} is not one score per class")
+        self.n_outputs = int(probe.shape[1])
+        if n_classes is not None and self.n_outputs != n_classes:
+            raise ModelError(f"{path}: the model has {self.n_outputs} outputs but {n_classes} class names; "
+                             "pass --classes FILE with one name per output")
         softmax = not (np.all(probe >= 0) and np.allclose(probe.sum(1), 1.0, atol=1e-3))
         self.contract = dataclasses.replace(self.contract, softmax_added=bool(softmax))
         try:
@@ -54,11 +54,8 @@ class KerasSource:
         except Exception:  # a SavedModel wrapper has no count
             self.params = None
 
-    def _forward(self, x: Any) -> Any:
-        size = self.contract.model_input_size
-        if size is not None:
-            x = self.tf.image.resize(x, size, method="bilinear")
-        return self.model(apply_preprocess(x, self.contract.steps), training=False)
+    def _forward(self, x: Any, steps: Any = None) -> Any:
+        return self.model(apply_preprocess(x, self.contract.steps if steps is None else steps), training=False)
 
     def probs(self, x: Any) -> Any:
         """float pixels -> probabilities, as a TensorFlow op (traced into every exported graph)."""
@@ -68,6 +65,11 @@ class KerasSource:
     def reference(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(self.probs(self.tf.constant(x[i : i + 500], self.tf.float32)))
                                for i in range(0, len(x), 500)])
+
+    def scores_with(self, x: np.ndarray, steps: Any) -> np.ndarray:
+        """The model's raw scores on ``x`` under other preprocessing steps (convert's preset check)."""
+        return np.concatenate([np.asarray(self._forward(self.tf.constant(x[i : i + 256], self.tf.float32), steps),
+                                          dtype=np.float32) for i in range(0, len(x), 256)])
 
     # ------------------------------------------------------------------ exports
     def tflite(self, mode: str | None, cal_x: np.ndarray) -> bytes:
@@ -124,3 +126,27 @@ def _rename_io(proto: Any, inp: str, out: str) -> None:
     for node in proto.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
+
+
+def native_size(path: Path, spatial: Any, input_size: tuple[int, int] | None,
+                fallback: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (H, W) every artifact takes: the model's own; ``--input-size`` only where the model leaves it open.
+
+    A dynamic side needs ``--input-size`` (UsageError, exit 2, without it, unless a prior manifest
+    named a size: ``fallback``); one that contradicts a static side is a UsageError too.
+    """
+    dims = [int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else None for d in spatial]
+    if len(dims) != 2:
+        raise ModelError(f"{path}: cannot read the input's height and width from {tuple(spatial)}")
+    if input_size is not None:
+        clash = [f"{'HW'[i]}={d}" for i, d in enumerate(dims) if d is not None and d != input_size[i]]
+        if clash:
+            raise UsageError(f"--input-size {input_size[0]},{input_size[1]} contradicts the model's own input "
+                             f"({', '.join(clash)}); drop --input-size: a fixed size is read from the model")
+        return (int(input_size[0]), int(input_size[1]))
+    if None in dims:
+        if fallback is not None and all(d is None or d == f for d, f in zip(dims, fallback)):
+            return (int(fallback[0]), int(fallback[1]))
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        raise UsageError(f"{path}: the model's input size is dynamic ({shown}); pass --input-size H,W")
+    return (dims[0], dims[1])  # type: ignore[return-value]

@@ -243,6 +243,7 @@ class Manifest:
     cifarbench_version: str = __version__
     schema: int = SCHEMA_VERSION
     directory: Path | None = field(default=None, repr=False, compare=False)
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)  # one-line warnings for the user; not saved
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, InputContract):  # a dict, e.g. from an old caller or an old file
@@ -266,7 +267,7 @@ class Manifest:
             art_known = {f.name for f in dataclasses.fields(Artifact)}
             arts = {k: Artifact(**{f: x for f, x in v.items() if f in art_known})
                     for k, v in (raw.pop("artifacts", {}) or {}).items()}
-            known = {f.name for f in dataclasses.fields(cls)} - {"directory", "artifacts"}
+            known = {f.name for f in dataclasses.fields(cls)} - {"directory", "artifacts", "notes"}
             m = cls(**{k: v for k, v in raw.items() if k in known}, artifacts=arts)
         except (TypeError, AttributeError) as exc:
             raise ModelError(f"{p}: not a valid cifarbench manifest ({exc})") from None
@@ -282,6 +283,7 @@ class Manifest:
         self.directory = d
         data = dataclasses.asdict(self)
         data.pop("directory")
+        data.pop("notes")
         data["input"] = self.input.to_dict()
         with atomic_write(d / MANIFEST_NAME) as fh:
             json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)

@@ -1,7 +1,7 @@
 """An ONNX model (e.g. exported from PyTorch: NCHW float input, its own normalisation) as a conversion source.
 
 The model is wrapped, with onnx's helper API, into the uint8-NHWC contract every cifarbench
-artifact has: ``pixels`` (uint8, N x H x W x 3) -> Cast -> the declared preprocessing -> a
+artifact has, at the graph's own input size: ``pixels`` (uint8, N x H x W x 3) -> Cast -> the declared preprocessing -> a
 Transpose to NCHW (``--layout nchw``) -> the original graph -> Softmax if it returns logits ->
 ``probabilities``. The reference for parity is the untouched original model in onnxruntime, fed
 the same preprocessing computed in numpy. No TensorFlow.
@@ -25,9 +25,12 @@ class OnnxSource:
     kind = "onnx"
     formats = ("onnx", "onnx-int8")
 
-    def __init__(self, path: Path, contract: InputContract, n_classes: int, layout: str | None) -> None:
-        """Read the model, work out its layout and outputs; ``contract`` gains model_layout and softmax_added."""
+    def __init__(self, path: Path, contract: InputContract, n_classes: int | None, layout: str | None,
+                 input_size: tuple[int, int] | None = None, fallback: tuple[int, int] | None = None) -> None:
+        """Read the model, its layout, size and outputs; ``contract`` gains size, model_layout, softmax_added."""
         import onnx
+
+        from cifarbench.models.keras_source import native_size
 
         self.path = path
         try:
@@ -48,25 +51,26 @@ class OnnxSource:
         self.input_dtype = _FLOAT_TYPES[elem]
         dims = [d.dim_value if d.HasField("dim_value") else None for d in self.input.type.tensor_type.shape.dim]
         layout = _layout(path, dims, layout.upper() if layout else None)
-        spatial = dims[2:4] if layout == "NCHW" else dims[1:3]
-        size = tuple(contract.size)
-        if any(d is not None and d != s for d, s in zip(spatial, size)) or (layout == "NCHW" and dims[1] not in (3, None)) \
-                or (layout == "NHWC" and dims[3] not in (3, None)):
-            raise ModelError(f"{path}: input shape {dims} is not {layout} with 3 channels at {size[0]}x{size[1]} "
-                             "(resizing inside an ONNX graph is not supported; export the model at 32x32)")
-        self.contract = dataclasses.replace(contract, model_layout=layout, model_input_size=None)
+        if (layout == "NCHW" and dims[1] not in (3, None)) or (layout == "NHWC" and dims[3] not in (3, None)):
+            raise ModelError(f"{path}: input shape {dims} is not {layout} with 3 channels")
+        size = native_size(path, dims[2:4] if layout == "NCHW" else dims[1:3], input_size, fallback)
+        self.contract = dataclasses.replace(contract, size=size, model_layout=layout, model_input_size=None)
         self._session = _session(self.original.SerializeToString(), path)
         probe = self._raw(np.random.default_rng(0).integers(0, 256, (4, *size, 3)).astype(np.uint8))
-        if probe.ndim != 2 or probe.shape[1] != n_classes:
-            raise ModelError(f"{path}: output shape {probe.shape[1:]} does not match {n_classes} classes; pass --classes FILE")
+        if probe.ndim != 2:
+            raise ModelError(f"{path}: output shape {probe.shape[1:]} is not one score per class")
+        self.n_outputs = int(probe.shape[1])
+        if n_classes is not None and self.n_outputs != n_classes:
+            raise ModelError(f"{path}: the model has {self.n_outputs} outputs but {n_classes} class names; "
+                             "pass --classes FILE with one name per output")
         softmax = not (np.all(probe >= 0) and np.allclose(probe.sum(1), 1.0, atol=1e-3))
         self.contract = dataclasses.replace(self.contract, softmax_added=bool(softmax))
         self.params = int(sum(np.prod(i.dims) for i in graph.initializer))
 
     # ------------------------------------------------------------------ reference
-    def _raw(self, pixels: np.ndarray) -> np.ndarray:
+    def _raw(self, pixels: np.ndarray, steps: Any = None) -> np.ndarray:
         x = pixels.astype(np.float32)
-        for s in self.contract.steps:
+        for s in self.contract.steps if steps is None else steps:
             x = _apply(x, s)
         if self.contract.model_layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
@@ -86,6 +90,10 @@ class OnnxSource:
                 y /= y.sum(1, keepdims=True)
             outs.append(y.astype(np.float32))
         return np.concatenate(outs)
+
+    def scores_with(self, pixels: np.ndarray, steps: Any) -> np.ndarray:
+        """The original model's raw scores under other preprocessing steps (convert's preset check)."""
+        return np.concatenate([self._raw(pixels[i : i + 256], steps) for i in range(0, len(pixels), 256)])
 
     # ------------------------------------------------------------------ export
     def onnx(self, opset: int) -> tuple[bytes, dict[str, Any]]:

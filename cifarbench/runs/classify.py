@@ -33,12 +33,13 @@ from cifarbench.events import Emit, Event, null_emit
 from cifarbench.runs.options import ClassifyOptions
 from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.runs.writers import Row, RowWriter, display_text, make_writer
+from cifarbench.data.transform import Transform
 from cifarbench.sysinfo import usable_cores
 
 # --------------------------------------------------------------------------- rows
 def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarray | None, str | None]],
                  predict: Callable[[np.ndarray], np.ndarray], classes: Sequence[str], top_k: int,
-                 batch_size: int, size: int) -> Iterator[list[Row]]:
+                 batch_size: int, size: int | tuple[int, int]) -> Iterator[list[Row]]:
     """Rows in input order, one list per model batch; failed files get rows without a model call.
 
     The model runs in a helper thread on one of two buffers while this thread collects the next
@@ -47,7 +48,8 @@ def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarra
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    bufs = [np.empty((batch_size, size, size, 3), np.uint8) for _ in range(2)]
+    h, w = (size, size) if isinstance(size, int) else size
+    bufs = [np.empty((batch_size, h, w, 3), np.uint8) for _ in range(2)]
     cur, filled = 0, 0
     pending: list[tuple[FileEntry, int, str | None]] = []  # (entry, slot in the buffer or -1, error)
     running: tuple[Future, list[tuple[FileEntry, int, str | None]]] | None = None
@@ -196,12 +198,16 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
     classes = list(manifest.classes)
     if top_k > len(classes):
         raise UsageError(f"--top-k {top_k} is more than the model's {len(classes)} classes")
-    size = int(manifest.input.get("shape", [32])[0])
+    # The model's own size and the transform convert stored; a command-line option overrides one field.
+    transform = manifest.input.transform_with(resize, opts.crop_pct, opts.interpolation)
+    size = transform.size
     writer = make_writer(fmt, top_k)
     workers = usable_cores() if workers is None else workers
     report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,
                             output=os.fspath(output) if output is not None else None)
     emit = events or null_emit
+    for line in manifest.notes:  # e.g. a lone artifact's classes named by its output width
+        emit(Event("note", line))
     if selection.how in ("measured", "fallback"):  # a cached choice is silent: cron runs stay quiet
         emit(Event("note", f"backend {selection.note}"))
 
@@ -216,7 +222,9 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
         report.files = len(entries)
         emit(Event("start", total=len(entries)))
         fingerprint = {"model": manifest.name, "artifact_sha256": manifest.artifacts[spec.format].sha256,
-                       "backend": name, "device": device, "threads": threads, "top_k": top_k, "resize": resize,
+                       "backend": name, "device": device, "threads": threads, "top_k": top_k,
+                       "resize": transform.resize,  # the first release's key; other transforms add theirs
+                       **({"transform": transform.describe()} if transform != Transform(size) else {}),
                        "format": fmt, "classes": classes, "max_pixels": max_pixels,
                        **({"tta": opts.tta} if opts.tta != "none" else {})}
         previous: PreviousRows | None = None  # kept rows stay in the earlier output until written
@@ -236,7 +244,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
             from cifarbench.engines import ray_engine
 
             t0 = time.perf_counter()
-            job = ray_engine.Job(manifest, name, device, threads, batch_size, top_k, resize, size, classes,
+            job = ray_engine.Job(manifest, name, device, threads, batch_size, top_k, transform, size, classes,
                                  [os.fspath(p) for p in paths], max_pixels, opts.tta)
             run = stack.enter_context(ray_engine.session(engine, job, emit))
             report.load_seconds = time.perf_counter() - t0
@@ -255,7 +263,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
                 fh.flush()
                 report.seconds = time.perf_counter() - t0
                 return
-            decoded = decode_ordered(todo, size, resize, workers, pool, ahead=batch_size,
+            decoded = decode_ordered(todo, transform, None, workers, pool, ahead=batch_size,
                                      limits=DecodeLimits(max_pixels=max_pixels))
             try:
                 _emit_rows(fh, writer, reuse, predict_rows(todo, decoded, predict, classes, top_k, batch_size, size),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.data.decode_pool import POOLS
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
+from cifarbench.data.transform import Transform
 from cifarbench.errors import UsageError
 from cifarbench.runs.writers import OUTPUT_FORMATS
 
@@ -39,7 +40,9 @@ class ClassifyOptions:
     fmt: str = "csv"
     recursive: bool = True
     include: Sequence[str] = ()
-    resize: str = "center-crop"
+    resize: str | None = None  # None: the manifest's (convert's --resize; center-crop for older models)
+    crop_pct: float | None = None  # None: the manifest's
+    interpolation: str | None = None  # None: the manifest's (lanczos for older models)
     resume: bool = False
     pool: str = "auto"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -51,13 +54,14 @@ class ClassifyOptions:
         choices = {"--pool": (self.pool, POOLS), "--format": (self.fmt, OUTPUT_FORMATS), "--tta": (self.tta, TTA_MODES),
                    "--resize": (self.resize, RESIZE_POLICIES), "--device": (self.device, DEVICES)}
         for flag, (value, allowed) in choices.items():
-            if value not in allowed:
+            if value not in allowed and not (value is None and flag == "--resize"):
                 raise UsageError(f"{flag}: unknown value {value!r}; choose from {', '.join(allowed)}")
         minimum = {"--batch-size": (self.batch_size, 1), "--top-k": (self.top_k, 1), "--threads": (self.threads, 1),
                    "--workers": (self.workers, 0), "--max-pixels": (self.max_pixels, 1)}
         for flag, (value, least) in minimum.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise UsageError(f"{flag} must be an integer >= {least}, got {value!r}")
+        Transform((1, 1), self.resize or "center-crop", self.crop_pct, self.interpolation or "lanczos")  # UsageError now
         if (self.output is None) != has_stream:
             raise UsageError("give exactly one of an output file or a stream")
         if self.resume and self.output is None:

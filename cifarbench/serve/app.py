@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cifarbench import __version__
 from cifarbench.data.cstderr import python_stderr_apart
 from cifarbench.data.images import ImageResult
+from cifarbench.data.transform import as_transform
 from cifarbench.models.manifest import Manifest
 from cifarbench.serve.access_log import IMAGES_KEY, AccessLog
 from cifarbench.serve.admission import Admission, Busy, UploadBudget
@@ -56,15 +57,18 @@ class _App:
     """Request handlers bound to one model, one backend and one batcher."""
 
     def __init__(self, manifest: Manifest, backend: Any, backend_name: str, top_k: int, limits: ServeLimits,
-                 max_batch: int, max_wait_s: float, resize: str) -> None:
+                 max_batch: int, max_wait_s: float, resize: str | None) -> None:
         self.manifest, self.backend, self.backend_name = manifest, backend, backend_name
         self.classes = list(manifest.classes)
         self.top_k = max(1, min(int(top_k), len(self.classes)))
         self.limits = limits
         contract = manifest.input  # an InputContract (or the first release's plain dict)
         self.input: dict[str, Any] = contract.to_dict() if hasattr(contract, "to_dict") else dict(contract or {})
-        self.size = int(self.input.get("shape", [32])[0])
-        self.resize = resize
+        # Uploads decode straight to the model's own size with the transform convert stored (``resize`` overrides).
+        self.transform = contract.transform_with(resize) if hasattr(contract, "transform_with") \
+            else as_transform(int(self.input.get("shape", [32])[0]), resize)
+        self.size = self.transform.size
+        self.resize = self.transform.resize
         self.batcher = MicroBatcher(backend.predict, max_batch=max_batch, max_wait_s=max_wait_s)
         self.decode_limiter = anyio.CapacityLimiter(max(2, usable_cores()))
         self.admission = Admission(limits.max_active, limits.max_queue)
@@ -85,7 +89,8 @@ class _App:
             "name": m.name, "arch": m.arch, "classes": self.classes, "input": self.input, "params": m.params,
             "macs": m.macs, "metrics": _without_paths(_scalars(m.metrics)), "artifacts": sorted(m.artifacts), "created": m.created,
             "backend": {"name": self.backend_name, **_without_paths(_jsonable(self.backend.describe()))},
-            "serving": {"top_k": self.top_k, "resize": self.resize, "max_batch": self.batcher.max_batch,
+            "serving": {"top_k": self.top_k, "resize": self.resize, "transform": self.transform.describe(),
+                        "max_batch": self.batcher.max_batch,
                         **asdict(self.limits), "cifarbench_version": __version__},
         })
 
@@ -158,7 +163,7 @@ class _App:
         return JSONResponse(body)
 
     def _decode_all(self, blobs: list[bytes]) -> list[tuple[ImageResult, int]]:
-        out = [decode_guarded(b, self.size, self.resize, self.limits.max_pixels) for b in blobs]
+        out = [decode_guarded(b, self.transform, None, self.limits.max_pixels) for b in blobs]
         if max(pixels for _, pixels in out) >= TRIM_AFTER_PIXELS:
             trim_heap()  # big decodes leave freed pages in glibc's heaps; an idle server should not keep them
         return out
@@ -269,7 +274,7 @@ def create_app(
     limits: ServeLimits | None = None,
     max_batch: int = 64,
     max_wait_ms: float = 0.0,
-    resize: str = "center-crop",
+    resize: str | None = None,
     access_log: bool = False,
 ) -> Starlette:
     """An ASGI app serving ``backend`` (anything with ``predict`` and ``describe``) for ``manifest``.

@@ -21,6 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, ImageResult, load_image
+from cifarbench.data.transform import SizeLike
 from cifarbench.serve.admission import UploadBudget
 
 RAW_TYPES = ("application/octet-stream", "")  # plus any image/*
@@ -134,7 +135,7 @@ def too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"request body exceeds the limit of {limit} bytes ({limit / 2**20:g} MiB)")
 
 
-def decode_guarded(data: bytes, size: int, resize: str, max_pixels: int) -> tuple[ImageResult, int]:
+def decode_guarded(data: bytes, size: "SizeLike", resize: str | None, max_pixels: int) -> tuple[ImageResult, int]:
     """Refuse oversized images from their header alone, then decode with the shared loader.
 
     Returns the result and the pixel count the header declared (0 if unreadable), so the

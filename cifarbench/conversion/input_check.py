@@ -1,0 +1,74 @@
+"""Does a foreign model get the input it expects? The checks convert makes before anyone trusts its artifacts.
+
+A model converted with the wrong preprocessing still converts, agrees with itself at 100 % and scores
+like a coin. So for a model cifarbench did not train, convert scores the reference under every
+preset on the parity images and warns, naming the preset, when one the user did not pass scores
+clearly better; it also warns when the test-split accuracy is near chance. Both warnings are one
+line each and are kept in the manifest (``metrics.input_check``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cifarbench.models.manifest import parse_preprocess
+
+# Candidates: Keras applications' modes and plain 0-1 scaling (the commonest export of all).
+CANDIDATES = ("none", "torch", "tf", "caffe", "scale:1/255")
+BETTER_PP = 10.0  # a preset is "clearly better" by this many accuracy points...
+BETTER_IMAGES = 5  # ...and by at least this many images (small samples flip on ties)
+CHANCE_FACTOR = 1.5  # accuracy under 1.5 x chance (1 / classes) is "near chance"
+MAX_IMAGES = 500  # the preset scan runs each candidate on at most this many parity images
+
+
+def _same(a: str, b: str) -> bool:
+    return parse_preprocess(a) == parse_preprocess(b)
+
+
+def preset_scan(source: Any, pixels: np.ndarray, labels: np.ndarray, chosen: str) -> dict[str, Any]:
+    """Accuracy of the reference under each candidate preprocessing; ``warning`` names a clearly better one."""
+    x, y = pixels[:MAX_IMAGES], labels[:MAX_IMAGES]
+    scores: dict[str, float] = {}
+    for name in CANDIDATES:
+        try:
+            raw = source.scores_with(x, parse_preprocess(name))
+        except Exception:  # a preset the model cannot run (overflow, NaN): it simply does not score
+            continue
+        scores[name] = float((np.asarray(raw).argmax(1) == y).mean()) if len(y) else 0.0
+    mine = next((v for k, v in scores.items() if _same(k, chosen)), None)
+    if mine is None:
+        mine = float((np.asarray(source.scores_with(x, parse_preprocess(chosen))).argmax(1) == y).mean()) if len(y) else 0.0
+    out: dict[str, Any] = {"chosen": chosen or "none", "images": int(len(y)), "accuracy": scores,
+                           "chosen_accuracy": mine}
+    others = {k: v for k, v in scores.items() if not _same(k, chosen)}
+    if others:
+        best = max(others, key=lambda k: others[k])
+        gain = (others[best] - mine) * 100
+        if gain >= BETTER_PP and round((others[best] - mine) * len(y)) >= BETTER_IMAGES:
+            out["better"] = best
+            out["warning"] = (f"--preprocess {best} scores {others[best] * 100:.1f} % on {len(y)} parity images against "
+                              f"{mine * 100:.1f} % with {chosen or 'none'}: the model probably expects "
+                              f"--preprocess {best}")
+    return out
+
+
+def near_chance(accuracy: float, n_classes: int, where: str) -> str | None:
+    """A one-line warning when ``accuracy`` is under ``CHANCE_FACTOR`` x chance, else None."""
+    chance = 1.0 / max(1, n_classes)
+    if accuracy < CHANCE_FACTOR * chance:
+        return (f"{where} accuracy {accuracy * 100:.1f} % is near chance ({chance * 100:.1f} % for {n_classes} classes): "
+                "check --preprocess, --classes and the class order")
+    return None
+
+
+def default_classes(n_outputs: int) -> tuple[list[str], str | None]:
+    """Names for a model given no class list: CIFAR-10's for 10 outputs (with a warning), else class_0..class_{N-1}."""
+    from cifarbench import CIFAR10_CLASSES
+
+    if n_outputs == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES), ("no class list: the model's 10 outputs are named as CIFAR-10's classes "
+                                       "(pass --classes FILE if they are not)")
+    return [f"class_{i}" for i in range(n_outputs)], None
+
