@@ -57,7 +57,7 @@ def preset_scan(source: Any, pixels: np.ndarray, labels: np.ndarray, chosen: str
 def near_chance(accuracy: float, n_classes: int, where: str) -> str | None:
     """A one-line warning when ``accuracy`` is under ``CHANCE_FACTOR`` x chance, else None."""
     chance = 1.0 / max(1, n_classes)
-    if accuracy < CHANCE_FACTOR * chance:
+    if accuracy * max(1, n_classes) < CHANCE_FACTOR - 1e-9:  # exactly 1.5 x chance is not "near"
         return (f"{where} accuracy {accuracy * 100:.1f} % is near chance ({chance * 100:.1f} % for {n_classes} classes): "
                 "check --preprocess, --classes and the class order")
     return None

@@ -1,0 +1,150 @@
+"""Class lists, the checks every backend makes, lone artifact files, and convert's input warnings (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarbench import CIFAR10_CLASSES
+from cifarbench.backends.checks import check_batch, check_outputs
+from cifarbench.conversion.convert import MAX_CLASSES, read_classes
+from cifarbench.conversion.input_check import default_classes, near_chance, preset_scan
+from cifarbench.errors import BatchError, ModelError, UsageError
+from cifarbench.models.manifest import parse_preprocess
+
+
+def write(tmp_path: Path, text: str, name: str = "classes") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("text", [
+    "tench\ngoldfish\n\nshark\n",
+    '["tench", "goldfish", "shark"]',
+    '{"0": "tench", "1": "goldfish", "2": "shark"}',
+    '{"2": ["n01491361", "shark"], "0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}',  # ImageNet's index
+    '{"shark": 2, "tench": 0, "goldfish": 1}',
+    '\ufefftench\r\ngoldfish\r\nshark\r\n',  # a BOM and CRLF from a Windows editor
+])
+def test_class_files_in_every_form(tmp_path: Path, text: str) -> None:
+    assert read_classes(write(tmp_path, text)) == ["tench", "goldfish", "shark"]
+
+
+@pytest.mark.parametrize("n, good", [(1, False), (2, True), (1000, True), (MAX_CLASSES, True), (MAX_CLASSES + 1, False)])
+def test_class_count_limits(tmp_path: Path, n: int, good: bool) -> None:
+    p = write(tmp_path, "\n".join(f"c{i}" for i in range(n)))
+    if good:
+        assert len(read_classes(p)) == n
+    else:
+        with pytest.raises(UsageError, match="need 2 to"):
+            read_classes(p)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a\nb\na\n", "appears twice"),
+    ('{"0": "a", "2": "b"}', "without gaps"),
+    ('{"x": "a"}', "JSON object"),
+    ("[1, {}]", "JSON list"),
+    ('["a", ""]', "empty"),
+    ("[not json", "JSON"),
+])
+def test_bad_class_files_are_usage_errors(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        read_classes(write(tmp_path, text))
+
+
+def test_default_classes_by_output_width() -> None:
+    names, note = default_classes(10)
+    assert names == list(CIFAR10_CLASSES) and note and "CIFAR-10" in note and "\n" not in note
+    names, note = default_classes(5)
+    assert names == ["class_0", "class_1", "class_2", "class_3", "class_4"] and note is None
+    assert default_classes(1000)[0][-1] == "class_999"
+
+
+@pytest.mark.parametrize("acc, n, warns", [(0.149, 10, True), (0.15, 10, False), (0.00149, 1000, True),
+                                           (0.0015, 1000, False), (0.5, 2, True), (0.75, 2, False)])
+def test_near_chance_is_one_and_a_half_times_chance(acc: float, n: int, warns: bool) -> None:
+    line = near_chance(acc, n, "test-split")
+    assert (line is not None) == warns
+    if line:
+        assert "near chance" in line and "\n" not in line
+
+
+class _Fake:
+    """A 'model' that is right only when its input was scaled to 0-1 (sees the preprocessed pixels)."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def scores_with(self, x: np.ndarray, steps: object) -> np.ndarray:
+        from cifarbench.models.onnxio import _apply
+
+        v = x.astype(np.float32)
+        for s in steps:  # type: ignore[attr-defined]
+            v = _apply(v, s)
+        ok = (v.max() <= 1.0) and (v.min() >= 0.0)
+        right = np.eye(3, dtype=np.float32)[self.labels]
+        return right if ok else np.roll(right, 1, axis=1)
+
+
+def test_preset_scan_names_a_clearly_better_preset_and_stays_quiet_otherwise() -> None:
+    y = np.arange(60) % 3
+    x = np.random.default_rng(0).integers(0, 256, (60, 4, 4, 3), dtype=np.uint8)
+    scan = preset_scan(_Fake(y), x, y, "none")
+    assert scan["better"] == "scale:1/255" and "--preprocess scale:1/255" in scan["warning"]
+    assert scan["accuracy"]["none"] == 0.0 and scan["accuracy"]["scale:1/255"] == 1.0
+    assert "warning" not in preset_scan(_Fake(y), x, y, "scale:1/255")
+    assert "warning" not in preset_scan(_Fake(y[:4]), x[:4], y[:4], "none")  # 4 images: too few to say "clearly"
+
+
+def test_check_batch_and_outputs() -> None:
+    good = np.zeros((3, 20, 10, 3), np.uint8)
+    assert check_batch(good, (20, 10), "m") is good
+    with pytest.raises(BatchError, match="values 0-1"):
+        check_batch(good.astype(np.float32), (20, 10), "m")
+    with pytest.raises(BatchError, match="float64"):
+        check_batch(good.astype(np.float64) + 7, (20, 10), "m")
+    with pytest.raises(BatchError, match=r"\(N, 20, 10, 3\)"):
+        check_batch(np.zeros((3, 10, 20, 3), np.uint8), (20, 10), "m")
+    with pytest.raises(BatchError, match="shape"):
+        check_batch(np.zeros((20, 10, 3), np.uint8), (20, 10), "m")
+    assert isinstance(BatchError("x"), ValueError)  # API users may catch ValueError
+    check_outputs(5, list("abcde"), "m")
+    check_outputs("C", list("abcde"), "m")  # symbolic width: nothing to check here
+    with pytest.raises(ModelError, match="5 outputs but its manifest lists 4"):
+        check_outputs(5, list("abcd"), "m")
+
+
+def test_bgr_step_parses_alone_and_in_chains() -> None:
+    steps = parse_preprocess("bgr+scale:2")
+    assert [s.kind for s in steps] == ["bgr", "scale"]
+    with pytest.raises(UsageError):
+        parse_preprocess("bgr:1")
+
+
+def test_lone_artifact_beside_a_manifest_uses_it(tmp_path: Path) -> None:
+    """A file the folder's manifest lists gets that manifest (narrowed to it); an unlisted one does not."""
+    from cifarbench.models.model_ref import resolve_model
+    from cifarbench.paths import trained_dir
+
+    src = trained_dir() / "baseline-cnn"
+    if not (src / "manifest.json").is_file():
+        pytest.skip("shipped model missing")
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["classes"] = [f"k{i}" for i in range(10)]
+    (d / "manifest.json").write_text(json.dumps(raw))
+    file = next(a["file"] for f, a in raw["artifacts"].items() if f == "onnx-int8")
+    m = resolve_model(d / file)
+    assert list(m.artifacts) == ["onnx-int8"] and m.classes[0] == "k0" and m.notes == []
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(d / file, lone)
+    m = resolve_model(lone)
+    assert m.classes == list(CIFAR10_CLASSES) and len(m.notes) == 1 and "CIFAR-10" in m.notes[0]
+    assert m.input.size == (32, 32)
