@@ -118,11 +118,14 @@ def _number(text: str) -> float:
 class InputContract:
     """What every artifact of a model takes, and what convert baked in front of the original model.
 
-    Artifacts always take RGB pixels as ``dtype`` in ``layout`` at ``size``; ``preprocess`` (parsed
-    once into ``steps``), the resize to ``model_input_size``, the transpose to ``model_layout`` and
-    the softmax are inside the graphs. The Keras artifact is the original model, so the keras
-    backend applies the same steps itself. Stored in manifest.json under ``input`` with the first
-    release's keys, so old manifests load and old readers keep working.
+    Artifacts take RGB pixels as ``dtype`` in ``layout`` at ``size``: the model's own input size.
+    ``preprocess`` (a preset or steps, parsed once into ``steps``), the transpose to ``model_layout``
+    and the softmax are inside the graphs. ``resize``, ``crop_pct`` and ``interpolation`` are the eval
+    transform every command decodes images with (``transform``). ``model_input_size`` is only read
+    from first-release manifests, whose graphs resized 32x32 pixels inside; convert no longer writes
+    it. The Keras artifact is the original model, so the keras backend applies the same steps itself.
+    Stored in manifest.json under ``input`` with the first release's keys, so old manifests load and
+    old readers keep working.
     """
 
     size: tuple[int, int] = (32, 32)
