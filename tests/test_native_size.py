@@ -212,3 +212,25 @@ def test_output_width_against_class_count_is_exit_4(native64: tuple[Path, Path, 
         r = run_cli("classify", native64[1], "-m", out, "--backend", backend)
         assert r.exit_code == ExitStatus.DATA, r.output
         assert "5 outputs" in r.stderr and "6 class names" in r.stderr
+
+
+def test_serve_decodes_uploads_to_the_models_size(native64: tuple[Path, Path, float]) -> None:
+    """serve: each upload decoded with the manifest's transform straight to 64x64, labelled with its classes."""
+    from starlette.testclient import TestClient
+
+    from cifarbench.backends import load_backend
+    from cifarbench.serve.app import close_app, create_app
+
+    m = Manifest.load(native64[0])
+    app = create_app(m, load_backend("onnx", m), top_k=1)
+    try:
+        with TestClient(app) as client:
+            info = client.get("/v1/model").json()
+            assert info["input"]["shape"] == [64, 64, 3] and info["serving"]["transform"].startswith("64x64 center-crop")
+            for name in CLASSES:
+                blob = next((native64[1] / name).glob("*.png")).read_bytes()
+                r = client.post("/v1/classify", content=blob, headers={"Content-Type": "image/png"})
+                assert r.status_code == 200, r.text
+                assert r.json()["results"][0]["label"] == name, r.json()
+    finally:
+        close_app(app)
