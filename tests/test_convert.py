@@ -451,6 +451,8 @@ def test_framework_logging_is_hidden_unless_verbose(tmp_path: Path, synthetic_tr
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert p.returncode == 0, p.stderr
         runs[flag] = p.stderr.splitlines()
-    assert runs["--quiet"] == [], runs["--quiet"]
+    # Only convert's own warnings (an untrained model: its 10 outputs named as CIFAR-10's, near-chance accuracy).
+    own = [f"warning: {w}" for w in Manifest.load(tmp_path / "quiet").metrics["input_check"]["warnings"]]
+    assert runs["--quiet"] == own and len(own) == 2, runs["--quiet"]
     noise = [ln for ln in runs["--verbose"] if not ln.startswith(("convert:", "warning:"))]
     assert any("absl" in ln or "tensorflow" in ln.lower() for ln in noise), runs["--verbose"]

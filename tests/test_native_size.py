@@ -234,3 +234,18 @@ def test_serve_decodes_uploads_to_the_models_size(native64: tuple[Path, Path, fl
                 assert r.json()["results"][0]["label"] == name, r.json()
     finally:
         close_app(app)
+
+
+def test_bench_measures_at_the_models_size(native64: tuple[Path, Path, float], tmp_path: Path) -> None:
+    """bench on the model's own tree: the test split decoded at 64x64; accuracy is the Keras model's, isolated or not."""
+    from cifarbench.bench.results_schema import load_results
+
+    out, test_dir, keras_acc = native64
+    fast = ("--min-time", "0", "--min-iters", "3", "--warmup", "1", "--batch-sizes", "1,8")
+    r = run_cli("bench", "--model", out, "--backend", "onnx", "--backend", "tflite-int8", "--data", test_dir.parent,
+                *fast, "--output-dir", tmp_path / "o")
+    assert r.exit_code == 0, r.stderr
+    doc = load_results(tmp_path / "o" / "results.json")
+    rows = {row["backend"]: row for row in doc["results"]}
+    assert rows["onnx"]["quality"]["accuracy"] == keras_acc and rows["tflite-int8"]["quality"]["accuracy"] == keras_acc
+    assert doc["data"]["images"] == 30  # every test image decoded (at 64x64: the model refuses other sizes)
