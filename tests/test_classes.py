@@ -11,8 +11,8 @@ import pytest
 
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.backends.checks import check_batch, check_outputs
-from cifarbench.conversion.convert import MAX_CLASSES, read_classes
-from cifarbench.conversion.input_check import default_classes, near_chance, preset_scan
+from cifarbench.conversion.input_check import near_chance, preset_scan
+from cifarbench.models.classes import MAX_CLASSES, default_classes, read_classes
 from cifarbench.errors import BatchError, ModelError, UsageError
 from cifarbench.models.manifest import parse_preprocess
 

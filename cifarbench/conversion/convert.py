@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from cifarbench.data.sources import Dataset, load_dataset, train_val_split
 from cifarbench.errors import BackendUnavailable, CheckFailed, DataError, ModelError, UsageError
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.data.transform import Transform
+from cifarbench.models.classes import MAX_CLASSES, default_classes, read_classes  # noqa: F401 (re-exported)
 from cifarbench.models.manifest import ARTIFACT_FORMATS, InputContract, Manifest, parse_preprocess, sha256_file
 
 EXPORT_FORMATS = tuple(f for f in ARTIFACT_FORMATS if f in EXPORTERS)  # everything but keras itself, in speed order
@@ -111,7 +111,7 @@ def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | No
     source = _open_source(src, prior, opts, len(classes) if classes is not None else None)
     notes: list[str] = []
     if classes is None:
-        classes, note = input_check.default_classes(source.n_outputs)
+        classes, note = default_classes(source.n_outputs)
         notes += [note] if note else []
     formats = _formats_for(source, opts)
     transform = source.contract.transform
@@ -214,62 +214,6 @@ def _formats_for(source: Source, opts: ConvertOptions) -> tuple[str, ...]:
     if bad:
         raise UsageError(f"--formats: a {source.kind} model converts to {', '.join(source.formats)}, not {', '.join(bad)}")
     return tuple(opts.formats)
-
-
-MAX_CLASSES = 100_000
-
-
-def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
-    """Class names from a text file (one per line), a JSON list, or a JSON object; CIFAR-10's by default.
-
-    An object maps indices to names (``{"0": "tench", ...}``, values may be ``[id, name]`` lists as in
-    ImageNet's class index: the last item is the name) or names to indices (``{"tench": 0, ...}``).
-    Between 2 and ``MAX_CLASSES`` unique, non-empty names; anything else is a UsageError (exit 2).
-    """
-    if path is None:
-        return list(CIFAR10_CLASSES)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--classes {path}: unreadable ({exc})") from None
-    try:
-        names = _class_names(text)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise UsageError(f"--classes {path}: {exc}; use one name per line, a JSON list or a JSON object") from None
-    if len(names) < 2 or len(names) > MAX_CLASSES:
-        raise UsageError(f"--classes {path}: need 2 to {MAX_CLASSES:,} class names, got {len(names)}")
-    if any(not n for n in names):
-        raise UsageError(f"--classes {path}: a class name is empty")
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise UsageError(f"--classes {path}: class name {dup!r} appears twice")
-    return names
-
-
-def _class_names(text: str) -> list[str]:
-    head = text.lstrip()[:1]
-    if head not in ("[", "{"):
-        return [ln.strip() for ln in text.splitlines() if ln.strip()]
-    data = json.loads(text)
-    if isinstance(data, list):
-        return [_name(v) for v in data]
-    if not isinstance(data, dict) or not data:
-        raise ValueError("not a JSON list or object of class names")
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):  # name -> index
-        pairs = sorted((int(v), str(k).strip()) for k, v in data.items())
-    else:  # index -> name
-        pairs = sorted((int(k), _name(v)) for k, v in data.items())
-    if [i for i, _ in pairs] != list(range(len(pairs))):
-        raise ValueError("the indices are not 0..N-1 without gaps")
-    return [n for _, n in pairs]
-
-
-def _name(v: Any) -> str:
-    if isinstance(v, list) and v:
-        v = v[-1]
-    if not isinstance(v, (str, int)) or isinstance(v, bool):
-        raise ValueError(f"{v!r} is not a class name")
-    return str(v).strip()
 
 
 # --------------------------------------------------------------------------- stage 2: data

@@ -61,14 +61,3 @@ def near_chance(accuracy: float, n_classes: int, where: str) -> str | None:
         return (f"{where} accuracy {accuracy * 100:.1f} % is near chance ({chance * 100:.1f} % for {n_classes} classes): "
                 "check --preprocess, --classes and the class order")
     return None
-
-
-def default_classes(n_outputs: int) -> tuple[list[str], str | None]:
-    """Names for a model given no class list: CIFAR-10's for 10 outputs (with a warning), else class_0..class_{N-1}."""
-    from cifarbench import CIFAR10_CLASSES
-
-    if n_outputs == len(CIFAR10_CLASSES):
-        return list(CIFAR10_CLASSES), ("no class list: the model's 10 outputs are named as CIFAR-10's classes "
-                                       "(pass --classes FILE if they are not)")
-    return [f"class_{i}" for i in range(n_outputs)], None
-

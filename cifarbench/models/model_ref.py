@@ -54,7 +54,7 @@ def _single_file_manifest(path: Path) -> Manifest:
         fmt, (size, n_out) = "keras", _keras_io(path)
     else:
         raise ModelError(f"{path}: unknown model file type {suffix!r} (expected .onnx, .tflite, .keras or .h5)")
-    from cifarbench.conversion.input_check import default_classes
+    from cifarbench.models.classes import default_classes
 
     m = Manifest(name=path.stem, arch="unknown")
     if n_out is not None:
