@@ -170,6 +170,9 @@ def test_native_input_size_and_class_count(tmp_path: Path, synthetic_tree: Path)
                 "--formats", "onnx", "--input-size", "40,24", *small)
     assert r.exit_code == 0, r.output
     assert Manifest.load(tmp_path / "d").input.size == (40, 24)
+    r = run_cli("classify", synthetic_tree / "test", "-m", tmp_path / "d", "--backend", "onnx")  # non-square end to end
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.strip().splitlines()) == 1 + 100
 
     inp = keras.Input((32, 32, 3))
     out = keras.layers.Dense(7, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))

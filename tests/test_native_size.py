@@ -39,10 +39,11 @@ def pattern(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def build_model(path: Path) -> None:
-    """Takes [-1, 1] pixels (Keras' ``tf`` mode). Features: mean |response| to vertical, horizontal, checker kernels."""
-    import keras
+def weights() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Conv kernels (3, 3, 3, 6) and a nearest-template dense layer, for pixels in [-1, 1] (Keras' ``tf`` mode).
 
+    Features: mean |response| to vertical-stripe, horizontal-stripe and checker kernels (ReLU of +k and -k).
+    """
     u = np.array([1.0, -2.0, 1.0])
     kernels = [np.outer([0, 1, 0], u), np.outer(u, [0, 1, 0]), np.outer(u, u) / 4]
     w = np.zeros((3, 3, 3, 6), np.float32)
@@ -56,14 +57,36 @@ def build_model(path: Path) -> None:
         pair[2 * i, i] = pair[2 * i + 1, i] = 1.0
     dense_w = (pair @ (2 * templates.T)) * 4.0
     dense_b = -(templates**2).sum(1) * 4.0
+    return w, dense_w.astype(np.float32), dense_b.astype(np.float32)
+
+
+def build_model(path: Path) -> None:
+    import keras
+
+    w, dense_w, dense_b = weights()
     inp = keras.Input((SIZE, SIZE, 3))
     conv = keras.layers.Conv2D(6, 3, padding="valid", activation="relu", use_bias=False)
     dense = keras.layers.Dense(5, activation="softmax")
     out = dense(keras.layers.GlobalAveragePooling2D()(conv(inp)))
     model = keras.Model(inp, out)
     conv.set_weights([w])
-    dense.set_weights([dense_w.astype(np.float32), dense_b.astype(np.float32)])
+    dense.set_weights([dense_w, dense_b])
     model.save(path)
+
+
+def build_onnx(path: Path) -> None:
+    """The same model as a PyTorch-style export: float NCHW input, logits out (no softmax)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w, dense_w, dense_b = weights()
+    inits = [numpy_helper.from_array(w.transpose(3, 2, 0, 1).copy(), "W"), numpy_helper.from_array(dense_w, "D"),
+             numpy_helper.from_array(dense_b, "B")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[3, 3]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "D", "B"], ["logits"])]
+    graph = helper.make_graph(nodes, "custom64", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
 def write_tree(root: Path, per_class: dict[str, int], seed: int) -> None:
@@ -249,3 +272,21 @@ def test_bench_measures_at_the_models_size(native64: tuple[Path, Path, float], t
     rows = {row["backend"]: row for row in doc["results"]}
     assert rows["onnx"]["quality"]["accuracy"] == keras_acc and rows["tflite-int8"]["quality"]["accuracy"] == keras_acc
     assert doc["data"]["images"] == 30  # every test image decoded (at 64x64: the model refuses other sizes)
+
+
+def test_an_onnx_model_at_64_nchw_with_logits(native64: tuple[Path, Path, float], tmp_path: Path) -> None:
+    """An ONNX export (NCHW floats, logits): the original graph is the parity reference, fed the 64x64 pixels."""
+    pytest.importorskip("onnx")
+    out, test_dir, keras_acc = native64
+    build_onnx(tmp_path / "custom64.onnx")
+    r = run_cli("convert", tmp_path / "custom64.onnx", "--out", tmp_path / "o", "--classes", out.parent / "classes.txt",
+                "--preprocess", "tf", "--calibration-data", test_dir.parent, "--test-data", test_dir.parent,
+                "--calibration-size", "20", "--parity-size", "40", "-q")
+    assert r.exit_code == 0, r.output
+    m = Manifest.load(tmp_path / "o")
+    assert m.input.size == (64, 64) and m.input.model_layout == "NCHW" and m.input.softmax_added
+    assert m.metrics["parity"]["test_split"]["reference_accuracy"] == 1.0
+    for backend in ("onnx", "onnx-int8"):
+        r = run_cli("classify", test_dir, "-m", tmp_path / "o", "--backend", backend, "-q")
+        assert r.exit_code == 0, r.output
+        assert _accuracy(r.stdout) == keras_acc
