@@ -1,4 +1,4 @@
-"""The decode worker pool of ``classify``: files -> 32x32 arrays, in order, a bounded distance ahead.
+"""The decode worker pool of ``classify``: files -> arrays at the model's size, in order, a bounded distance ahead.
 
 Decoding small JPEGs is mostly Python work inside Pillow, so big runs decode in worker processes
 (threads would share one core through the GIL); small runs use threads, which start at once.

@@ -3,7 +3,7 @@
 The driver (``classify``) keeps discovery, ``--resume``, the lock and the writers; this module only
 turns the files still to do into rows, so the output does not depend on the engine. Per file only an
 index, its absolute path (raw bytes, so any name survives) and a known error travel to the cluster;
-decoded 32x32 pixels stay in the object store between the decode tasks and the actors; the driver
+decoded pixels (at the model's own size) stay in the object store between the decode tasks and the actors; the driver
 gets back ``(index, probabilities, error)`` in input order (Ray Data's ``preserve_order``) and
 formats rows with the local engine's own code, one batch at a time, so its memory does not grow
 with the folder.

@@ -2,7 +2,7 @@
 
 The pipeline streams: files are discovered (sorted, hidden skipped, symlink loops cut), decoded by
 a bounded worker pool while the backend runs the previous batch, and each row is written as soon as
-every row before it is known. Only file names and one batch of 32x32 pixels are held at a time,
+every row before it is known. Only file names and one batch of pixels (at the model's size) are held at a time,
 so 100,000-file folders and 50-megapixel photos run in bounded memory.
 
 ``--resume`` keeps rows of an earlier run whose file has the same path, size and mtime; the
