@@ -160,3 +160,25 @@ def test_raw_cifar_arrays_are_resampled_like_files(tmp_path) -> None:
     first = data[0].reshape(3, 32, 32).transpose(1, 2, 0)
     close(ds.images[0], np.asarray(Image.fromarray(first).resize((48, 64), Image.Resampling.BICUBIC)), tol=1)
     assert load_dataset(str(d), "test", use_cache=False).images.shape == (3, 32, 32, 3)
+
+
+def test_images_at_decodes_only_the_chosen_images_at_the_models_size(tmp_path) -> None:
+    """A tree loaded at 32x32, then three of its images at 48x40: the same pixels a full native load gives."""
+    from cifarbench.data.sources import images_at, train_val_split
+
+    for k, name in enumerate(("a", "b")):
+        d = tmp_path / "tree" / "test" / name
+        d.mkdir(parents=True)
+        for i in range(4):
+            noise(70 + 10 * i, 60, seed=10 * k + i).save(d / f"{i}.png")
+    t = Transform((48, 40), "center-crop", 0.9, "bicubic")
+    small = load_dataset(str(tmp_path / "tree"), "test", classes=("a", "b"), use_cache=False)
+    full = load_dataset(str(tmp_path / "tree"), "test", classes=("a", "b"), transform=t, use_cache=False)
+    assert small.images.shape == (8, 32, 32, 3) and full.images.shape == (8, 48, 40, 3)
+    np.testing.assert_array_equal(images_at(small, [6, 1, 3], t), full.images[[6, 1, 3]])
+    _, val = train_val_split(small, 4, seed=0)  # a split keeps the member names, so its images re-decode too
+    idx = [0, 3]
+    want = full.images[[small.paths.index(val.paths[i]) for i in idx]]
+    np.testing.assert_array_equal(images_at(val, idx, t), want)
+    np.testing.assert_array_equal(images_at(small, [2], Transform()), small.images[[2]])
+    assert images_at(small, [], t).shape == (0, 48, 40, 3)

@@ -30,7 +30,7 @@ from cifarbench import CIFAR10_CLASSES
 from cifarbench.conversion import input_check
 from cifarbench.conversion.exporters import EXPORTERS, ExportContext, Source
 from cifarbench.conversion.parity import SampleSet, check_parity
-from cifarbench.data.sources import Dataset, load_dataset, train_val_split
+from cifarbench.data.sources import Dataset, images_at, load_dataset, train_val_split
 from cifarbench.errors import BackendUnavailable, CheckFailed, DataError, ModelError, UsageError
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.data.transform import Transform
@@ -229,7 +229,8 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
     seed = int(prior.training.get("seed", 0)) if own and prior else 0
     val_size = int(prior.training.get("data", {}).get("val", 5000)) if own and prior else opts.calibration_size + opts.parity_size
     emit(Event("step", f"loading calibration/parity data from {source}"))
-    full = load_dataset(source, "train", classes=classes, transform=transform)  # only ever the train split
+    # Only ever the train split; loaded (and cached) at 32x32, then just the chosen images at the model's size.
+    full = load_dataset(source, "train", classes=classes)
     if len(full) <= 2:
         raise DataError(f"{source}: too few images for calibration ({len(full)})")
     whole = own and val_size == 0  # trained with --val-size 0: no train image is unseen, so sample the split
@@ -242,7 +243,8 @@ def _pick_data(prior: Manifest | None, opts: ConvertOptions, classes: list[str],
         test, note = _test_sample(opts, classes, seed, transform, emit)
         if whole:
             note = f"{note.split(':')[0]}: the model trained on the whole train split (parity images were seen in training)"
-    return SampleSet(source, seed, val.images[order[:n_cal]], val.images[par_idx], val.labels[par_idx], test, note,
+    chosen = images_at(val, np.concatenate([order[:n_cal], par_idx]), transform)
+    return SampleSet(source, seed, chosen[:n_cal], chosen[n_cal:], val.labels[par_idx], test, note,
                      held_out=own and not whole)
 
 
@@ -252,9 +254,10 @@ def _test_sample(opts: ConvertOptions, classes: list[str], seed: int, transform:
         return None, "not measured: the model's classes are not CIFAR-10's"
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
     emit(Event("step", f"loading test split from {where} (accuracy on images the model never saw)"))
-    test = load_dataset(where, "test", classes=classes, transform=transform)
+    test = load_dataset(where, "test", classes=classes)
     idx = np.sort(np.random.default_rng(seed).permutation(len(test))[: opts.parity_size])
-    sample = dataclasses.replace(test, images=test.images[idx], labels=test.labels[idx], paths=[], skipped=[])
+    sample = dataclasses.replace(test, images=images_at(test, idx, transform), labels=test.labels[idx], paths=[],
+                                 skipped=[])
     return sample, f"test split of {where} ({len(idx)} images): the model was not trained by cifarbench"
 
 

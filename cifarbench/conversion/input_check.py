@@ -20,7 +20,7 @@ CANDIDATES = ("none", "torch", "tf", "caffe", "scale:1/255")
 BETTER_PP = 10.0  # a preset is "clearly better" by this many accuracy points...
 BETTER_IMAGES = 5  # ...and by at least this many images (small samples flip on ties)
 CHANCE_FACTOR = 1.5  # accuracy under 1.5 x chance (1 / classes) is "near chance"
-MAX_IMAGES = 500  # the preset scan runs each candidate on at most this many parity images
+MAX_IMAGES = 256  # the preset scan runs each candidate on at most this many parity images (5 passes: cheap at 224x224 too)
 
 
 def _same(a: str, b: str) -> bool:

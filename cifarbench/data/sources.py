@@ -397,5 +397,37 @@ def train_val_split(ds: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dat
     val = np.sort(np.concatenate(val_idx))
     mask = np.ones(len(ds), bool)
     mask[val] = False
-    sub = lambda m: Dataset(ds.images[m], ds.labels[m], ds.class_names, ds.source, ds.split, ds.fingerprint)  # noqa: E731
+    def sub(m: np.ndarray) -> Dataset:
+        paths = [ds.paths[i] for i in m] if ds.paths else []  # kept: images_at re-decodes members by name
+        return Dataset(ds.images[m], ds.labels[m], ds.class_names, ds.source, ds.split, ds.fingerprint, paths)
+
     return sub(np.flatnonzero(mask)), sub(val)
+
+
+def images_at(ds: Dataset, idx: Sequence[int] | np.ndarray, transform: Transform) -> np.ndarray:
+    """Images ``idx`` of a dataset loaded at the default 32x32, at a model's size and transform.
+
+    Only the chosen images are decoded at that size (a 224x224 copy of a whole train split would need
+    7.5 GB): files are decoded again from the source with the model's transform, exactly as classify
+    decodes them; CIFAR-10's raw arrays are resampled as ``load_dataset(transform=...)`` does.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if transform == Transform() or len(idx) == 0:
+        return np.ascontiguousarray(ds.images[idx]) if len(idx) else np.zeros((0, *transform.size, 3), np.uint8)
+    if not ds.paths:
+        return np.ascontiguousarray(np.stack([fit_array(ds.images[i], transform) for i in idx]))
+    want = {ds.paths[i]: k for k, i in enumerate(idx)}
+    out = np.zeros((len(idx), *transform.size, 3), np.uint8)
+    found = 0
+    with members_of(source_path(ds.source)) as members:
+        for name, read in members:
+            k = want.get(name)
+            if k is None:
+                continue
+            res = load_image(read(), transform)
+            if not res.ok or res.array is None:
+                raise DataError(f"{ds.source}: {name} decoded before but not now ({res.error})")
+            out[k], found = res.array, found + 1
+    if found != len(want):
+        raise DataError(f"{ds.source}: {len(want) - found} image(s) vanished while loading; run again")
+    return out
