@@ -289,9 +289,10 @@ def _test_split_parity(opts: ConvertOptions, classes: list[str], transform: Tran
     """Parity images from the test split (--test-data): float formats need no calibration data, only images."""
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
     emit(Event("step", f"loading parity images from the test split of {where} (no int8 format: no calibration data)"))
-    test = load_dataset(where, "test", classes=classes, transform=transform)
+    test = load_dataset(where, "test", classes=classes)
     idx = np.sort(np.random.default_rng(0).permutation(len(test))[: opts.parity_size])
-    return SampleSet(where, 0, test.images[:0], test.images[idx], test.labels[idx], None,
+    pixels = images_at(test, idx, transform)  # only these, at the model's size
+    return SampleSet(where, 0, pixels[:0], pixels, test.labels[idx], None,
                      "parity measured on the test split itself", held_out=True, split="test")
 
 
