@@ -224,7 +224,7 @@ def test_missing_onnx_runtime_is_exit_7(tmp_path: Path, missing: str) -> None:
     src = build_onnx(tmp_path / "m.onnx")
     code = (f"import sys; sys.modules[{missing!r}] = None; from cifarbench.cli import main; "
             f"sys.argv = ['cifarbench', 'convert', {str(src)!r}, '--out', {str(tmp_path / 'o')!r}, "
-            "'--calibration-data', 'bundled']; main()")
+            f"'--calibration-data', {str(tmp_path)!r}]; main()")  # exists: checked before the model loads
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == ExitStatus.UNAVAILABLE, p.stderr
     assert p.stderr.strip().splitlines()[-1] == f"error: converting m.onnx needs {missing}: pip install 'cifarbench[train]'"
