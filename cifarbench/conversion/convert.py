@@ -116,7 +116,7 @@ def convert(model_path: str | os.PathLike[str], out: str | os.PathLike[str] | No
     formats = _formats_for(source, opts)
     transform = source.contract.transform
     data = _pick_data(prior, opts, classes, transform, emit) if cal_source else \
-        _test_split_parity(opts, classes, transform, emit)
+        _test_split_parity(opts, classes, emit, transform)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(prior, source, out_dir, classes, formats, opts)
     with tempfile.TemporaryDirectory(prefix="cifarbench-convert-") as scratch:
@@ -285,13 +285,14 @@ def _calibration_source(prior: Manifest | None, opts: ConvertOptions, classes: l
     return None
 
 
-def _test_split_parity(opts: ConvertOptions, classes: list[str], transform: Transform, emit: Emit) -> SampleSet:
+def _test_split_parity(opts: ConvertOptions, classes: list[str], emit: Emit,
+                       transform: Transform | None = None) -> SampleSet:
     """Parity images from the test split (--test-data): float formats need no calibration data, only images."""
     where = opts.test_data if opts.test_data in ("bundled", "cifar10") else str(Path(opts.test_data).resolve())
     emit(Event("step", f"loading parity images from the test split of {where} (no int8 format: no calibration data)"))
     test = load_dataset(where, "test", classes=classes)
     idx = np.sort(np.random.default_rng(0).permutation(len(test))[: opts.parity_size])
-    pixels = images_at(test, idx, transform)  # only these, at the model's size
+    pixels = images_at(test, idx, transform or Transform())  # only these, at the model's size
     return SampleSet(where, 0, pixels[:0], pixels, test.labels[idx], None,
                      "parity measured on the test split itself", held_out=True, split="test")
 
