@@ -33,10 +33,11 @@ from cifarbench.bench.repeats import combine as combine_repeats
 from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.bench.worker import Job, measure, run_isolated
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, default_max_pixels
+from cifarbench.data.transform import Transform
 from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.models.manifest import Manifest
-from cifarbench.models.model_ref import resolve_model, shipped_models
+from cifarbench.models.model_ref import emit_model_notes, resolve_model, shipped_models
 from cifarbench.models.tfquiet import framework_logs
 from cifarbench.sysinfo import environment
 
@@ -96,6 +97,9 @@ class BenchConfig:
     server_time: float = 2.0
     tta: str = "none"  # also measure test-time augmentation: accuracy and cost beside single view
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # data images over it are left out (isolated rows too)
+    resize: str | None = None  # the eval transform's overrides for this run; None: each manifest's own
+    crop_pct: float | None = None
+    interpolation: str | None = None
 
     def thread_list(self) -> list[int | None]:
         t = self.threads
@@ -109,6 +113,7 @@ class BenchConfig:
         if any(t is not None and t < 1 for t in self.thread_list()):
             raise UsageError("--threads must be positive integers")
         check_tta(self.tta)
+        Transform((1, 1), self.resize or "center-crop", self.crop_pct, self.interpolation or "lanczos")  # UsageError
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError("--max-pixels must be >= 1")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
@@ -150,9 +155,10 @@ class Row:
     pinned_cpus: list[int] | None = None  # isolated rows with --threads N run pinned to N usable CPUs
     runtime: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    transform: str | None = None  # how images became the model's pixels, e.g. "32x32 squash, bilinear"
 
 
-MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "status", "reason"}
+MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "status", "reason", "transform"}
 
 
 @dataclass
@@ -180,6 +186,8 @@ def resolve_plan(config: BenchConfig) -> Plan:
     if not specs:
         raise ModelError("no shipped models found; pass --model NAME|DIR")
     manifests = [resolve_model(s) for s in dict.fromkeys(specs)]
+    for m in manifests:  # --resize/--crop-pct/--interpolation: every row decodes this run's way
+        m.input = m.input.with_transform(config.resize, config.crop_pct, config.interpolation)
     names = [m.name for m in manifests]
     if len(set(names)) != len(names):
         raise UsageError(f"two models share a name ({', '.join(names)}); their rows would collide")
@@ -206,7 +214,8 @@ def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, fi
                scenarios=list(config.scenarios), warmup=config.warmup, min_time=config.min_time,
                min_iters=config.min_iters, min_calls=config.min_calls, quality=first, server_rate=config.server_rate,
                p99_bound_ms=config.p99_bound_ms, server_time=config.server_time, tta=config.tta,
-               max_pixels=config.max_pixels,
+               max_pixels=config.max_pixels, resize=config.resize, crop_pct=config.crop_pct,
+               interpolation=config.interpolation,
                pin=_cpus(threads) if config.isolate else None)
 
 
@@ -226,6 +235,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     """
     emit = events or null_emit
     plan = plan or resolve_plan(config)
+    for m in plan.manifests:
+        emit_model_notes(m, emit)
     batch_sizes = sorted(set(int(b) for b in config.batch_sizes))
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     data_cache: dict[tuple[tuple[str, ...], Any], BenchData] = {}
@@ -235,7 +246,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     tf_import_s: float | None = None
     for m, backend, threads in plan.jobs:
         key = (m.name, backend, threads)
-        row = rows[key] = Row(model=m.name, backend=backend, threads=threads, isolated=config.isolate)
+        row = rows[key] = Row(model=m.name, backend=backend, threads=threads, isolated=config.isolate,
+                              transform=m.input.transform.describe())
         label = f"{m.name}/{backend}" + (f"/{threads}t" if len(config.thread_list()) > 1 else "")
         reason = backends.unavailable_reason(backend, m, backends.resolve_device(backend, m, config.device))
         if reason:
@@ -299,6 +311,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
         "environment": env, "data": data_doc,
         "models": {m.name: {"path": str(m.directory), "arch": m.arch, "params": m.params, "classes": list(m.classes),
                             "reference": reference(m.name, rows),
+                            "transform": {"size": list(m.input.size), **m.input.transform.to_dict(),
+                                          "text": m.input.transform.describe()},
                             "auto": ({"backend": plan.chosen[m.name].name, "how": plan.chosen[m.name].how,
                                       "note": plan.chosen[m.name].note} if m.name in plan.chosen else None)}
                    for m in plan.manifests},

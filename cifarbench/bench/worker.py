@@ -53,6 +53,9 @@ class Job:
     pin: list[int] | None = None  # CPUs the isolated process is pinned to (sched_setaffinity), if any
     tta: str = "none"
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # the command's --max-pixels: the child loads its data under it
+    resize: str | None = None  # the command's transform overrides (None: the manifest's), as the parent's rows
+    crop_pct: float | None = None
+    interpolation: str | None = None
 
 
 def peak_rss_mb() -> float:
@@ -196,6 +199,7 @@ def _main() -> int:
     try:
         pinned = _pin(job.pin)
         manifest = resolve_model(job.model)
+        manifest.input = manifest.input.with_transform(job.resize, job.crop_pct, job.interpolation)
         with default_max_pixels(job.max_pixels):  # the same images as the parent's rows, and its cache entry
             data = load_subset(job.data, manifest.classes, job.limit, job.seed, manifest.input.transform)
         row, probs = measure(job, manifest, data.images, data.labels)

@@ -16,6 +16,7 @@ from cifarbench.backends.tta import TTA_MODES
 from cifarbench.bench.compare import FORMATS as COMPARE_FORMATS
 from cifarbench.bench.scenarios import SCENARIOS
 from cifarbench.cli.choices import BackendChoice
+from cifarbench.cli.transform_options import transform_options
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import BackendUnavailable, ExitStatus
 
@@ -98,6 +99,7 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
                    "written.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse data images with more pixels, from their header before decoding; same default as classify/serve.")
+@transform_options
 @click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
               help="Also measure test-time augmentation (flip: image + mirror; flip-translate: 6 views): its accuracy "
                    "beside single view, and its cost in time.")
@@ -107,7 +109,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
             limit: int | None, batch_sizes: tuple[int, ...], threads: tuple[int, ...] | None, device: str,
             scenarios: tuple[str, ...], repeat: int, isolate: bool, server_rate: float | None, p99_bound_ms: float,
             server_time: float, warmup: int, min_time: float, min_iters: int, output_dir: Path | None,
-            fmt: str | None, max_pixels: int, tta: str, quiet: bool) -> None:
+            fmt: str | None, max_pixels: int, resize: str | None, crop_pct: float | None, interpolation: str | None,
+            tta: str, quiet: bool) -> None:
     """Accuracy, F1, agreement, latency and throughput for every model x backend.
 
     Throughput is images / wall time of the backend calls alone (decode timed apart).
@@ -133,7 +136,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         threads=list(threads) if threads else None, device=device, warmup=warmup, min_time=min_time,
         min_iters=min_iters, command=shlex.join(["cifarbench"] + sys.argv[1:]),
         scenarios=tuple(scenarios) or ("single-stream", "offline"), repeat=repeat, isolate=isolate,
-        server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time, tta=tta, max_pixels=max_pixels)
+        server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time, tta=tta, max_pixels=max_pixels,
+        resize=resize, crop_pct=crop_pct, interpolation=interpolation)
     plan = bench.resolve_plan(config)
     err = stderr_console()
     for model, sel in plan.chosen.items():

@@ -14,6 +14,7 @@ import click
 
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
+from cifarbench.cli.transform_options import transform_options
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.engines import ENGINES
 from cifarbench.errors import ExitStatus
@@ -68,11 +69,7 @@ those files are known bad, --allow-errors keeps their error rows, prints nothing
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Take files matching GLOB (case-insensitive; a GLOB with / matches the path under PATH). "
               "Repeatable. Default: common image extensions.")
-@click.option("--resize", type=click.Choice(("center-crop", "squash", "pad")),
-              help="How images become the model's own H x W. Default: what convert stored (center-crop for older models).")
-@click.option("--crop-pct", type=float, help="timm's crop_pct: resize to size / crop_pct, then centre-crop. Default: the manifest's.")
-@click.option("--interpolation", type=click.Choice(("bilinear", "bicubic", "lanczos")),
-              help="Resampling filter. Default: the manifest's (lanczos for older models).")
+@transform_options
 @click.option("--resume", is_flag=True, help="Reuse rows of --output FILE for files whose path, size and mtime are "
               "unchanged (state in FILE.state.json); the result equals a fresh run.")
 @click.option("--engine", type=click.Choice(tuple(ENGINES)), default="local", show_default=True,

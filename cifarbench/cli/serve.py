@@ -14,6 +14,7 @@ import click
 from cifarbench.backends import DEVICES
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
+from cifarbench.cli.transform_options import transform_options
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import BackendUnavailable, UsageError
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="gpu: onnxruntime CUDA, TensorFlow GPU or OpenVINO's GPU plugin; auto: a GPU when the backend can "
                    "use one here, else the CPU.")
+@transform_options
 @click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
               help="Test-time augmentation: average over the image and its mirror (flip, 2x the model work) "
                    "or 6 mirrored/shifted views (flip-translate).")
@@ -64,7 +66,8 @@ if TYPE_CHECKING:
 def command(model: str | None, backend: str | None, host: str, port: int, max_upload_mb: float, max_pixels: int,
             max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, max_queue: int,
             max_buffered_mb: float, max_connections: int, header_timeout: float, keep_alive: int, workers: int,
-            threads: int | None, device: str, tta: str, log_level: str, access_log: bool) -> None:
+            threads: int | None, device: str, resize: str | None, crop_pct: float | None, interpolation: str | None,
+            tta: str, log_level: str, access_log: bool) -> None:
     """Serve a model over HTTP: GET / (upload page), GET /health, GET /v1/model, POST /v1/classify.
 
     \b
@@ -81,7 +84,8 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
         raise BackendUnavailable(f"serving needs the serve extra: pip install 'cifarbench[serve]' ({exc.name} missing)") from None
     from cifarbench.backends import select
     from cifarbench.backends.tta import with_tta
-    from cifarbench.models.model_ref import resolve_model
+    from cifarbench.cli.ui import EventPrinter
+    from cifarbench.models.model_ref import emit_model_notes, resolve_model
 
     if workers > 1 and port == 0:
         raise UsageError("--port 0 cannot be shared by several --workers; name a port")
@@ -90,6 +94,8 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
                          max_buffered_bytes=int(max_buffered_mb * 1024 * 1024))
     connection = ConnectionLimits(header_timeout_s=header_timeout, max_connections=_fd_capped(max_connections))
     manifest = resolve_model(model)
+    emit_model_notes(manifest, EventPrinter("serve"))  # e.g. a lone artifact's classes named as CIFAR-10's
+    transform = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation}  # None: the manifest's
     selection = select(manifest, backend, device, threads, batch_size=max_batch)
     name = selection.name
     if selection.how in ("measured", "fallback", "cached"):
@@ -103,7 +109,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
 
     if workers == 1:
         app = create_app(manifest, with_tta(selection.load(manifest, threads), tta), backend_name=name, top_k=top_k,
-                         limits=limits, max_batch=max_batch, access_log=access_log)
+                         limits=limits, max_batch=max_batch, access_log=access_log, **transform)
         click.echo(f"serving {manifest.name} with {name} on {url}  (Ctrl-C to stop)", err=True)
         server.run(app, sock, connection, keep_alive, log_level)
         return
@@ -112,7 +118,7 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     os.environ[ENV_CONFIG] = json.dumps({
         "model": os.path.abspath(model) if model and os.path.exists(model) else model, "backend": name,
         "device": selection.device, "threads": threads, "tta": tta, "top_k": top_k, "max_batch": max_batch,
-        "access_log": access_log,
+        "access_log": access_log, **transform,
         "limits": dataclasses.asdict(limits),
     })
     click.echo(f"serving {manifest.name} with {name} on {url} in {workers} worker processes  (Ctrl-C to stop)", err=True)

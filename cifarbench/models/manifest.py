@@ -163,6 +163,14 @@ class InputContract:
         return Transform(self.size, resize or self.resize, self.crop_pct if crop_pct is None else crop_pct,
                          interpolation or self.interpolation)
 
+    def with_transform(self, resize: str | None = None, crop_pct: float | None = None,
+                       interpolation: str | None = None) -> "InputContract":
+        """This contract decoding with a command line's overrides (None: keep the manifest's); validated."""
+        t = self.transform_with(resize, crop_pct, interpolation)
+        if (t.resize, t.crop_pct, t.interpolation) == (self.resize, self.crop_pct, self.interpolation):
+            return self
+        return dataclasses.replace(self, resize=t.resize, crop_pct=t.crop_pct, interpolation=t.interpolation)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "shape": list(self.shape), "layout": self.layout, "dtype": self.dtype, "color": self.color,

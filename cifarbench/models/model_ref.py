@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from cifarbench.errors import ModelError, first_line
+from cifarbench.events import Emit, Event
 from cifarbench.models.manifest import FORMAT_FILES, MANIFEST_NAME, InputContract, Manifest, sha256_file
 from cifarbench.paths import DEFAULT_MODEL, trained_dir
 
@@ -37,6 +38,13 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> Manifest:
         return Manifest.load(shipped)
     names = ", ".join(shipped_models()) or "none installed"
     raise ModelError(f"model {spec!r} not found: not a file, a directory with {MANIFEST_NAME}, or a shipped model ({names})")
+
+
+def emit_model_notes(manifest: Manifest, emit: Emit) -> None:
+    """The model's one-line notes (e.g. a lone artifact's 10 outputs named as CIFAR-10's classes) as ``note``
+    events: the one place classify, bench and serve say them."""
+    for line in manifest.notes:
+        emit(Event("note", line))
 
 
 def _single_file_manifest(path: Path) -> Manifest:
@@ -148,4 +156,4 @@ def _tflite_format(path: Path) -> tuple[str, tuple[int, int] | None, int | None]
     return ("tflite-fp16" if "float16" in dtypes else "tflite"), size, n_out
 
 
-__all__ = ["resolve_model", "shipped_models", "FORMAT_FILES", "sha256_file"]
+__all__ = ["resolve_model", "emit_model_notes", "shipped_models", "FORMAT_FILES", "sha256_file"]

@@ -179,7 +179,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
     """
     from cifarbench import backends
     from cifarbench.runs.lock import OutputLock, lock_path_for
-    from cifarbench.models.model_ref import resolve_model
+    from cifarbench.models.model_ref import emit_model_notes, resolve_model
 
     if options is not None and kwargs:
         raise TypeError("pass a ClassifyOptions or keyword options, not both")
@@ -206,8 +206,7 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
     report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,
                             output=os.fspath(output) if output is not None else None)
     emit = events or null_emit
-    for line in manifest.notes:  # e.g. a lone artifact's classes named by its output width
-        emit(Event("note", line))
+    emit_model_notes(manifest, emit)  # e.g. a lone artifact's classes named by its output width
     if selection.how in ("measured", "fallback"):  # a cached choice is silent: cron runs stay quiet
         emit(Event("note", f"backend {selection.note}"))
 

@@ -57,16 +57,17 @@ class _App:
     """Request handlers bound to one model, one backend and one batcher."""
 
     def __init__(self, manifest: Manifest, backend: Any, backend_name: str, top_k: int, limits: ServeLimits,
-                 max_batch: int, max_wait_s: float, resize: str | None) -> None:
+                 max_batch: int, max_wait_s: float, resize: str | None, crop_pct: float | None = None,
+                 interpolation: str | None = None) -> None:
         self.manifest, self.backend, self.backend_name = manifest, backend, backend_name
         self.classes = list(manifest.classes)
         self.top_k = max(1, min(int(top_k), len(self.classes)))
         self.limits = limits
         contract = manifest.input  # an InputContract (or the first release's plain dict)
         self.input: dict[str, Any] = contract.to_dict() if hasattr(contract, "to_dict") else dict(contract or {})
-        # Uploads decode straight to the model's own size with the transform convert stored (``resize`` overrides).
-        self.transform = contract.transform_with(resize) if hasattr(contract, "transform_with") \
-            else as_transform(int(self.input.get("shape", [32])[0]), resize)
+        # Uploads decode straight to the model's own size with the transform convert stored (serve's options override).
+        self.transform = contract.transform_with(resize, crop_pct, interpolation) if hasattr(contract, "transform_with") \
+            else as_transform(int(self.input.get("shape", [32])[0]), resize, crop_pct, interpolation)
         self.size = self.transform.size
         self.resize = self.transform.resize
         self.batcher = MicroBatcher(backend.predict, max_batch=max_batch, max_wait_s=max_wait_s)
@@ -275,6 +276,8 @@ def create_app(
     max_batch: int = 64,
     max_wait_ms: float = 0.0,
     resize: str | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
     access_log: bool = False,
 ) -> Starlette:
     """An ASGI app serving ``backend`` (anything with ``predict`` and ``describe``) for ``manifest``.
@@ -284,7 +287,7 @@ def create_app(
     ``app.state.handlers.batcher`` is closed on lifespan shutdown (or call ``close_app``).
     """
     h = _App(manifest, backend, backend_name or getattr(backend, "name", "unknown"), top_k, limits or ServeLimits(),
-             max_batch, max_wait_ms / 1000.0, resize)
+             max_batch, max_wait_ms / 1000.0, resize, crop_pct, interpolation)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
