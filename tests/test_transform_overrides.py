@@ -140,13 +140,14 @@ def test_bench_uses_the_stored_transform_unless_overridden(flip: tuple[Path, Pat
     stored = _bench(model, data, tmp_path / "stored", "--no-isolate")
     (row,) = stored["results"]
     assert row["quality"]["accuracy"] == 1.0
-    assert row["transform"] == "8x8 center-crop, lanczos"
+    assert stored["environment"]["transform"] == {"flip": "8x8 center-crop, lanczos"}
     assert stored["models"]["flip"]["transform"] == {"size": [8, 8], "resize": "center-crop", "crop_pct": None,
                                                      "interpolation": "lanczos", "text": "8x8 center-crop, lanczos"}
     squashed = _bench(model, data, tmp_path / "squash", "--no-isolate", "--resize", "squash", "--interpolation", "bilinear")
     (row,) = squashed["results"]
     assert row["quality"]["accuracy"] == 0.0  # every image flips class
-    assert row["transform"] == "8x8 squash, bilinear"
+    assert squashed["environment"]["transform"] == {"flip": "8x8 squash, bilinear"}
+    assert "- Images to flip's input: 8x8 squash, bilinear" in (tmp_path / "squash" / "report.md").read_text()
     assert squashed["models"]["flip"]["transform"]["resize"] == "squash"
     assert squashed["config"]["resize"] == "squash" and squashed["config"]["interpolation"] == "bilinear"
     assert json.loads((model / "manifest.json").read_text())["input"]["resize"] == "center-crop"  # not rewritten
@@ -158,7 +159,7 @@ def test_bench_override_reaches_isolated_rows_and_crop_pct_1_is_allowed(flip: tu
     doc = _bench(model, data, tmp_path / "iso", "--isolate", "--resize", "squash", "--crop-pct", "1")
     (row,) = doc["results"]
     assert row["isolated"] and row["quality"]["accuracy"] == 0.0
-    assert row["transform"] == "8x8 squash, crop 1, lanczos" and doc["config"]["crop_pct"] == 1.0
+    assert doc["environment"]["transform"] == {"flip": "8x8 squash, crop 1, lanczos"} and doc["config"]["crop_pct"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -292,3 +293,17 @@ def test_serve_says_that_a_lone_artifacts_classes_are_cifar10s(lone: Path, serve
     assert note.startswith("serve: ten.onnx: ")
     assert server.lines.index(note) < next(i for i, ln in enumerate(server.lines) if "serving " in ln)
     assert server.model_info()["classes"][:2] == ["airplane", "automobile"]
+
+
+def test_classify_says_the_same_note_once_and_takes_the_same_override(lone: Path, flip: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    img = tmp_path / "wide.png"
+    banded(RED, BLUE).save(img)
+    res = run_cli("classify", img, "--model", lone, "--backend", "onnx")
+    assert res.exit_code == 0, res.output
+    assert [ln for ln in res.stderr.splitlines() if NOTE in ln] == [
+        "classify: ten.onnx: no class list: the model's 10 outputs are named as CIFAR-10's classes "
+        "(pass --classes FILE if they are not)"]
+    labels = [run_cli("classify", img, "--model", flip[0], "--backend", "onnx", *args).stdout.splitlines()[1].split(",")[1]
+              for args in ((), ("--resize", "squash"))]
+    assert labels == ["blue", "red"]

@@ -247,6 +247,8 @@ def _environment_lines(doc: dict[str, Any]) -> list[str]:
            f"- Threads requested: {env['threads_requested'] or 'backend default'}",
            f"- onnxruntime providers available: {', '.join(env.get('onnxruntime_providers') or []) or 'none'}",
            f"- Versions: {versions}"]
+    for model, text in (env.get("transform") or {}).items():
+        out.append(f"- Images to {model}'s input: {text}")
     for model, info in doc["models"].items():
         if info.get("auto"):
             out.append(f"- `auto` for {model}: {info['auto']['backend']} ({info['auto']['how']}: {info['auto']['note']})")

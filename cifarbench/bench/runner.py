@@ -155,10 +155,9 @@ class Row:
     pinned_cpus: list[int] | None = None  # isolated rows with --threads N run pinned to N usable CPUs
     runtime: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    transform: str | None = None  # how images became the model's pixels, e.g. "32x32 squash, bilinear"
 
 
-MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "status", "reason", "transform"}
+MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "status", "reason"}
 
 
 @dataclass
@@ -246,8 +245,7 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     tf_import_s: float | None = None
     for m, backend, threads in plan.jobs:
         key = (m.name, backend, threads)
-        row = rows[key] = Row(model=m.name, backend=backend, threads=threads, isolated=config.isolate,
-                              transform=m.input.transform.describe())
+        row = rows[key] = Row(model=m.name, backend=backend, threads=threads, isolated=config.isolate)
         label = f"{m.name}/{backend}" + (f"/{threads}t" if len(config.thread_list()) > 1 else "")
         reason = backends.unavailable_reason(backend, m, backends.resolve_device(backend, m, config.device))
         if reason:
@@ -287,7 +285,8 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
     env = environment()
     env.update(threads_requested=config.threads, device=config.device, command=config.command,
                loadavg_start=load_start, loadavg_end=load_end, nice=os.nice(0) if hasattr(os, "nice") else None,
-               tensorflow_import_s=tf_import_s, isolated=config.isolate)
+               tensorflow_import_s=tf_import_s, isolated=config.isolate,
+               transform={m.name: m.input.transform.describe() for m in plan.manifests})  # this run's, overrides in
     first = next(iter(data_cache.values()), None)
     left_out = [f"{name}: {why}" for name, why in first.dataset.skipped] if first else []
     ran = any(r.status == "ok" for r in rows.values())  # a busy CPU cannot have disturbed a run of skips
