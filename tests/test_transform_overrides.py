@@ -279,6 +279,17 @@ def test_bench_says_once_that_a_lone_artifacts_classes_are_cifar10s(lone: Path, 
     assert quiet.exit_code == 0 and NOTE not in quiet.stderr
 
 
+def test_bench_measures_a_lone_artifact_in_its_own_process(lone: Path, synthetic_tree: Path, tmp_path: Path) -> None:
+    """An isolated row resolves the file itself: its folder has no manifest.json (it used to fail: 'no manifest.json')."""
+    out = tmp_path / "o"
+    res = run_cli("bench", "--model", lone, "--data", synthetic_tree, "--limit", "8", *FAST, "--isolate",
+                  "--resize", "pad", "--output-dir", out, "-q")
+    assert res.exit_code == 0, res.output
+    doc = load_results(out / "results.json")
+    (row,) = doc["results"]
+    assert row["status"] == "ok" and row["isolated"] and doc["environment"]["transform"] == {"ten": "8x8 pad, lanczos"}
+
+
 def test_bench_with_a_manifest_says_nothing_about_classes(flip: tuple[Path, Path], tmp_path: Path) -> None:
     res = run_cli("bench", "--model", flip[0] / "model.onnx", "--data", flip[1], *FAST, "--no-isolate",
                   "--output-dir", tmp_path / "o")

@@ -167,6 +167,7 @@ class Plan:
     manifests: list[Manifest]
     jobs: list[tuple[Manifest, str, int | None]]
     chosen: dict[str, backends.Selection] = field(default_factory=dict)  # model -> what `auto` picked
+    refs: dict[str, str] = field(default_factory=dict)  # model -> what an isolated row resolves (a lone file: itself)
 
 
 # --------------------------------------------------------------------------- the run
@@ -195,6 +196,8 @@ def resolve_plan(config: BenchConfig) -> Plan:
         if b != "auto":
             backends.get_spec(b)
     plan = Plan(manifests, [])
+    for spec, m in zip(dict.fromkeys(specs), manifests):  # a lone artifact's folder may hold no (or another) manifest
+        plan.refs[m.name] = os.path.abspath(spec) if os.path.isfile(spec) else str(m.directory)
     for m in manifests:
         chosen = list(wanted)
         if "auto" in chosen:
@@ -207,8 +210,8 @@ def resolve_plan(config: BenchConfig) -> Plan:
     return plan
 
 
-def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, first: bool) -> Job:
-    return Job(model=str(m.directory), backend=backend, device=config.device, threads=threads, data=config.data,
+def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, first: bool, ref: str | None = None) -> Job:
+    return Job(model=ref or str(m.directory), backend=backend, device=config.device, threads=threads, data=config.data,
                limit=config.limit, seed=config.seed, batch_sizes=sorted(set(int(b) for b in config.batch_sizes)),
                scenarios=list(config.scenarios), warmup=config.warmup, min_time=config.min_time,
                min_iters=config.min_iters, min_calls=config.min_calls, quality=first, server_rate=config.server_rate,
@@ -267,7 +270,7 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
         try:
             for i in range(config.repeat):
                 emit(Event("status", f"{label}: measuring" + (f" (repeat {i + 1} of {config.repeat})" if config.repeat > 1 else "")))
-                job = _job(config, m, backend, threads, first=i == 0)
+                job = _job(config, m, backend, threads, first=i == 0, ref=plan.refs.get(m.name))
                 out, p = run_isolated(job) if config.isolate else measure(job, m, data.images, data.labels)
                 if p is not None:
                     probs[key] = p
