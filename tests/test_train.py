@@ -56,6 +56,44 @@ def test_quiet_is_silent_in_a_fresh_process(tmp_path: Path, tree: Path) -> None:
     assert r.stderr == "" and r.stdout == ""
 
 
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_flagship_trains_under_mixed_precision(tmp_path: Path, tree: Path, precision: str) -> None:
+    """`--precision auto` picks mixed_bfloat16 on bf16 CPUs and mixed_float16 on GPUs; the flagship's training
+    graph crashed under both (its gated whitening bias added a bf16 penalty beside float32 regularizers, and
+    Keras cannot sum a mixed list). The policy is forced, so this runs on any CPU (slowly where it is emulated)."""
+    import keras
+
+    from cifarbench.training.train import train
+
+    try:
+        m = train("flagship", tmp_path / precision, data=str(tree), epochs=1, batch_size=64, val_size=30,
+                  precision=precision, threads=1)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the policy is process-global: later tests expect f32
+    assert m.training["precision"] == precision
+    history = json.loads((tmp_path / precision / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
+    assert 0.0 <= m.metrics["test"]["accuracy"] <= 1.0
+
+
+def test_training_graph_losses_are_float32_under_a_mixed_policy() -> None:
+    """Keras sums model.losses in one op: every term must be float32 whatever the policy (the crash of issue 24)."""
+    import keras
+
+    from cifarbench.models.airbench import build_train
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_train(10, widths=(8, 8, 8))
+        model(np.zeros((2, 32, 32, 3), np.float32), training=True)
+        dtypes = [keras.backend.standardize_dtype(t.dtype) for t in model.losses]
+        gated = [layer for layer in model.layers if layer.name == "whiten_bias"]
+        assert gated and gated[0].losses  # the gated bias's own penalty is among them
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert dtypes and set(dtypes) == {"float32"}, dtypes
+
+
 def test_macs_and_params_by_hand() -> None:
     from cifarbench.models.zoo import ZOO, count_macs
 

@@ -79,13 +79,18 @@ class GatedBias(keras.layers.Layer):
         self.l2 = float(l2)
 
     def build(self, input_shape: Any) -> None:
-        self.b = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="b")
+        self.b = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="b",
+                                 regularizer=self._penalty if self.l2 else None)
         self.gate = self.add_weight(shape=(), initializer="ones", trainable=False, name="gate")
+
+    def _penalty(self, b: Any) -> Any:
+        """The gated L2 term, as a weight regularizer in float32 like the others. An ``add_loss`` in ``call()``
+        read the weight autocast (bf16 under mixed_bfloat16) and Keras' sum of the model's losses refused the
+        mixed list: "Cannot convert a list containing a tensor of dtype bfloat16 to float32" (issue 24)."""
+        return self.l2 * ops.cast(self.gate, "float32") * ops.sum(ops.square(ops.cast(b, "float32")))
 
     def call(self, x: Any) -> Any:
         b = self.gate * self.b + (1.0 - self.gate) * ops.stop_gradient(self.b)
-        if self.l2:
-            self.add_loss(self.l2 * self.gate * ops.sum(ops.square(self.b)))
         return x + ops.cast(b, x.dtype)
 
     def get_config(self) -> dict[str, Any]:
