@@ -182,7 +182,8 @@ def test_choice_is_cached_and_a_changed_key_reprobes(tiny_model: Path, counted_l
     monkeypatch.setattr(sysinfo, "package_versions", lambda: {**versions, "onnxruntime": "0.0.1"})
     assert autoselect.choose(m, _two(m), None).how == "measured"
     cpu = sysinfo.cpu_info()
-    monkeypatch.setattr(sysinfo, "cpu_info", lambda: {**cpu, "flags": {**cpu["flags"], "avx512_vnni": True}})
+    flipped = not cpu["flags"].get("avx512_vnni")  # a changed flag whatever this host has
+    monkeypatch.setattr(sysinfo, "cpu_info", lambda: {**cpu, "flags": {**cpu["flags"], "avx512_vnni": flipped}})
     assert autoselect.choose(m, _two(m), None).how == "measured"
     assert autoselect.choose(m, _two(m), None, batch=32).how == "measured"  # and the batch size it ranks at
     assert len(counted_loads) == 2 + 5 * 2

@@ -108,6 +108,10 @@ def test_named_selection_checks_availability_once(tiny_model: Path) -> None:
 
 
 def test_auto_prefers_int8_and_never_probes_keras(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarbench import sysinfo
+
+    cpu = sysinfo.cpu_info()  # a CPU without native bf16, whatever this host has (bf16: tests/test_bf16_auto.py)
+    monkeypatch.setattr(sysinfo, "cpu_info", lambda: {**cpu, "flags": {f: False for f in cpu["flags"]}})
     m = Manifest.load(tiny_model)
     cands = backends.auto_candidates(m)
     assert cands and all(backends.BACKENDS[n].int8 for n in cands) and "keras" not in cands

@@ -164,7 +164,9 @@ def select(manifest: Manifest, name: str | None = None, device: str = "cpu", thr
 
 
 def auto_candidates(manifest: Manifest, device: str = "cpu") -> dict[str, str]:
-    """What ``auto`` chooses among (name -> device): the int8 backends that can run here, else any."""
+    """What ``auto`` chooses among (name -> device): the int8 backends that can run here, else any; on CPUs with
+    native bf16 also the bf16 ``openvino`` row, which autoselect keeps only if its accuracy guard passes
+    (cifarbench.backends.bf16guard)."""
     devices = {n: resolve_device(n, manifest, device) for n in BACKENDS}
     ok = [n for n in BACKENDS if unavailable_reason(n, manifest, devices[n]) is None]
     if not ok:  # say why for each backend the model has an artifact for (e.g. the missing CUDA provider)
@@ -173,7 +175,14 @@ def auto_candidates(manifest: Manifest, device: str = "cpu") -> dict[str, str]:
         raise BackendUnavailable(f"no backend can run model {manifest.name!r} on device {device} here "
                                  f"({why or 'artifacts: ' + (', '.join(manifest.artifacts) or 'none')})")
     probeable = [n for n in ok if BACKENDS[n].probe]
-    return {n: devices[n] for n in ([n for n in probeable if BACKENDS[n].int8] or probeable or ok)}
+    chosen = [n for n in probeable if BACKENDS[n].int8]
+    if chosen:
+        from cifarbench.backends.bf16guard import BF16_BACKEND, native_bf16
+        from cifarbench.sysinfo import cpu_info
+
+        if BF16_BACKEND in probeable and devices[BF16_BACKEND] == "cpu" and native_bf16(cpu_info()["flags"]):
+            chosen.append(BF16_BACKEND)
+    return {n: devices[n] for n in (chosen or probeable or ok)}
 
 
 def default_backend(manifest: Manifest, device: str = "cpu") -> str:
@@ -181,12 +190,22 @@ def default_backend(manifest: Manifest, device: str = "cpu") -> str:
     return select(manifest, None, device).name
 
 
-def load_backend(name: str, manifest: Manifest, device: str = "cpu", threads: int | None = None) -> Backend:
-    """Load ``manifest``'s artifact for backend ``name`` on ``device`` ("auto": GPU when usable)."""
+def load_backend(name: str, manifest: Manifest, device: str = "cpu", threads: int | None = None,
+                 options: Any = None) -> Backend:
+    """Load ``manifest``'s artifact for backend ``name`` on ``device`` ("auto": GPU when usable).
+
+    ``options``: a cifarbench.backends.options.RuntimeOptions (runtime tuning, profiling); None keeps the defaults.
+    """
     spec = get_spec(name)
     device = resolve_device(name, manifest, device)
     reason = unavailable_reason(name, manifest, device)
     if reason:
         raise BackendUnavailable(f"backend {name} unavailable: {reason}")
     module = importlib.import_module(spec.module_path)
-    return module.load(spec, manifest, device, threads)
+    if options is None or not options.as_dict():
+        return module.load(spec, manifest, device, threads)
+    import inspect
+
+    if "options" not in inspect.signature(module.load).parameters:  # a plug-in written before runtime options
+        raise UsageError(f"backend {name} takes no runtime options (asked: {', '.join(options.as_dict())})")
+    return module.load(spec, manifest, device, threads, options=options)

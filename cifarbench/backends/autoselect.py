@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from cifarbench.atomic import atomic_write
+from cifarbench.backends import bf16guard
 from cifarbench.errors import CifarbenchError, first_line
 from cifarbench.models.manifest import Manifest
 from cifarbench.paths import cache_dir
@@ -221,8 +222,14 @@ def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | Non
     if hit:
         n = hit["choice"]
         return Selection(n, candidates[n], "cached", f"{n}: fastest in a probe on {hit['measured_at']} "
-                         f"({_figures_text(hit['figures'])}; cached in {cache_path()})", hit["figures"])
+                         f"({_figures_text(hit['figures'])}; cached in {cache_path()})"
+                         + _guard_text(hit.get("bf16_guard"), n), hit["figures"])
     h, w = manifest.input.size  # the model's own input size (non-square allowed)
+    guard = None
+    if bf16guard.BF16_BACKEND in names and len(names) > 1:  # the bf16 row competes only if it keeps accuracy
+        guard = _bf16_guard(manifest, candidates, threads, (h, w))
+        if not guard["ok"]:
+            names.remove(bf16guard.BF16_BACKEND)
     t0 = time.perf_counter()
     figures, failed = probe(lambda n: _neighbourly(load_backend(n, manifest, candidates[n], threads)), names,
                             (h, w, 3), batch=batch)
@@ -234,9 +241,34 @@ def choose(manifest: Manifest, candidates: Mapping[str, str], threads: int | Non
     n = max(figures, key=lambda k: figures[k]["images_per_s"])
     entry = {"key": key, "model": manifest.name, "choice": n, "figures": figures, "failed": failed,
              "probe_s": round(seconds, 3), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if guard is not None:
+        entry["bf16_guard"] = guard
     not_cached = store(entry)
-    note = f"{n}: fastest in a {seconds:.1f} s probe at batch {batch} ({_figures_text(figures)})" + (f"; {not_cached}" if not_cached else "")
+    note = (f"{n}: fastest in a {seconds:.1f} s probe at batch {batch} ({_figures_text(figures)})"
+            + _guard_text(guard, n) + (f"; {not_cached}" if not_cached else ""))
     return Selection(n, candidates[n], "measured", note, figures)
+
+
+def _bf16_guard(manifest: Manifest, candidates: Mapping[str, str], threads: int | None,
+                size: tuple[int, int]) -> dict[str, Any]:
+    """bf16guard.check on held-out images with the real backends; any failure leaves the bf16 row out."""
+    from cifarbench.backends import load_backend, unavailable_reason
+
+    available = [r for r in bf16guard.REFERENCES if unavailable_reason(r, manifest, "cpu") is None]
+    try:
+        return bf16guard.check(lambda n: load_backend(n, manifest, "cpu", threads), available,
+                               bf16guard.held_out_images(size))
+    except (CifarbenchError, RuntimeError, ValueError, OSError) as exc:
+        return {"ok": False, "why": f"bf16 {bf16guard.BF16_BACKEND} not checked ({first_line(exc)})"}
+
+
+def _guard_text(guard: Mapping[str, Any] | None, chosen: str) -> str:
+    """Why the bf16 row was, or was not, among the candidates."""
+    if not guard:
+        return ""
+    if guard.get("ok"):
+        return f"; {guard['why']}" if chosen == bf16guard.BF16_BACKEND else ""
+    return f"; {bf16guard.BF16_BACKEND} (bf16) left out: {guard['why']}"
 
 
 def _neighbourly(backend: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarbench.backends.options import DEFAULT, RuntimeOptions
 from cifarbench.errors import ModelError, first_line
 from cifarbench.models.manifest import Manifest
 
@@ -65,10 +66,12 @@ def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None
     return None
 
 
-def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f32: bool) -> Any:
+def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f32: bool,
+             streams: int | None = None, perf_count: bool = False) -> Any:
     """The compiled model for these settings, compiled once per process."""
     st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, ov_device, hint, threads, strict_f32)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, ov_device, hint, threads, strict_f32, streams,
+           perf_count)
     with _lock:
         hit = _compiled.get(key)
     if hit is not None:
@@ -84,6 +87,10 @@ def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f
             config["INFERENCE_NUM_THREADS"] = threads
     if strict_f32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
+    if streams:
+        config["NUM_STREAMS"] = streams
+    if perf_count:  # per-op performance counters (bench --profile)
+        config["PERF_COUNT"] = True
     try:
         compiled = core.compile_model(core.read_model(path), ov_device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with multi-line messages
@@ -118,14 +125,21 @@ def precision_summary(inference_precision: str, kernels: Counter[str]) -> str:
 
 class OpenVINOBackend:
     def __init__(self, name: str, path: str, device: str, threads: int | None,
-                 size: tuple[int, int] = (32, 32)) -> None:
+                 size: tuple[int, int] = (32, 32), options: RuntimeOptions = DEFAULT) -> None:
         ov = import_openvino()
         self.size = tuple(size)  # the manifest's input contract: H, W of the uint8 NHWC pixels
-        self.name, self.device, self.threads_requested = name, device, threads
+        self.name, self.device, self.threads_requested, self.options = name, device, threads, options
         self.ov_device = "GPU" if device == "gpu" else "CPU"
         strict = name in STRICT_F32
-        self.latency_model = _compile(path, self.ov_device, "LATENCY", threads, strict)
-        self.throughput_model = _compile(path, self.ov_device, "THROUGHPUT", threads, strict)
+        # --ov-hint pins one hint for every batch size (benchmark_app's -hint); --ov-streams sets NUM_STREAMS of
+        # the model that serves batches > 1 (benchmark_app's -nstreams). Without them: LATENCY for batch 1,
+        # THROUGHPUT above.
+        small = (options.ov_hint or "latency").upper()
+        large = (options.ov_hint or "throughput").upper()
+        perf = bool(options.profile_dir)
+        self.latency_model = _compile(path, self.ov_device, small, threads, strict,
+                                      options.ov_streams if small == large else None, perf)
+        self.throughput_model = _compile(path, self.ov_device, large, threads, strict, options.ov_streams, perf)
         self._latency_request = self.latency_model.create_infer_request()
         n_req = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.throughput_model.create_infer_request() for _ in range(n_req)]
@@ -197,13 +211,35 @@ class OpenVINOBackend:
                 "cpu_pinning": bool(lat.get_property("ENABLE_CPU_PINNING")) if cpu else None,
                 "precision": precision_summary(precision, _compute_precisions(tput)),
                 "precision_requested": "f32" if self.name in STRICT_F32 else "runtime default",
-                "mode": f"batch > 1: throughput ({streams} streams, {len(self._requests)} async requests); "
-                        "batch 1: latency (1 request)"}
+                "mode": f"batch > 1: {(self.options.ov_hint or 'throughput')} hint ({streams} streams, "
+                        f"{len(self._requests)} async requests); batch 1: {self.options.ov_hint or 'latency'} hint "
+                        "(1 request)"}
+
+    def profile(self) -> dict[str, Any]:
+        """OpenVINO's performance counters (PERF_COUNT, ``profile_dir`` set) of each request's last inference,
+        written as JSON, and the ops by time summed over the requests."""
+        import json
+
+        from cifarbench.backends.profiling import openvino_ops
+
+        entries = []
+        for role, req in [("batch 1", self._latency_request)] + [(f"batch > 1, request {i}", r)
+                                                                  for i, r in enumerate(self._requests)]:
+            for p in req.get_profiling_info():
+                entries.append({"request": role, "node": p.node_name, "type": p.node_type, "exec_type": p.exec_type,
+                                "status": str(p.status), "real_time_us": p.real_time.total_seconds() * 1e6,
+                                "cpu_time_us": p.cpu_time.total_seconds() * 1e6})
+        path = os.path.join(str(self.options.profile_dir), f"{self.name}-openvino-perf-counters.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(entries, fh, indent=1)
+        return {"runtime": "openvino", "file": path, "ops": openvino_ops(entries)}
 
 
-def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> OpenVINOBackend:
+def load(spec: Any, manifest: Manifest, device: str, threads: int | None,
+         options: RuntimeOptions = DEFAULT) -> OpenVINOBackend:
     from cifarbench.backends.checks import check_outputs
 
-    be = OpenVINOBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input.size)
+    be = OpenVINOBackend(spec.name, str(manifest.verify(spec.format)), device, threads, manifest.input.size, options)
     check_outputs(be.num_classes, manifest.classes, f"{manifest.name} ({spec.format})")
     return be

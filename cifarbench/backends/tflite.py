@@ -14,18 +14,24 @@ from typing import Any, Iterator
 import numpy as np
 
 from cifarbench.backends.checks import check_batch, check_outputs
+from cifarbench.backends.options import DEFAULT, RuntimeOptions
 from cifarbench.errors import ModelError, first_line
 from cifarbench.models.manifest import Manifest
 from cifarbench.sysinfo import usable_cores
 
 
 class TFLiteBackend:
-    def __init__(self, name: str, path: str, threads: int | None, size: tuple[int, int] = (32, 32)) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, name: str, path: str, threads: int | None, size: tuple[int, int] = (32, 32),
+                 options: RuntimeOptions = DEFAULT) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.threads = threads or usable_cores()
+        self.xnnpack = options.xnnpack is not False
+        # XNNPACK off: LiteRT's builtin kernels alone (benchmark_model's --use_xnnpack=false).
+        resolver = OpResolverType.AUTO if self.xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self.interpreter = Interpreter(model_path=path, num_threads=self.threads)
+            self.interpreter = Interpreter(model_path=path, num_threads=self.threads,
+                                           experimental_op_resolver_type=resolver)
             with _native_stderr_silenced():  # LiteRT prints "INFO: Created ... XNNPACK delegate" on first allocation
                 self.interpreter.allocate_tensors()
         except Exception as exc:
@@ -68,7 +74,15 @@ class TFLiteBackend:
         import importlib.metadata
 
         return {"runtime": "ai-edge-litert", "version": importlib.metadata.version("ai-edge-litert"),
-                "delegates": ["XNNPACK (default CPU)"], "threads": self.threads, "device": "cpu"}
+                "delegates": ["XNNPACK (default CPU)"] if self.xnnpack else ["none (builtin kernels)"],
+                "threads": self.threads, "device": "cpu"}
+
+    def profile(self) -> dict[str, Any]:
+        """LiteRT's Python API exposes no per-op profiler (the C++ benchmark_model's --enable_op_profiling does):
+        said so in the row instead of a made-up breakdown."""
+        return {"runtime": "ai-edge-litert", "file": None, "ops": [],
+                "unavailable": "LiteRT's Python interpreter exposes no op profiling (the C++ benchmark_model tool "
+                               "has --enable_op_profiling; it is not in the ai-edge-litert wheel)"}
 
 
 @contextlib.contextmanager
@@ -90,7 +104,8 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def load(spec: Any, manifest: Manifest, device: str, threads: int | None) -> TFLiteBackend:
-    be = TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads, manifest.input.size)
+def load(spec: Any, manifest: Manifest, device: str, threads: int | None,
+         options: RuntimeOptions = DEFAULT) -> TFLiteBackend:
+    be = TFLiteBackend(spec.name, str(manifest.verify(spec.format)), threads, manifest.input.size, options)
     check_outputs(be._out["shape"][-1], manifest.classes, f"{manifest.name} ({spec.format})")
     return be

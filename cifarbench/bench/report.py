@@ -82,8 +82,32 @@ def label(r: dict[str, Any]) -> str:
 
 
 def runtime_note(runtime: dict[str, Any]) -> str | None:
-    """The inference precision and execution mode a backend reports (OpenVINO does), shown with its row."""
-    return "; ".join(f"{k} {runtime[k]}" for k in ("precision", "mode") if runtime.get(k)) or None
+    """The inference precision and execution mode a backend reports (OpenVINO does), and the tuning asked for
+    (--ov-hint, --ort-opt-level...), shown with its row."""
+    tuning = runtime.get("tuning")
+    note = {**runtime, "tuning": ", ".join(f"{k}={v}" for k, v in tuning.items()) if isinstance(tuning, dict) else None}
+    return "; ".join(f"{k} {note[k]}" for k in ("precision", "mode", "tuning") if note.get(k)) or None
+
+
+def _profile_lines(ok: list[dict[str, Any]]) -> list[str]:
+    """bench --profile: each row's top ops by time, from its runtime's own profiler."""
+    rows = [r for r in ok if r.get("profile")]
+    if not rows:
+        return []
+    lines = ["", "## Per-op profile (top 10 by time)", "",
+             "From each runtime's own profiler in an extra pass after the timed ones (calls at batch 1 and the "
+             "largest batch); share = the op's part of all profiled op time.", ""]
+    for r in rows:
+        p = r["profile"]
+        lines += [f"### {r['model']} / {label(r)}", ""]
+        if not p.get("top_ops"):
+            lines += [f"No per-op profile: {p.get('unavailable') or 'the profiler recorded no ops'}.", ""]
+            continue
+        lines += [f"Raw profile: `{p.get('file')}` ({p.get('runtime')}).", ""]
+        lines += _table(["op", "type", "ms", "calls", "share"],
+                        [[o["op"], o["type"], _f(o["ms"]), str(o["calls"]), f"{100 * o['share']:.1f} %"]
+                         for o in p["top_ops"]]) + [""]
+    return lines
 
 
 def all_warnings(doc: dict[str, Any]) -> list[str]:
@@ -154,7 +178,7 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     flagged = [r for r in ok if r.get("flags")]
     if flagged:
         lines += ["", "## Flags", ""] + [f"- **{r['model']} / {label(r)}**: {r['flags']}" for r in flagged]
-    lines += _repeat_lines(ok) + _server_lines(ok)
+    lines += _repeat_lines(ok) + _server_lines(ok) + _profile_lines([r for r in doc["results"] if r["status"] == "ok"])
     other = [r for r in rows if r["status"] != "ok"]
     if other:
         lines += ["", "## Skipped and failed", ""]

@@ -114,13 +114,19 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+# Row fields added within version 2 (optional sections, empty when absent): older version-2 files gain them empty.
+ADDED_IN_V2 = ("profile",)
+
+
 def upgrade(doc: Any) -> Any:
-    """Version 1 results (before thread sweeps, repeats and scenarios) in version 2 shape, in place."""
-    if isinstance(doc, dict) and doc.get("schema") == SCHEMA and doc.get("schema_version") == 1:
+    """Version 1 results (before thread sweeps, repeats and scenarios) in version 2 shape, in place; version 2
+    files written before a field of ADDED_IN_V2 existed get it empty."""
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA and doc.get("schema_version") in (1, SCHEMA_VERSION):
         blank = dataclasses.asdict(Row(model="", backend=""))
+        keys = blank if doc.get("schema_version") == 1 else ADDED_IN_V2
         for r in doc.get("results") or []:
             if isinstance(r, dict):
-                for k, v in blank.items():
-                    r.setdefault(k, v)
+                for k in keys:
+                    r.setdefault(k, blank[k])
         doc["schema_version"] = SCHEMA_VERSION
     return doc

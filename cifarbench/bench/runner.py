@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cifarbench import __version__, backends
+from cifarbench.backends.options import RuntimeOptions
 from cifarbench.backends.tta import check_mode as check_tta
 from cifarbench.bench.data import BenchData, load_subset, measure_decode
 from cifarbench.bench.derive import (INT8_FLAG_PP, against_reference, busy_cpu_warnings, flag_parity, reference,
@@ -100,6 +101,8 @@ class BenchConfig:
     resize: str | None = None  # the eval transform's overrides for this run; None: each manifest's own
     crop_pct: float | None = None
     interpolation: str | None = None
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # --ov-hint, --ort-opt-level...: every row
+    profile_dir: str | None = None  # --profile: each row's per-op profile (an extra pass after the timed ones)
 
     def thread_list(self) -> list[int | None]:
         t = self.threads
@@ -155,6 +158,7 @@ class Row:
     pinned_cpus: list[int] | None = None  # isolated rows with --threads N run pinned to N usable CPUs
     runtime: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)  # --profile: runtime, file, top_ops (or why unavailable)
 
 
 MEASURED = {f.name for f in fields(Row)} - {"model", "backend", "threads", "status", "reason"}
@@ -218,6 +222,8 @@ def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, fi
                p99_bound_ms=config.p99_bound_ms, server_time=config.server_time, tta=config.tta,
                max_pixels=config.max_pixels, resize=config.resize, crop_pct=config.crop_pct,
                interpolation=config.interpolation,
+               runtime_options=config.runtime.as_dict(),
+               profile_dir=config.profile_dir if first else None,
                pin=_cpus(threads) if config.isolate else None)
 
 

@@ -56,6 +56,8 @@ class Job:
     resize: str | None = None  # the command's transform overrides (None: the manifest's), as the parent's rows
     crop_pct: float | None = None
     interpolation: str | None = None
+    runtime_options: dict[str, Any] = field(default_factory=dict)  # RuntimeOptions.as_dict(): tuning (--ov-hint...)
+    profile_dir: str | None = None  # --profile: each runtime's per-op profile goes here (an extra, untimed pass)
 
 
 def peak_rss_mb() -> float:
@@ -87,16 +89,20 @@ def current_rss_mb() -> float | None:
 def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], np.ndarray | None]:
     """Row fields measured for ``job`` (see bench.Row) and the probabilities of the accuracy pass."""
     from cifarbench import backends
+    from cifarbench.backends.options import RuntimeOptions
 
     spec = backends.get_spec(job.backend)
+    options = RuntimeOptions.from_dict(job.runtime_options)
     out: dict[str, Any] = {"format": spec.format, "file": manifest.artifacts[spec.format].file,
                            "size_bytes": int(manifest.path_of(spec.format).stat().st_size), "warnings": []}
     sizes = sorted(set(job.batch_sizes))
     rss0 = current_rss_mb()
     t0 = time.perf_counter()
-    be = backends.load_backend(job.backend, manifest, job.device, job.threads)
+    tuned = {"options": options} if options.as_dict() else {}  # defaults: the plain call (plug-ins, test doubles)
+    be = backends.load_backend(job.backend, manifest, job.device, job.threads, **tuned)
     out["load_s"] = time.perf_counter() - t0
     out["runtime"] = dict(be.describe())
+    out["runtime"]["tuning"] = options.for_runtime(out["runtime"].get("runtime", "")) or "defaults"
     t0 = time.perf_counter()
     be.predict(images[:1])
     out["first_call_ms"] = 1000 * (time.perf_counter() - t0)
@@ -127,7 +133,34 @@ def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray
     out["rss_delta_mb"] = rss1 - rss0 if rss0 is not None and rss1 is not None else None
     del be
     out["peak_rss_mb"] = peak_rss_mb()
+    if job.profile_dir:
+        out["profile"] = _profile(job, manifest, images, options)
     return out, probs
+
+
+PROFILE_CALLS = 3  # profiled calls at each batch size: the profile is a breakdown, not a timing
+
+
+def _profile(job: Job, manifest: Manifest, images: np.ndarray, options: Any) -> dict[str, Any]:
+    """The row's backend loaded again with its runtime's profiler on, a few calls at batch 1 and the largest batch,
+    after the timed figures (so they never carry the profiler's cost): the raw file and the top ops by time."""
+    from dataclasses import replace
+
+    from cifarbench import backends
+    from cifarbench.backends.profiling import top
+
+    where = os.path.join(job.profile_dir, Path(str(manifest.directory)).name or manifest.name)
+    be = backends.load_backend(job.backend, manifest, job.device, job.threads,
+                               options=replace(options, profile_dir=where))
+    if not callable(getattr(be, "profile", None)):
+        return {"unavailable": f"backend {job.backend} has no profiler hook", "top_ops": []}
+    big = images[: max(job.batch_sizes)]
+    for _ in range(PROFILE_CALLS):
+        be.predict(images[:1])
+        be.predict(big)
+    got = be.profile()
+    return {"runtime": got.get("runtime"), "file": got.get("file"), "calls": PROFILE_CALLS,
+            "batch_sizes": [1, int(len(big))], "unavailable": got.get("unavailable"), "top_ops": top(got["ops"])}
 
 
 def _tta(predict: Any, images: np.ndarray, labels: np.ndarray, mode: str, batch: int, classes: int,

@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from cifarbench.backends import DEVICES
+from cifarbench.backends.options import ORT_OPT_LEVELS, OV_HINTS, RuntimeOptions
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.bench.compare import FORMATS as COMPARE_FORMATS
 from cifarbench.bench.scenarios import SCENARIOS
@@ -103,6 +104,21 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
               help="Also measure test-time augmentation (flip: image + mirror; flip-translate: 6 views): its accuracy "
                    "beside single view, and its cost in time.")
+@click.option("--ov-hint", type=click.Choice(OV_HINTS),
+              help="OpenVINO rows: one performance hint for every batch size, as benchmark_app's -hint [default: "
+                   "latency at batch 1, throughput above].")
+@click.option("--ov-streams", type=click.IntRange(1), metavar="N",
+              help="OpenVINO rows: NUM_STREAMS for batches above 1 (benchmark_app's -nstreams) [default: the hint's].")
+@click.option("--ort-opt-level", type=click.Choice(ORT_OPT_LEVELS),
+              help="onnx rows: onnxruntime graph optimization level [default: all].")
+@click.option("--ort-provider", "ort_providers", multiple=True, metavar="NAME",
+              help="onnx rows: an installed onnxruntime execution provider to try before the CPU one, e.g. "
+                   "OpenVINOExecutionProvider or DnnlExecutionProvider (repeatable; `cifarbench info` lists them).")
+@click.option("--xnnpack/--no-xnnpack", default=None,
+              help="tflite rows: LiteRT's XNNPACK delegate on or off [default: on].")
+@click.option("--profile", is_flag=True,
+              help="Also write each row's per-op profile (onnxruntime profiler JSON, OpenVINO performance counters) "
+                   "to OUTPUT_DIR/profiles, in an untimed pass, and its top-10 ops to report.md.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success (results still go to --output-dir).")
 @click.pass_context
 def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, backend_names: tuple[str, ...], data: str,
@@ -110,7 +126,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
             scenarios: tuple[str, ...], repeat: int, isolate: bool, server_rate: float | None, p99_bound_ms: float,
             server_time: float, warmup: int, min_time: float, min_iters: int, output_dir: Path | None,
             fmt: str | None, max_pixels: int, resize: str | None, crop_pct: float | None, interpolation: str | None,
-            tta: str, quiet: bool) -> None:
+            tta: str, ov_hint: str | None, ov_streams: int | None, ort_opt_level: str | None,
+            ort_providers: tuple[str, ...], xnnpack: bool | None, profile: bool, quiet: bool) -> None:
     """Accuracy, F1, agreement, latency and throughput for every model x backend.
 
     Throughput is images / wall time of the backend calls alone (decode timed apart).
@@ -131,13 +148,17 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
 
     if all_backends and backend_names:
         raise click.UsageError("--all and --backend exclude each other")
+    out = output_dir or _default_output_dir()
+    tuning = RuntimeOptions(ov_hint=ov_hint, ov_streams=ov_streams, ort_opt_level=ort_opt_level,
+                            ort_providers=ort_providers, xnnpack=xnnpack)
     config = bench.BenchConfig(
         models=models, backends=list(backend_names) or None, data=data, limit=limit, batch_sizes=batch_sizes,
         threads=list(threads) if threads else None, device=device, warmup=warmup, min_time=min_time,
         min_iters=min_iters, command=shlex.join(["cifarbench"] + sys.argv[1:]),
         scenarios=tuple(scenarios) or ("single-stream", "offline"), repeat=repeat, isolate=isolate,
         server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time, tta=tta, max_pixels=max_pixels,
-        resize=resize, crop_pct=crop_pct, interpolation=interpolation)
+        resize=resize, crop_pct=crop_pct, interpolation=interpolation,
+        runtime=tuning, profile_dir=str((out / "profiles").resolve()) if profile else None)
     plan = bench.resolve_plan(config)
     err = stderr_console()
     for model, sel in plan.chosen.items():
@@ -150,7 +171,6 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         for r in doc["results"] if quiet else []:  # (without -q each row's line is already above)
             err.print(f"{r['model']}/{report.label(r)} {r['status']}: {r['reason']}", markup=False, soft_wrap=True)
         raise BackendUnavailable("no model x backend could run here (reasons above); no result files written")
-    out = output_dir or _default_output_dir()
     files, notes = report.write_outputs(doc, out)
     if not quiet:
         for w in report.all_warnings(doc):
