@@ -133,3 +133,19 @@ def test_bench_records_tuning_and_writes_profiles(tiny_model: Path, tmp_path: Pa
     if rows["tflite-int8"]["status"] == "ok":
         assert rows["tflite-int8"]["runtime"]["tuning"] == {"xnnpack": False}
         assert "no op profiling" in rows["tflite-int8"]["profile"]["unavailable"]
+
+
+def test_openvino_static_batch_slices_match_and_are_capped(tiny_model: Path) -> None:
+    """Equal slices run through a model reshaped to their static batch (as benchmark_app's -shape does): same
+    probabilities as onnxruntime float32; at most MAX_STATIC such models, the dynamic one serves the rest."""
+    pytest.importorskip("openvino")
+    from cifarbench.backends import openvino_backend as ovb
+
+    m = Manifest.load(tiny_model)
+    be = backends.load_backend("openvino-f32", m, options=RuntimeOptions(ov_streams=2))
+    ref = backends.load_backend("onnx", m)
+    x = _x(64)
+    sizes = [4, 6, 8, 10, 12, 14, 7]  # slices of 2, 3, 4, 5, 6, 7 images, then an odd batch (no equal slices)
+    for n in sizes:
+        np.testing.assert_allclose(be.predict(x[:n]), ref.predict(x[:n]), atol=1e-4)
+    assert sorted(be._static) == [2, 3, 4, 5][: ovb.MAX_STATIC] and len(be._static) == ovb.MAX_STATIC

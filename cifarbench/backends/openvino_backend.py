@@ -26,6 +26,7 @@ from cifarbench.models.manifest import Manifest
 
 STRICT_F32 = ("openvino-f32",)  # backends that pin INFERENCE_PRECISION_HINT to f32
 MAX_CHUNK = 256  # images per async request at most: bounds activation memory for huge predict() calls
+MAX_STATIC = 4  # static-batch models compiled per backend at most (each costs a compilation)
 _COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
 
 _lock = threading.Lock()
@@ -67,11 +68,11 @@ def unavailable(spec: Any, manifest: Manifest | None, device: str) -> str | None
 
 
 def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f32: bool,
-             streams: int | None = None, perf_count: bool = False) -> Any:
-    """The compiled model for these settings, compiled once per process."""
+             streams: int | None = None, perf_count: bool = False, batch: int | None = None) -> Any:
+    """The compiled model for these settings, compiled once per process; ``batch``: reshaped to that static batch."""
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, ov_device, hint, threads, strict_f32, streams,
-           perf_count)
+           perf_count, batch)
     with _lock:
         hit = _compiled.get(key)
     if hit is not None:
@@ -92,7 +93,12 @@ def _compile(path: str, ov_device: str, hint: str, threads: int | None, strict_f
     if perf_count:  # per-op performance counters (bench --profile)
         config["PERF_COUNT"] = True
     try:
-        compiled = core.compile_model(core.read_model(path), ov_device, config)
+        model = core.read_model(path)
+        if batch:
+            shape = model.input(0).get_partial_shape()
+            shape[0] = batch
+            model.reshape({model.input(0): shape})
+        compiled = core.compile_model(model, ov_device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with multi-line messages
         raise ModelError(f"{path}: OpenVINO cannot load it ({first_line(exc)})") from None
     with _lock:
@@ -144,6 +150,9 @@ class OpenVINOBackend:
         n_req = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.throughput_model.create_infer_request() for _ in range(n_req)]
         self._call_lock = threading.Lock()  # infer requests are not safe to share between threads
+        self._static_args = (path, self.ov_device, large, threads, strict, options.ov_streams, perf)
+        self._static: dict[int, list[Any]] = {}  # slice size -> requests of a model reshaped to that static batch
+        self._dynamic_batch = self.throughput_model.input(0).get_partial_shape()[0].is_dynamic
         self.version = ov.get_version()
         self.input_float = _type_name(self.latency_model.input(0).get_element_type()).startswith(("f", "bf"))
         classes = self.latency_model.output(0).get_partial_shape()[-1]
@@ -166,10 +175,34 @@ class OpenVINOBackend:
                 return np.array(self._latency_request.get_output_tensor(0).data, dtype=np.float32)
             return self._throughput(x)
 
+    def _static_requests(self, size: int) -> list[Any] | None:
+        """Requests of the model reshaped to a static batch of ``size``, compiled on first use (at most MAX_STATIC
+        sizes; None past that or if the reshape fails: the dynamic model serves).
+
+        Why: benchmark_app reshapes to a static batch (-shape), and OpenVINO's CPU plugin runs a static shape
+        faster than the same slice through a dynamic-batch model. Flagship int8, batch 256 over 2 requests,
+        loaded 2-core Zen 4, 8 interleaved rounds: 835 vs 788 img/s median, 1,080 vs 873 best
+        (benchmarks/runtimes/results.md).
+        """
+        if size in self._static:
+            return self._static[size]
+        if not self._dynamic_batch or len(self._static) >= MAX_STATIC:
+            return None
+        try:
+            compiled = _compile(*self._static_args, batch=size)
+        except ModelError:
+            self._dynamic_batch = False  # never try again
+            return None
+        self._static[size] = [compiled.create_infer_request() for _ in range(len(self._requests))]
+        return self._static[size]
+
     def _throughput(self, x: np.ndarray) -> np.ndarray:
-        """Slices of ``x`` over the async requests, round-robin; each request's result copied out when reused."""
+        """Slices of ``x`` over the async requests, round-robin; each request's result copied out when reused.
+        Equal slices go to a static-batch model of their size (see _static_requests)."""
         n, reqs = len(x), self._requests
         chunk = min(MAX_CHUNK, -(-n // len(reqs)))
+        if n % chunk == 0:
+            reqs = self._static_requests(chunk) or reqs
         spans = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
         out: np.ndarray | None = None
         busy: list[tuple[int, int] | None] = [None] * len(reqs)
@@ -223,8 +256,9 @@ class OpenVINOBackend:
         from cifarbench.backends.profiling import openvino_ops
 
         entries = []
-        for role, req in [("batch 1", self._latency_request)] + [(f"batch > 1, request {i}", r)
-                                                                  for i, r in enumerate(self._requests)]:
+        pools = [("batch > 1 (dynamic)", self._requests)] + [(f"slices of {k}", v) for k, v in self._static.items()]
+        for role, req in [("batch 1", self._latency_request)] + [(f"{name}, request {i}", r) for name, pool in pools
+                                                                  for i, r in enumerate(pool)]:
             for p in req.get_profiling_info():
                 entries.append({"request": role, "node": p.node_name, "type": p.node_type, "exec_type": p.exec_type,
                                 "status": str(p.status), "real_time_us": p.real_time.total_seconds() * 1e6,
