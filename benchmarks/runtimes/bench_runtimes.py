@@ -143,8 +143,9 @@ def main() -> None:
         row: dict[str, Any] = {"backend": b, "file": FILES[b], "runtime": runtime.get(b)}
         for batch in (1, 256):
             t, s = (statistics.median(samples[b][k][batch]) for k in ("tool", "bench"))
+            paired = [x / y for x, y in zip(samples[b]["bench"][batch], samples[b]["tool"][batch])]
             row[f"b{batch}"] = {"tool": t, "bench": s, "ratio": s / t, "tool_all": samples[b]["tool"][batch],
-                                "bench_all": samples[b]["bench"][batch]}
+                                "bench_all": samples[b]["bench"][batch], "paired_ratio_median": statistics.median(paired)}
         rows.append(row)
     from cifarbench.sysinfo import environment
 
