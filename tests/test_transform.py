@@ -182,3 +182,21 @@ def test_images_at_decodes_only_the_chosen_images_at_the_models_size(tmp_path) -
     np.testing.assert_array_equal(images_at(val, idx, t), want)
     np.testing.assert_array_equal(images_at(small, [2], Transform()), small.images[[2]])
     assert images_at(small, [], t).shape == (0, 48, 40, 3)
+
+
+@pytest.mark.parametrize("src,size,pct", [((44, 44), (20, 20), 0.9), ((28, 28), (10, 10), 0.7),
+                                          ((60, 30), (10, 20), 0.7)])
+def test_crop_pct_uses_timms_floored_scale_size(src: tuple[int, int], size: tuple[int, int], pct: float) -> None:
+    """timm: scale_size = floor(size / crop_pct) (20 / 0.9 -> 22, not 22.2), resize the shorter side to it, centre crop.
+
+    The reference is that recipe done the slow way with Pillow: whole-image resize to the floored size, then
+    torchvision's CenterCrop offsets (round((resized - size) / 2)).
+    """
+    (w, h), (th, tw) = src, size
+    im = noise(w, h, 11)
+    sh, sw = int(th / pct), int(tw / pct)  # truncation of a positive float: the floor, computed apart
+    s = max(sw / w, sh / h)
+    rw, rh = round(w * s), round(h * s)
+    left, top = int(round((rw - tw) / 2)), int(round((rh - th) / 2))
+    ref = np.asarray(im.resize((rw, rh), Image.Resampling.BICUBIC).crop((left, top, left + tw, top + th)))
+    close(loaded(encode(im), Transform(size, "center-crop", pct, "bicubic")), ref, tol=1)

@@ -349,7 +349,7 @@ def _official_cifar10_dir() -> Path:
 def _fingerprint(path: Path, split: str, classes: tuple[str, ...], t: Transform = Transform()) -> str:
     # The pixel limit decides which files decode, so a run under another --max-pixels never reuses this one's arrays;
     # another transform means other pixels (the first release's 32x32 default keeps its old keys).
-    shape = "" if t == Transform() else f"|{t.size}|{t.resize}|{t.crop_pct}|{t.interpolation}"
+    shape = "" if t == Transform() else f"|{t.size}|{t.resize}|{t.crop_pct}|{t.interpolation}|{t.scale_size}"
     h = hashlib.sha256(f"{_CACHE_VERSION}|{path.resolve()}|{split}|{','.join(classes)}|{current_max_pixels()}{shape}".encode())
     if path.is_dir():
         for p in sorted(path.rglob("*")):

@@ -68,14 +68,22 @@ class Transform:
     def scales(self, wh: tuple[int, int]) -> tuple[float, float]:
         """Source -> resized scale factors (x, y); the target is then the centre H x W of the resized image.
 
-        center-crop: the shorter side (relative to the target's aspect) to size / crop_pct; squash: both
-        sides to size / crop_pct; pad: the longer side to size / crop_pct (white borders fill the rest).
+        center-crop: the shorter side (relative to the target's aspect) to floor(size / crop_pct); squash:
+        both sides to it; pad: the longer side to it (white borders fill the rest).
         """
-        (h_t, w_t), (w, h), pct = self.size, wh, self.pct
+        (h_t, w_t), (w, h) = self.size, wh
+        # timm's scale_size: math.floor(size / crop_pct) per side (224 at 0.9 -> 248, not 248.9)
+        h_s, w_s = self.scale_size
         if self.resize == "squash":
-            return w_t / w / pct, h_t / h / pct
-        s = (max if self.resize == "center-crop" else min)(w_t / w, h_t / h) / pct
+            return w_s / w, h_s / h
+        s = (max if self.resize == "center-crop" else min)(w_s / w, h_s / h)
         return s, s
+
+    @property
+    def scale_size(self) -> tuple[int, int]:
+        """(H, W) the image is resized to before the centre crop: timm's ``floor(size / crop_pct)``."""
+        pct = self.pct
+        return math.floor(self.size[0] / pct), math.floor(self.size[1] / pct)
 
     def draft_target(self, wh: tuple[int, int]) -> tuple[int, int]:
         """The smallest decoded (w, h) from which the resize still downsamples (never upsamples)."""
