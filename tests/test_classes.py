@@ -148,3 +148,43 @@ def test_lone_artifact_beside_a_manifest_uses_it(tmp_path: Path) -> None:
     m = resolve_model(lone)
     assert m.classes == list(CIFAR10_CLASSES) and len(m.notes) == 1 and "CIFAR-10" in m.notes[0]
     assert m.input.size == (32, 32)
+
+
+def test_imagenets_class_index_with_its_two_cranes_and_two_maillots_loads(tmp_path: Path) -> None:
+    """ImageNet's class index (the form the README names) has "crane" at 134 and 517, "maillot" at 638 and 639:
+    the file must load, each repeated name made unique by its WordNet id; plain repeated names still fail."""
+    index = {str(i): [f"n{i:08d}", f"thing{i}"] for i in range(1000)}
+    index["134"], index["517"] = ["n02012849", "crane"], ["n03126707", "crane"]
+    index["638"], index["639"] = ["n03710637", "maillot"], ["n03710721", "maillot"]
+    names = read_classes(write(tmp_path, json.dumps(index)))
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[134] == "crane (n02012849)" and names[517] == "crane (n03126707)"
+    assert names[638] == "maillot (n03710637)" and names[639] == "maillot (n03710721)"
+    assert names[0] == "thing0" and names[999] == "thing999"  # names that do not repeat are kept as they are
+    pairs = [["n1", "a"], ["n2", "b"], ["n3", "a"]]  # a JSON list of [id, name] pairs too
+    assert read_classes(write(tmp_path, json.dumps(pairs), "list")) == ["a (n1)", "b", "a (n3)"]
+    with pytest.raises(UsageError, match="'a' appears twice"):
+        read_classes(write(tmp_path, '["a", "b", "a"]', "plain"))
+
+
+def test_a_repeat_at_the_end_of_the_largest_class_file_is_found_at_once(tmp_path: Path) -> None:
+    """MAX_CLASSES names whose last repeats the one before: refused, and without an O(n^2) scan (which took
+    minutes on 100,000 names): the read runs in a thread that must finish within a generous deadline."""
+    import threading
+
+    lines = [f"c{i}" for i in range(MAX_CLASSES)]
+    lines[-1] = lines[-2]
+    p = write(tmp_path, "\n".join(lines))
+    caught: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_classes(p)
+        except UsageError as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "read_classes took over 30 s on a 100,000-name file"
+    assert caught and f"'c{MAX_CLASSES - 2}' appears twice" in str(caught[0])

@@ -22,7 +22,8 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
     """Class names from a text file (one per line), a JSON list, or a JSON object; CIFAR-10's by default.
 
     An object maps indices to names (``{"0": "tench", ...}``, values may be ``[id, name]`` lists as in
-    ImageNet's class index: the last item is the name) or names to indices (``{"tench": 0, ...}``).
+    ImageNet's class index: the last item is the name, and a name given twice gets its id, as in
+    "crane (n02012849)") or names to indices (``{"tench": 0, ...}``).
     Between 2 and ``MAX_CLASSES`` unique, non-empty names; anything else is a UsageError (exit 2).
     """
     if path is None:
@@ -39,8 +40,9 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
         raise UsageError(f"--classes {path}: need 2 to {MAX_CLASSES:,} class names, got {len(names)}")
     if any(not n for n in names):
         raise UsageError(f"--classes {path}: a class name is empty")
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
+    seen: set[str] = set()
+    dup = next((n for n in names if n in seen or seen.add(n)), None)  # one pass: 100,000 names stay instant
+    if dup is not None:
         raise UsageError(f"--classes {path}: class name {dup!r} appears twice")
     return names
 
@@ -51,16 +53,32 @@ def _class_names(text: str) -> list[str]:
         return [ln.strip() for ln in text.splitlines() if ln.strip()]
     data = json.loads(text)
     if isinstance(data, list):
-        return [_name(v) for v in data]
+        return _disambiguate(data, [_name(v) for v in data])
     if not isinstance(data, dict) or not data:
         raise ValueError("not a JSON list or object of class names")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):  # name -> index
         pairs = sorted((int(v), str(k).strip()) for k, v in data.items())
+        raw: list[Any] = []
     else:  # index -> name
-        pairs = sorted((int(k), _name(v)) for k, v in data.items())
+        items = sorted((int(k), v) for k, v in data.items())
+        pairs, raw = [(i, _name(v)) for i, v in items], [v for _, v in items]
     if [i for i, _ in pairs] != list(range(len(pairs))):
         raise ValueError("the indices are not 0..N-1 without gaps")
-    return [n for _, n in pairs]
+    return _disambiguate(raw, [n for _, n in pairs])
+
+
+def _disambiguate(raw: list[Any], names: list[str]) -> list[str]:
+    """Names that repeat but come as ``[id, name]`` pairs get their id: ImageNet's index names two classes
+    "crane" (n02012849 the bird, n03126707 the machine) and two "maillot"; "crane (n02012849)" keeps both."""
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    out = list(names)
+    for i, (v, n) in enumerate(zip(raw, names)):
+        if counts[n] > 1 and isinstance(v, list) and len(v) >= 2 and isinstance(v[0], (str, int)) \
+                and not isinstance(v[0], bool) and str(v[0]).strip():
+            out[i] = f"{n} ({str(v[0]).strip()})"
+    return out
 
 
 def _name(v: Any) -> str:
