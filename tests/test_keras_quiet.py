@@ -62,3 +62,19 @@ def test_serve_keras_logs_no_native_lines(tmp_path: Path) -> None:
     assert any(ln.startswith("serving flagship with keras on http://127.0.0.1:") for ln in lines), lines
     noisy = [ln for ln in lines if any(n in ln for n in NATIVE)]
     assert noisy == [], noisy
+
+
+def test_classify_quiet_is_silent_with_a_lone_keras_file(tmp_path: Path) -> None:
+    """A .keras file with no manifest beside it is opened once to read its size and outputs (model_ref):
+    that first TensorFlow import must hide absl's lines too, or `classify -m lone.keras -q` prints six of them."""
+    import shutil
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(FLAGSHIP / "model.keras", lone / "flag.keras")
+    r = subprocess.run([sys.executable, "-m", "cifarbench", "classify", str(_images(tmp_path / "in")), "-m",
+                        str(lone / "flag.keras"), "-b", "keras", "-q", "-o", str(tmp_path / "o.csv")],
+                       env=fresh_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr == "" and r.stdout == ""
+    assert len((tmp_path / "o.csv").read_text().splitlines()) == 3

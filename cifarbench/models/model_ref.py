@@ -112,10 +112,15 @@ def _onnx_io(path: Path) -> tuple[tuple[int, int] | None, int | None]:
 
 
 def _keras_io(path: Path) -> tuple[tuple[int, int] | None, int | None]:
+    from cifarbench.models.tfquiet import framework_logs
+
     try:
         from cifarbench.models.kerasio import load_keras_model, model_input_shape
 
-        model = load_keras_model(path, unsafe=False)
+        # TensorFlow's first import prints absl's pre-init lines whatever the log level: hidden, as the keras
+        # backend hides them, or `classify -m lone.keras -q` is not silent.
+        with framework_logs(verbose=os.environ.get("CIFARBENCH_VERBOSE_FRAMEWORKS") == "1"):
+            model = load_keras_model(path, unsafe=False)
         shape = _static(list(model_input_shape(model)))
         out = _static(list(model.output_shape))
     except ModelError:
