@@ -58,7 +58,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               "is read from the model; every artifact takes pixels at the model's own size).")
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES), help="How photos become the model's H x W (stored in the "
               "manifest, used by classify, bench and serve): center-crop (default), squash, pad.")
-@click.option("--crop-pct", type=float, help="timm's crop_pct: resize to size / crop_pct, then centre-crop (e.g. 0.875).")
+@click.option("--crop-pct", type=float, help="timm's crop_pct: resize to floor(size / crop_pct), then centre-crop (e.g. 0.875).")
 @click.option("--interpolation", type=click.Choice(INTERPOLATIONS), help="Resampling filter (default lanczos).")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda/custom layers (runs code from the model file).")
 @click.option("--verbose", is_flag=True, help="Show TensorFlow/absl/CUDA/converter logging (hidden by default).")

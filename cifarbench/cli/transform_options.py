@@ -28,7 +28,7 @@ def transform_options(f: F) -> F:
                      help="How images become the model's own H x W: center-crop, squash or pad. Default: what convert "
                           "stored (center-crop for older models)."),
         click.option("--crop-pct", type=float, callback=_crop_pct, metavar="PCT",
-                     help="timm's crop_pct in (0, 1]: resize to size / PCT, then centre-crop. Default: the manifest's."),
+                     help="timm's crop_pct in (0, 1]: resize to floor(size / PCT), then centre-crop. Default: the manifest's."),
         click.option("--interpolation", type=click.Choice(INTERPOLATIONS),
                      help="Resampling filter. Default: the manifest's (lanczos for older models)."),
     )

@@ -118,7 +118,7 @@ def load_image(
 
     ``size``: an int (square), (H, W), or a whole ``Transform`` (a model's input contract).
     ``resize``: ``center-crop`` (cover the target, centre crop; the default), ``squash`` (ignore aspect)
-    or ``pad`` (fit inside, white borders); ``crop_pct`` (timm's) resizes to size / crop_pct first;
+    or ``pad`` (fit inside, white borders); ``crop_pct`` (timm's) resizes to floor(size / crop_pct) first;
     ``interpolation``: bilinear, bicubic or lanczos (the default). Arguments given here override a
     Transform's fields. ``max_pixels`` refuses bigger images from
     their header (``None`` disables it; ``...``: the process default, see ``default_max_pixels``).
