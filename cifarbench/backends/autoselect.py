@@ -48,16 +48,22 @@ def cache_path() -> Path:
     return cache_dir() / CACHE_FILE
 
 
+def machine_key() -> dict[str, Any]:
+    """The part of a cache key that describes this machine: an entry whose part differs is never used here."""
+    from cifarbench.sysinfo import cpu_info, package_versions
+
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "flags": sorted(f for f, on in cpu["flags"].items() if on),
+            "usable_cores": cpu["usable_cores"], "versions": package_versions()}
+
+
 def cache_key(manifest: Manifest, candidates: Mapping[str, str], threads: int | None,
               batch: int = PROBE_BATCH) -> dict[str, Any]:
     """Everything that can change which candidate is fastest; its hash is the cache entry's id."""
     from cifarbench.backends import get_spec
-    from cifarbench.sysinfo import cpu_info, package_versions
 
-    cpu = cpu_info()
     return {
-        "cpu": cpu["model"], "flags": sorted(f for f, on in cpu["flags"].items() if on),
-        "usable_cores": cpu["usable_cores"], "versions": package_versions(), "threads": threads, "batch": batch,
+        **machine_key(), "threads": threads, "batch": batch,
         "candidates": {n: {"device": d, "sha256": manifest.artifacts[get_spec(n).format].sha256}
                        for n, d in sorted(candidates.items())},
     }

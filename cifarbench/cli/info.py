@@ -52,11 +52,12 @@ def _auto(m: object) -> dict:
 def cached_auto_choices(env: dict) -> list[dict]:
     """Every cached `auto` choice, newest first: model, batch size, threads, device, the choice, when measured.
 
-    ``current`` says whether the entry's machine and versions are this one's (others are never used here,
+    ``current`` says whether the entry's machine (CPU, flags, usable cores) and versions are this one's (others are never used here,
     e.g. after a package upgrade, but are kept until the cache rotates them out).
     """
-    from cifarbench.backends.autoselect import cached_entries
+    from cifarbench.backends.autoselect import cached_entries, machine_key
 
+    here = machine_key()  # CPU model, flags, usable cores, versions: what lookup() compares
     out = []
     for e in cached_entries():
         key = e.get("key") if isinstance(e.get("key"), dict) else {}
@@ -67,7 +68,7 @@ def cached_auto_choices(env: dict) -> list[dict]:
             "model": e.get("model"), "choice": e.get("choice"), "batch_size": key.get("batch"),
             "threads": key.get("threads"), "device": ",".join(devices) or None, "measured_at": e.get("measured_at"),
             "images_per_s": {n: f.get("images_per_s") for n, f in figures.items() if isinstance(f, dict)},
-            "current": key.get("cpu") == env["cpu"]["model"] and key.get("versions") == env["versions"],
+            "current": all(key.get(k) == v for k, v in here.items()),
         })
     return out
 
@@ -76,7 +77,7 @@ def _cache_text(c: dict) -> str:
     tp = (c["images_per_s"] or {}).get(c["choice"])
     rate = f", {tp:,.0f} img/s" if isinstance(tp, (int, float)) else ""
     where = f"batch {c['batch_size']}, threads {c['threads'] or 'default'}, {c['device'] or 'cpu'}"
-    stale = "" if c["current"] else " [another CPU or package versions: not used here]"
+    stale = "" if c["current"] else " [another CPU, core count or package versions: not used here]"
     return f"{c['choice']}{rate} ({where}), measured {c['measured_at']}{stale}"
 
 
