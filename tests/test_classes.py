@@ -12,7 +12,7 @@ import pytest
 from cifarbench import CIFAR10_CLASSES
 from cifarbench.backends.checks import check_batch, check_outputs
 from cifarbench.conversion.input_check import near_chance, preset_scan
-from cifarbench.models.classes import MAX_CLASSES, default_classes, read_classes
+from cifarbench.models.classes import MAX_CLASS_FILE_BYTES, MAX_CLASSES, default_classes, read_classes
 from cifarbench.errors import BatchError, ModelError, UsageError
 from cifarbench.models.manifest import parse_preprocess
 
@@ -188,3 +188,24 @@ def test_a_repeat_at_the_end_of_the_largest_class_file_is_found_at_once(tmp_path
     t.join(timeout=30)
     assert not t.is_alive(), "read_classes took over 30 s on a 100,000-name file"
     assert caught and f"'c{MAX_CLASSES - 2}' appears twice" in str(caught[0])
+
+
+@pytest.mark.parametrize("extra, good", [(0, True), (1, False)])
+def test_class_file_size_limit_is_checked_before_reading(tmp_path: Path, extra: int, good: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file at the byte limit is read (padded with blank lines, which are skipped); one byte more is refused
+    from its size alone (a --classes pointing at a dataset archive must not be read into memory). The limit is
+    lowered for the test so no 64 MiB file is written; the shipped one is checked apart."""
+    from cifarbench.models import classes
+
+    assert MAX_CLASS_FILE_BYTES == 64 << 20
+    limit = 4096
+    monkeypatch.setattr(classes, "MAX_CLASS_FILE_BYTES", limit)
+    names = "a\nb\n"
+    p = write(tmp_path, names + "\n" * (limit - len(names) + extra))
+    assert p.stat().st_size == limit + extra
+    if good:
+        assert read_classes(p) == ["a", "b"]
+    else:
+        with pytest.raises(UsageError, match="too large"):
+            read_classes(p)

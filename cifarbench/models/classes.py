@@ -16,6 +16,7 @@ from cifarbench import CIFAR10_CLASSES
 from cifarbench.errors import UsageError
 
 MAX_CLASSES = 100_000
+MAX_CLASS_FILE_BYTES = 64 << 20  # 100,000 ImageNet-21k-style lines are ~5 MB
 
 
 def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
@@ -29,6 +30,10 @@ def read_classes(path: str | os.PathLike[str] | None) -> list[str]:
     if path is None:
         return list(CIFAR10_CLASSES)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CLASS_FILE_BYTES:  # checked before reading: a wrong path must not fill the memory
+            raise UsageError(f"--classes {path}: {size:,} bytes is too large for a class list "
+                             f"(at most {MAX_CLASS_FILE_BYTES // 2**20} MiB)")
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--classes {path}: unreadable ({exc})") from None
