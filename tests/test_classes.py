@@ -150,6 +150,25 @@ def test_lone_artifact_beside_a_manifest_uses_it(tmp_path: Path) -> None:
     assert m.input.size == (32, 32)
 
 
+def test_lone_artifact_beside_an_unreadable_manifest_says_it_is_ignored(tmp_path: Path) -> None:
+    """A manifest.json that is there but broken (a truncated copy) is not used, and the notes say so: otherwise the
+    model's own class names silently become CIFAR-10's."""
+    from cifarbench.models.model_ref import resolve_model
+    from cifarbench.paths import trained_dir
+
+    src = trained_dir() / "baseline-cnn"
+    if not (src / "manifest.json").is_file():
+        pytest.skip("shipped model missing")
+    raw = json.loads((src / "manifest.json").read_text())
+    file = raw["artifacts"]["onnx-int8"]["file"]
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(src / file, d / file)
+    (d / "manifest.json").write_text(json.dumps(raw)[:100])  # cut short
+    m = resolve_model(d / file)
+    assert any("manifest.json beside it is not readable" in n for n in m.notes), m.notes
+    assert any("CIFAR-10" in n for n in m.notes)  # and the default names are announced as before
+
 def test_imagenets_class_index_with_its_two_cranes_and_two_maillots_loads(tmp_path: Path) -> None:
     """ImageNet's class index (the form the README names) has "crane" at 134 and 517, "maillot" at 638 and 639:
     the file must load, each repeated name made unique by its WordNet id; plain repeated names still fail."""

@@ -50,7 +50,7 @@ def emit_model_notes(manifest: Manifest, emit: Emit) -> None:
 def _single_file_manifest(path: Path) -> Manifest:
     """A lone artifact: its folder's manifest if that lists it, else one built from the file itself."""
     beside = _manifest_beside(path)
-    if beside is not None:
+    if isinstance(beside, Manifest):
         return beside
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -65,6 +65,8 @@ def _single_file_manifest(path: Path) -> Manifest:
     from cifarbench.models.classes import default_classes
 
     m = Manifest(name=path.stem, arch="unknown")
+    if beside is not None:  # a manifest that cannot be read: say so, or its classes vanish without a word
+        m.notes.append(f"{path.name}: {beside}")
     if n_out is not None:
         m.classes, note = default_classes(n_out)
         if note:
@@ -76,15 +78,15 @@ def _single_file_manifest(path: Path) -> Manifest:
     return m
 
 
-def _manifest_beside(path: Path) -> Manifest | None:
-    """The folder's manifest, narrowed to this file's artifact, when it lists the file; else None."""
+def _manifest_beside(path: Path) -> Manifest | str | None:
+    """The folder's manifest, narrowed to this file's artifact, when it lists the file; a note when it cannot be read."""
     cand = path.parent / MANIFEST_NAME
     if not cand.is_file():
         return None
     try:
         m = Manifest.load(cand)
-    except ModelError:
-        return None
+    except ModelError as exc:
+        return f"the {MANIFEST_NAME} beside it is not readable, so it is ignored ({first_line(exc, 200)})"
     mine = {fmt: art for fmt, art in m.artifacts.items() if art.file == path.name}
     if not mine:
         return None
