@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
+def _atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
     """Write to a temp file beside ``path``; fsync and ``os.replace`` only on success.
 
     The temp file lives in the same directory so the final rename is atomic on POSIX.
@@ -34,6 +33,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# Wrapped, not decorated: mutmut (benchmarks/mutation) skips decorated functions, and this is the one writer.
+atomic_write = contextlib.contextmanager(_atomic_write)
 
 
 def _umask() -> int:

@@ -87,3 +87,28 @@ def test_latency_stats_edge_cases() -> None:
     assert latency_stats([]) == {}
     one = latency_stats([0.002])
     assert one["n"] == 1 and one["std_ms"] == 0.0 and one["p99_ms"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("threshold, n, at", [(1.0, 100, 1), (1.0, 1000, 10), (0.3, 1000, 3), (0.3, 10_000, 30),
+                                             (0.5, 2000, 10), (1.0, 7, 0), (0.3, 10, 0)])
+def test_exceeds_pp_is_decided_on_image_counts_at_the_threshold_and_one_past(threshold: float, n: int, at: int) -> None:
+    from cifarbench.bench.metrics import exceeds_pp
+
+    # ``at`` images are exactly the threshold (or the most below it when it is no whole number of images): never above.
+    assert not exceeds_pp(at, n, threshold) and exceeds_pp(at + 1, n, threshold)
+    assert not exceeds_pp(0, n, threshold) and not exceeds_pp(-5, n, threshold)  # a gain is no loss
+    assert not exceeds_pp(5, 0, threshold)  # nothing measured, nothing flagged
+
+
+def test_float_pp_would_flag_one_image_in_a_hundred_counts_do_not() -> None:
+    """The bug this replaces: (0.50 - 0.49) * 100 > 1 on floats."""
+    from cifarbench.bench.metrics import exceeds_pp, images_in
+
+    assert (0.50 - 0.49) * 100 > 1.0  # the float trap (1.0000000000000009)
+    flagged_by_floats = 0
+    for n in (100, 200, 300, 500, 1000):
+        for k in range(n // 4, n, 7):  # an accuracy of k/n against (k + n/100)/n: exactly 1 pp lost
+            a, b = k / n, (k + n // 100) / n
+            assert images_in(b - a, n) == n // 100 and not exceeds_pp(images_in(b - a, n), n, 1.0)
+            flagged_by_floats += (b - a) * 100 > 1.0
+    assert flagged_by_floats > 0  # the counted decision differs from the float one on real pairs

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cifarbench import backends
+from cifarbench.bench.metrics import exceeds_pp, images_in
 from cifarbench.models.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def against_reference(manifests: list[Manifest], rows: dict[Any, Row], probs: di
                     notes.append(f"{m.name}: no reference backend measured (a float32 one: {', '.join(REFERENCE_ORDER)}), "
                                  "so agreement, accuracy delta and speed-up are blank")
                 for row in mine:
-                    flag_int8(row, None)
+                    flag_int8(row, None, None, _parity_images(m, row.backend))
                 continue
             ref_row, ref_p = rows[(m.name, ref, threads)], probs[(m.name, ref, threads)]
             ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
@@ -56,13 +57,19 @@ def against_reference(manifests: list[Manifest], rows: dict[Any, Row], probs: di
                 p = probs.get((row.model, row.backend, threads))
                 if p is not None:
                     row.agreement = {"reference": ref, **agreement(p, ref_p)}
-                row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
+                n, ref_n = row.quality.get("support"), ref_row.quality.get("support")
+                lost: tuple[int, int] | None = None
+                if n and n == ref_n:  # the same images: the delta is a whole number of them
+                    lost = (images_in(ref_row.quality["accuracy"], n) - images_in(row.quality["accuracy"], n), n)
+                    row.accuracy_delta_pp = 0.0 - 100 * lost[0] / n  # 0.0 -: no -0.0
+                else:
+                    row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
                 tp = row.throughput[-1]["images_per_s"] if row.throughput else None
                 row.speedup = tp / ref_tp if tp and ref_tp else None
                 ref_by = {t["batch_size"]: t["images_per_s"] for t in ref_row.throughput}
                 row.speedup_by_batch = {str(t["batch_size"]): t["images_per_s"] / ref_by[t["batch_size"]]
                                         for t in row.throughput if t["images_per_s"] and ref_by.get(t["batch_size"])}
-                flag_int8(row, row.accuracy_delta_pp)
+                flag_int8(row, row.accuracy_delta_pp, lost, _parity_images(m, row.backend))
     return list(dict.fromkeys(notes))
 
 
@@ -78,18 +85,34 @@ def flag_parity(row: Row, parity: dict[str, Any]) -> None:
                          f"max |dp| {parity.get('max_abs_dprob', 0):.1e})")
 
 
-def flag_int8(row: Row, delta_pp: float | None) -> None:
+def _parity_images(m: Manifest, backend: str) -> int | None:
+    art = m.artifacts.get(backends.get_spec(backend).format)
+    n = (art.parity or {}).get("images") if art else None
+    return int(n) if n else None
+
+
+def flag_int8(row: Row, delta_pp: float | None, lost: tuple[int, int] | None = None,
+              parity_images: int | None = None) -> None:
     """int8 loss from bench's own accuracy (vs the fp32 reference) and from the manifest's parity check.
 
-    The manifest's loss is flagged here only when its own warning is not already on the row
-    (older manifests record the loss without one).
+    "More than 1 pp" is decided on image counts: ``lost`` is (images the reference got right beyond this row,
+    images measured) and the manifest's loss is turned back into images of its ``parity_images``; only without
+    counts (rows on different images, old manifests) is the rounded pp compared. The manifest's loss is flagged
+    here only when its own warning is not already on the row (older manifests record the loss without one).
     """
     if not backends.get_spec(row.backend).int8:
         return
-    row.int8_loss_pp = -delta_pp if delta_pp is not None else None
+    row.int8_loss_pp = 0.0 - delta_pp if delta_pp is not None else None
     warned = any(f.startswith(PARITY_FLAG) for f in row.flags)
-    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", None if warned else row.manifest_int8_loss_pp)):
-        if loss is not None and loss > INT8_FLAG_PP:
+    manifest = None if warned else row.manifest_int8_loss_pp
+    counted = {"measured here": lost,
+               "manifest parity check": (images_in(manifest / 100, parity_images), parity_images)
+               if manifest is not None and parity_images else None}
+    for source, loss in (("measured here", row.int8_loss_pp), ("manifest parity check", manifest)):
+        if loss is None:
+            continue
+        counts = counted[source]
+        if exceeds_pp(*counts, INT8_FLAG_PP) if counts else round(loss, 6) > INT8_FLAG_PP:
             row.flags.append(f"int8 accuracy loss {loss:.2f} pp > {INT8_FLAG_PP:g} pp ({source})")
 
 

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
+
+
+def images_in(fraction: float, n: int) -> int:
+    """The whole number of images behind a fraction of ``n`` (an accuracy, an agreement, a difference of two)."""
+    return round(fraction * n)
+
+
+def exceeds_pp(images: int, n: int, threshold_pp: float) -> bool:
+    """Whether ``images`` out of ``n`` is more than ``threshold_pp`` percentage points, decided on integers.
+
+    On floats, (0.50 - 0.49) * 100 is 1.0000000000000009 > 1: one image in a hundred would exceed "more than 1 pp".
+    The threshold is read as the decimal it is written as (0.3 is 3/10), so 3 images of 1,000 is not above 0.3 pp.
+    """
+    t = Fraction(str(threshold_pp))
+    return n > 0 and images * 100 * t.denominator > t.numerator * n
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cifarbench.bench.metrics import exceeds_pp, images_in
 from cifarbench.conversion.exporters import EXPORTERS, Source
 from cifarbench.data.sources import Dataset
 from cifarbench.events import Emit, Event
@@ -124,11 +125,13 @@ def judge(fmt: str, par: dict[str, Any], ref: dict[str, Any]) -> str | None:
     par["accuracy_drop_pp"] = round(drop, 3)
     agree, dp = par["top1_agreement"], par["max_abs_dprob"]
     if EXPORTERS[fmt].quantized:
-        if drop > INT8_WARN_PP:
+        n = int(par["images"])
+        lost = images_in(ref["accuracy"] - par["accuracy"], n)  # decided in images: floats put 1/100 above 1 pp
+        if exceeds_pp(lost, n, INT8_WARN_PP):
             par["status"] = "warn"
             par["warning"] = f"int8 loses {drop:.2f} pp accuracy vs the reference (above {INT8_WARN_PP:g} pp)"
         else:
-            par["status"] = "flagged" if drop > INT8_TARGET_PP else "ok"
+            par["status"] = "flagged" if exceeds_pp(lost, n, INT8_TARGET_PP) else "ok"
         return None
     if fmt == "tflite-fp16":
         if fp16_breaks(par, ref):
