@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,6 +16,17 @@ from cifarbench import CIFAR10_CLASSES
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
+
+
+# Fixtures that train or convert a model: every test that uses one, directly or through another fixture, is slow.
+TRAINING_FIXTURES = frozenset({"tiny_model", "onnx_converted"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` whatever trains or converts, so ``-m "not slow"`` never builds a model by accident."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +41,70 @@ def fresh_env(**extra: str) -> dict[str, str]:
     from cifarbench.models.tfquiet import _ENV
 
     return {**{k: v for k, v in os.environ.items() if k not in _ENV}, **extra}
+
+
+def run_unprivileged(fn: Callable[[], Any]) -> Any:
+    """``fn()`` as a user without root's powers: here when not root, else in a forked child that drops to ``nobody``.
+
+    Root lists chmod-000 directories and reads chmod-000 files, so a branch for "permission denied" would never
+    run under CI's root. A fork (not a new interpreter: it may live under root's home) keeps every import; what
+    ``fn`` touches must be reachable by nobody (see the ``unprivileged_tmp`` fixture). Returns ``fn``'s result
+    (picklable), re-raises its failure as an AssertionError with the child's traceback.
+    """
+    if os.geteuid() != 0:
+        return fn()
+    import pickle
+    import pwd
+    import traceback
+
+    pw = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, run, send the outcome, never return into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            try:
+                out = (True, fn())
+            except BaseException:
+                out = (False, traceback.format_exc())
+            with os.fdopen(w, "wb") as fh:
+                fh.write(pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    assert data, "the unprivileged child died before answering"
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise AssertionError(f"as nobody:\n{value}")
+    return value
+
+
+@pytest.fixture
+def unprivileged_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A directory ``run_unprivileged`` can use: tmp_path itself when not root, else one nobody owns under /tmp."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    import pwd
+    import shutil
+    import tempfile
+
+    pw = pwd.getpwnam("nobody")
+    d = Path(tempfile.mkdtemp(prefix="cifarbench-test-"))
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    try:
+        yield d
+    finally:
+        for p in d.rglob("*"):
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(0o755)
+        shutil.rmtree(d)
 
 
 def run_cli(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Result:

@@ -26,12 +26,22 @@ def test_decode_pool_is_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> 
         return [(None, p) for p, _ in items]
 
     monkeypatch.setattr(dp, "_decode_chunk", fake)
+    submitted: list[int] = []
+    real_submit = dp._Pool.submit
+
+    def counting_submit(self: dp._Pool, items: list) -> object:
+        submitted.append(len(items))
+        return real_submit(self, items)
+
+    monkeypatch.setattr(dp._Pool, "submit", counting_submit)
     entries = [FileEntry(f"f{i}") for i in range(100 * dp.CHUNK)]
     it = dp.decode_ordered(entries, 32, "center-crop", workers=2, pool="thread", ahead=4 * dp.CHUNK)
     assert next(it) == (None, "f0")
-    time.sleep(0.2)
-    assert len(calls) <= 2 * 2 + 4 + 1  # a batch and two chunks per worker ahead, never the whole folder
+    # Chunks are submitted by the consumer, so the count is exact now, however slow the workers are (no sleep):
+    # a batch and two chunks per worker ahead, plus the one being read, never the whole folder.
+    assert len(submitted) == 2 * 2 + 4 + 1
     assert [e for _, e in it] == [f"f{i}" for i in range(1, len(entries))]
+    assert len(calls) == len(submitted) == 100  # every chunk decoded exactly once
 
 
 def test_every_pool_decodes_the_same(tmp_path: Path) -> None:
@@ -155,7 +165,8 @@ def test_c_library_noise_never_reaches_the_terminal_from_workers(tmp_path: Path)
 
 
 
-def _children_cmdlines(pid: int) -> list[str]:
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each child of ``pid``."""
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -164,10 +175,14 @@ def _children_cmdlines(pid: int) -> list[str]:
                     ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
                 if ppid == pid:
                     with open(f"/proc/{d}/cmdline", "rb") as fh:
-                        out.append(fh.read().decode(errors="replace"))
+                        out.append((int(d), fh.read().decode(errors="replace")))
             except (OSError, ValueError, IndexError):
                 pass
     return out
+
+
+def _children_cmdlines(pid: int) -> list[str]:
+    return [cmd for _, cmd in _children(pid)]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
@@ -188,13 +203,16 @@ def test_kill_9_leaves_no_resource_tracker_warning(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "cifarbench", "classify", str(src),
                              "--workers", "2", "--batch-size", "8", "-o", str(tmp_path / "out.csv")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any("resource_tracker" in c for c in _children_cmdlines(proc.pid)):
-            break
-        time.sleep(0.2)
+    def pool_running() -> bool:  # the tracker, and the forkserver with at least one decode worker forked
+        kids = _children(proc.pid)
+        return any("resource_tracker" in c for _, c in kids) and \
+            any("forkserver" in c and _children(k) for k, c in kids)
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not pool_running():
+        time.sleep(0.05)
     assert proc.poll() is None, "classify ended before its process pool could be killed"
-    time.sleep(1.0)
+    assert pool_running(), "the process pool never started"
     os.kill(proc.pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert b"leaked" not in err, err.decode(errors="replace")

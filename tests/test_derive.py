@@ -56,6 +56,8 @@ def test_rows_on_different_images_fall_back_to_pp() -> None:
     rows = _derive([_row("onnx", 50, 100), _row("onnx-int8", 97, 200)])
     assert rows["onnx-int8"].accuracy_delta_pp == pytest.approx(-1.5)
     assert rows["onnx-int8"].flags == ["int8 accuracy loss 1.50 pp > 1 pp (measured here)"]
+    rows = _derive([_row("onnx", 1, 3), _row("onnx-int8", 1, 2)])  # 1/3 is no whole number of 2 images
+    assert rows["onnx-int8"].accuracy_delta_pp == pytest.approx(100 / 6)
 
 
 def test_manifest_loss_is_turned_back_into_images() -> None:
@@ -69,6 +71,34 @@ def test_manifest_loss_is_turned_back_into_images() -> None:
     int8.manifest_int8_loss_pp = 1.333
     int8.flags = [derive.PARITY_FLAG + "int8 loses 1.33 pp"]  # convert's own warning: not flagged twice
     assert _derive([ref, int8])["onnx-int8"].flags == [derive.PARITY_FLAG + "int8 loses 1.33 pp"]
+
+
+def test_manifest_loss_is_judged_by_its_image_count_not_its_rounding() -> None:
+    """1.00001 pp of 100 images is one image: exactly 1 pp, not above; without the count the pp is all there is."""
+    for images, flagged in ((100, False), (None, True)):
+        ref, int8 = _row("onnx", 50, 100), _row("onnx-int8", 50, 100)
+        int8.manifest_int8_loss_pp = 1.00001
+        assert bool(_derive([ref, int8], _manifest(parity_images=images))["onnx-int8"].flags) == flagged, images
+        lone = _row("onnx-int8", 50, 100)  # and without a reference row
+        lone.manifest_int8_loss_pp = 1.00001
+        derive.against_reference([_manifest(parity_images=images)], {("m", "onnx-int8", None): lone}, {})
+        assert bool(lone.flags) == flagged, images
+    m = _manifest()
+    m.artifacts["onnx-int8"].parity = {}  # an artifact without parity figures
+    int8 = _row("onnx-int8", 50, 100)
+    int8.manifest_int8_loss_pp = 1.00001
+    derive.against_reference([m], {("m", "onnx-int8", None): int8}, {})
+    assert int8.flags == ["int8 accuracy loss 1.00 pp > 1 pp (manifest parity check)"]
+
+
+def test_measured_loss_without_counts_still_ignores_float_noise() -> None:
+    r = Row(model="m", backend="onnx-int8")
+    derive.flag_int8(r, -(0.50 - 0.49) * 100)  # -1.0000000000000009: one image in a hundred
+    assert r.flags == [] and r.int8_loss_pp == pytest.approx(1.0)
+    for loss, flagged in ((1.0000004, False), (1.000002, True)):  # compared at 1e-6 pp: far below one image
+        r = Row(model="m", backend="onnx-int8")
+        derive.flag_int8(r, -loss)
+        assert r.flags == (["int8 accuracy loss 1.00 pp > 1 pp (measured here)"] if flagged else []), loss
 
 
 def test_manifest_loss_without_image_count_compares_pp() -> None:
@@ -99,6 +129,19 @@ def test_speedup_and_agreement_against_the_reference_at_the_same_threads() -> No
     derive.against_reference([_manifest()], table, probs)
     i8 = table[("m", "onnx-int8", 2)]
     assert i8.speedup == pytest.approx(2.5) and i8.speedup_by_batch == {"1": pytest.approx(2.5), "32": pytest.approx(2.5)}
+    # the speed-up is the largest batch's (the last throughput entry), each batch against the same batch
+    i8.throughput = [{"batch_size": 1, "images_per_s": 30.0}, {"batch_size": 8, "images_per_s": 80.0},
+                     {"batch_size": 32, "images_per_s": 600.0}]
+    table[("m", "onnx", 2)].throughput = [{"batch_size": 1, "images_per_s": 10.0}, {"batch_size": 8, "images_per_s": 0},
+                                          {"batch_size": 32, "images_per_s": 200.0}]
+    derive.against_reference([_manifest()], table, probs)
+    assert i8.speedup == pytest.approx(3.0) and i8.speedup_by_batch == {"1": pytest.approx(3.0), "32": pytest.approx(3.0)}
+    i8.throughput[-1]["images_per_s"] = None  # a batch that did not run: no speed-up, not a crash
+    derive.against_reference([_manifest()], table, probs)
+    assert i8.speedup is None and set(i8.speedup_by_batch) == {"1"}
+    table[("m", "onnx", 2)].throughput = []  # a reference without throughput: nothing to divide by
+    derive.against_reference([_manifest()], table, probs)
+    assert i8.speedup is None and i8.speedup_by_batch == {}
     assert i8.agreement == {"reference": "onnx", "top1": 0.75, "max_abs_dprob": 1.0}
     # keras is the reference where it was measured (threads None): onnx's delta is against keras's 2/4
     assert table[("m", "onnx", None)].accuracy_delta_pp == pytest.approx(25.0)
@@ -131,8 +174,21 @@ def test_parity_flags() -> None:
     derive.flag_parity(r, {"warning": "float16 rounding: x"})
     derive.flag_parity(r, {"status": "FAIL", "top1_agreement": 0.9812, "max_abs_dprob": 0.25})
     derive.flag_parity(r, {"status": "ok"})
+    derive.flag_parity(r, {"status": "FAIL"})  # an old manifest without the figures
     assert r.flags == [derive.PARITY_FLAG + "float16 rounding: x",
-                       derive.PARITY_FLAG + "FAILED (top-1 agreement 98.12 %, max |dp| 2.5e-01)"]
+                       derive.PARITY_FLAG + "FAILED (top-1 agreement 98.12 %, max |dp| 2.5e-01)",
+                       derive.PARITY_FLAG + "FAILED (top-1 agreement 0.00 %, max |dp| 0.0e+00)"]
+
+
+def test_a_model_without_reference_does_not_stop_the_next_model() -> None:
+    a, b = _manifest(), _manifest()
+    b.name = "n"
+    lone = Row(model="m", backend="onnx-int8", quality={"accuracy": 0.5, "support": 2})
+    ref, int8 = _row("onnx", 5, 10), _row("onnx-int8", 3, 10)
+    ref.model = int8.model = "n"
+    table = {("m", "onnx-int8", None): lone, ("n", "onnx", None): ref, ("n", "onnx-int8", None): int8}
+    derive.against_reference([a, b], table, {k: np.eye(2)[[0]] for k in table})
+    assert int8.accuracy_delta_pp == pytest.approx(-20.0) and int8.flags[0].startswith("int8 accuracy loss 20.00 pp")
 
 
 def test_busy_cpu_warning_above_half_the_usable_cores() -> None:
@@ -140,7 +196,8 @@ def test_busy_cpu_warning_above_half_the_usable_cores() -> None:
     assert derive.busy_cpu_warnings(env) == []  # 2.0 is exactly half: not busy
     env["loadavg_end"] = [2.1, 0, 0]
     (w,) = derive.busy_cpu_warnings(env)
-    assert "load average up to 2.1 on 4 usable cores" in w
+    assert w == ("CPU was busy (1-min load average up to 2.1 on 4 usable cores): other processes competed for it, "
+                 "so latency and throughput are pessimistic and noisy")
     assert derive.busy_cpu_warnings({"cpu": {}, "loadavg_start": [0.6, 0, 0]}) != []  # unknown cores: one
     assert derive.busy_cpu_warnings({"cpu": {"usable_cores": 1}}) == []
 
@@ -151,5 +208,8 @@ def test_spread_warnings_only_for_overlapping_ranges() -> None:
 
     rows = {("m", b, None): r for b, r in (("onnx", rep("onnx", 90, 100, 110)), ("onnx-int8", rep("onnx-int8", 110, 120, 130)),
                                            ("tflite", rep("tflite", 200, 210, 220)))}
+    rows[("m", "tflite-int8", None)] = rep("tflite-int8", 100, 215, 300)
+    rows[("m", "tflite-int8", None)].status = "error"  # a failed row is never compared
     (w,) = derive.spread_warnings(rows)  # 110 touches 110: overlap; 130 < 200: none
-    assert w.startswith("m: onnx (90-110 img/s) and onnx-int8 (110-130) overlap across 3 repeats")
+    assert w == ("m: onnx (90-110 img/s) and onnx-int8 (110-130) overlap across 3 repeats: the spread is wider "
+                 "than their difference")

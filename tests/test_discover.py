@@ -12,7 +12,7 @@ from PIL import Image
 
 from cifarbench.data.discover import discover
 from cifarbench.errors import UsageError
-from conftest import class_pattern
+from conftest import class_pattern, run_unprivileged
 
 LATIN1 = os.fsdecode(b"caf\xe9.png")  # a name that is not UTF-8
 
@@ -75,14 +75,11 @@ def test_reports_broken_links_and_missing_paths_as_entries(tmp_path: Path) -> No
         list(discover([""]))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
-def test_unreadable_directory_gets_an_entry(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
+def test_unreadable_directory_gets_an_entry(unprivileged_tmp: Path) -> None:
+    """As a user who cannot list it (root can list anything: the test drops to nobody then)."""
+    locked = unprivileged_tmp / "locked"
     locked.mkdir()
     _img(locked / "a.png", 1)
     locked.chmod(0)
-    try:
-        (entry,) = discover([tmp_path])
-    finally:
-        locked.chmod(0o755)
-    assert entry.path == str(locked) and entry.error.startswith("cannot list directory")
+    (entry,) = run_unprivileged(lambda: [(e.path, e.error) for e in discover([unprivileged_tmp])])
+    assert entry[0] == str(locked) and entry[1].startswith("cannot list directory")

@@ -14,6 +14,7 @@ from cifarbench.data import image_reduce
 from cifarbench.data import images
 from cifarbench.data.images import load_image
 from cifarbench.errors import UsageError
+from conftest import run_unprivileged
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -352,12 +353,13 @@ def test_unreadable_file_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not res.ok and res.error == "permission denied"
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads chmod 000 files")
-def test_unreadable_file_permission_real(tmp_path: Path) -> None:
-    p = tmp_path / "secret.png"
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_unreadable_file_permission_real(unprivileged_tmp: Path) -> None:
+    """A real chmod 000 file, read by a user it denies (root reads anything: the test drops to nobody then)."""
+    p = unprivileged_tmp / "secret.png"
     p.write_bytes(encode(solid(RED), "PNG"))
     p.chmod(0)
-    assert load_image(p).error == "permission denied"
+    assert run_unprivileged(lambda: load_image(p).error) == "permission denied"
 
 
 def test_decompression_bomb_limit_is_configurable() -> None:

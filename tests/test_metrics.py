@@ -58,15 +58,38 @@ def test_confusion_matrix_matches_a_loop_on_random_labels() -> None:
     assert (confusion_matrix(t, p, 10) == expected).all()
 
 
-@pytest.mark.parametrize("t,p", [([0, -1], [0, 0]), ([0, 0], [0, 3]), ([0, 1], [0])])
-def test_bad_labels_raise_instead_of_wrapping(t: list[int], p: list[int]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("t,p,message", [([0, -1], [0, 0], "y_true holds labels outside 0..2"),
+                                         ([0, 0], [0, 3], "y_pred holds labels outside 0..2"),
+                                         ([0, 1], [0], "y_true has 2 labels, y_pred 1")])
+def test_bad_labels_raise_instead_of_wrapping(t: list[int], p: list[int], message: str) -> None:
+    with pytest.raises(ValueError) as e:
         confusion_matrix(t, p, 3)
+    assert str(e.value) == message
+    assert confusion_matrix([0, 2], [2, 0], 3).sum() == 2  # 0 and num_classes - 1 are inside
 
 
-def test_format_report_lists_every_class() -> None:
+def test_format_report_by_hand() -> None:
+    """The whole text, typed out: columns of 9, names right-aligned to max(12, longest + 2)."""
     text = format_report(classification_report(confusion_matrix(Y_TRUE, Y_PRED, 3), NAMES))
-    assert all(f"{n} " in text for n in NAMES) and "macro avg" in text and "weighted avg" in text
+    assert text == (
+        "             precision    recall  f1-score   support\n"
+        "\n"
+        "           a    0.5000    0.5000    0.5000         2\n"
+        "           b    0.5000    0.6667    0.5714         3\n"
+        "           c    0.0000    0.0000    0.0000         1\n"
+        "\n"
+        "    accuracy" + " " * 24 + "0.5000         6\n"
+        "   macro avg    0.3333    0.3889    0.3571         6\n"
+        "weighted avg    0.4167    0.5000    0.4524         6\n")
+    names = ["a", "b", "a-long-name-xyz"]  # 15 characters: the name column widens to 17
+    lines = format_report(classification_report(confusion_matrix(Y_TRUE, Y_PRED, 3), names)).splitlines()
+    assert lines[4] == "  a-long-name-xyz    0.0000    0.0000    0.0000         1"
+    assert lines[0] == " " * 17 + " precision    recall  f1-score   support"
+
+
+def test_empty_report_weighs_nothing() -> None:
+    r = classification_report(np.zeros((3, 3), np.int64), NAMES)
+    assert r["weighted"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}  # not NaN from 0 / 0
 
 
 @pytest.mark.parametrize("n", [2, 7, 100, 1001])
@@ -81,6 +104,13 @@ def test_latency_stats_match_numpy(n: int) -> None:
     assert st["std_ms"] == pytest.approx(ms.std(ddof=1))
     assert (st["min_ms"], st["max_ms"]) == pytest.approx((ms.min(), ms.max()))
     assert st["min_ms"] <= st["p50_ms"] <= st["p90_ms"] <= st["p95_ms"] <= st["p99_ms"] <= st["max_ms"]
+
+
+def test_latency_stats_compute_in_float64_whatever_comes_in() -> None:
+    s32 = np.array([0.1, 0.2, 0.3], np.float32)
+    st = latency_stats(s32)
+    oracle = s32.astype(np.float64) * 1000.0
+    assert st["mean_ms"] == float(oracle.mean()) and st["p50_ms"] == float(oracle[1])  # exact, not float32 rounding
 
 
 def test_latency_stats_edge_cases() -> None:
@@ -98,6 +128,12 @@ def test_exceeds_pp_is_decided_on_image_counts_at_the_threshold_and_one_past(thr
     assert not exceeds_pp(at, n, threshold) and exceeds_pp(at + 1, n, threshold)
     assert not exceeds_pp(0, n, threshold) and not exceeds_pp(-5, n, threshold)  # a gain is no loss
     assert not exceeds_pp(5, 0, threshold)  # nothing measured, nothing flagged
+
+
+def test_exceeds_pp_with_a_single_image() -> None:
+    from cifarbench.bench.metrics import exceeds_pp
+
+    assert exceeds_pp(1, 1, 1.0) and not exceeds_pp(0, 1, 1.0)  # 100 pp of one image is above 1 pp
 
 
 def test_float_pp_would_flag_one_image_in_a_hundred_counts_do_not() -> None:

@@ -169,6 +169,7 @@ def test_bench_and_serve_take_the_converted_onnx_model(onnx_converted: tuple[Pat
         assert [probs[name] for name in m.classes] == pytest.approx(row.tolist(), abs=1e-5)
 
 
+@pytest.mark.slow  # converts
 def test_nhwc_layout_is_detected(tmp_path: Path, synthetic_tree: Path) -> None:
     from cifarbench.backends import load_backend
 
@@ -200,6 +201,7 @@ def test_onnx_input_errors(tmp_path: Path, synthetic_tree: Path) -> None:
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow  # converts
 def test_onnx_conversion_never_imports_tensorflow(tmp_path: Path, synthetic_tree: Path) -> None:
     import subprocess
     import sys
