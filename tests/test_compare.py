@@ -47,8 +47,14 @@ def test_real_rerun_compares_every_row_with_equal_accuracy(two_runs: tuple[Path,
     # 0.05 ms p50 double), so only what is deterministic is asserted here; the pass rule is tested below.
     old, new = two_runs
     r = run_cli("bench", "compare", old, new)
-    assert r.exit_code in (0, ExitStatus.PARTIAL) and "verdict: " in r.stdout, r.stdout
     res = compare.compare_files(old, new)
+    # exactly the exit code the verdict calls for (the verdict itself is the machine's: see above)
+    assert r.exit_code == (ExitStatus.PARTIAL if res["verdict"] == "regression" else 0), r.stdout
+    assert r.stdout.endswith(f"verdict: {res['verdict']}\n"), r.stdout
+    # and with no slowdown judged (img/s cannot fall by more than 100 %; p50 under a 100 s floor), the same runs
+    # pass: exit 0, exactly
+    r = run_cli("bench", "compare", old, new, "--tolerance", "100", "--latency-floor-ms", "100000")
+    assert r.exit_code == 0 and "regression" not in r.stdout, r.stdout
     assert {row["backend"] for row in res["rows"]} == {"onnx", "tflite-int8"}
     assert all(row["changes"]["accuracy"]["delta_pp"] == 0 for row in res["rows"])  # same images, same answers
 
@@ -156,3 +162,31 @@ def test_unreadable_input_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text("{}")
     r = run_cli("bench", "compare", tmp_path / "x.json", tmp_path / "x.json")
     assert r.exit_code == ExitStatus.DATA and r.stderr.count("\n") == 1
+
+
+def _acc_doc(correct: int, n: int) -> dict[str, Any]:
+    return {"data": {}, "environment": {}, "results": [{
+        "model": "m", "backend": "onnx", "threads": None, "status": "ok", "throughput": [], "latency": {},
+        "repeat": {}, "quality": {"accuracy": correct / n, "support": n}}]}
+
+
+@pytest.mark.parametrize("n", [1000, 2000, 10_000])
+def test_accuracy_delta_in_pp_judged_on_images_at_0_1pp_and_one_past(n: int) -> None:
+    at = n // 1000  # 0.1 pp of n images, exactly
+    base = 699 * n // 1000 + at  # accuracies whose float difference is not a clean multiple of 0.001
+    for sign, verdict in ((-1, "regression"), (1, "improved")):
+        same = compare.compare_docs(_acc_doc(base, n), _acc_doc(base + sign * at, n))["rows"][0]["changes"]["accuracy"]
+        assert same["verdict"] == "same" and same["delta_pp"] == pytest.approx(sign * 0.1)
+        past = compare.compare_docs(_acc_doc(base, n), _acc_doc(base + sign * (at + 1), n))
+        assert past["rows"][0]["changes"]["accuracy"]["verdict"] == verdict and past["verdict"] == verdict
+
+
+def test_accuracy_delta_unit_is_percentage_points() -> None:
+    c = compare.compare_docs(_acc_doc(700, 1000), _acc_doc(712, 1000))["rows"][0]["changes"]["accuracy"]
+    assert c == {"old": 0.7, "new": 0.712, "delta_pp": pytest.approx(1.2), "verdict": "improved"}  # not 0.012, not 1.71 %
+    assert "0.7000 → 0.7120 (+1.20 pp)" in compare.to_text(compare.compare_docs(_acc_doc(700, 1000), _acc_doc(712, 1000)))
+    diff_n = compare.compare_docs(_acc_doc(50, 100), _acc_doc(99, 200))["rows"][0]["changes"]["accuracy"]
+    assert diff_n["delta_pp"] == pytest.approx(-0.5) and diff_n["verdict"] == "regression"  # other images: pp
+    trap = compare.compare_docs(_acc_doc(700, 1000), {**_acc_doc(0, 1), "results": [
+        {**_acc_doc(0, 1)["results"][0], "quality": {"accuracy": 0.699}}]})["rows"][0]["changes"]["accuracy"]
+    assert trap["verdict"] == "same"  # no image count: -0.10000000000000009 pp is still 0.1 pp, not more

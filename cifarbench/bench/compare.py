@@ -54,6 +54,21 @@ def _figure(r: dict[str, Any], metric: str) -> tuple[float | None, float]:
     return value, 0.0
 
 
+def _accuracy_change(oa: float, na: float, old_n: int | None, new_n: int | None) -> dict[str, Any]:
+    """Accuracy delta in percentage points; "more than 0.1 pp" decided on image counts when both runs saw as many
+    images (on floats, 0.700 -> 0.699 of 1,000 images is -0.10000000000000009 pp: one image would count)."""
+    from cifarbench.bench.metrics import exceeds_pp, images_in  # numpy: only once there is something to compare
+
+    if old_n and old_n == new_n:
+        gained = images_in(na, new_n) - images_in(oa, old_n)
+        d = 100 * gained / new_n
+        worse, better = exceeds_pp(-gained, new_n, ACCURACY_PP), exceeds_pp(gained, new_n, ACCURACY_PP)
+    else:
+        d = 100 * (na - oa)
+        worse, better = round(d, 6) < -ACCURACY_PP, round(d, 6) > ACCURACY_PP
+    return {"old": oa, "new": na, "delta_pp": d, "verdict": "regression" if worse else "improved" if better else "same"}
+
+
 def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.05,
                  latency_floor_ms: float = LATENCY_FLOOR_MS, strict: bool = False) -> dict[str, Any]:
     """Row-by-row comparison of two results documents; ``verdict`` is same, improved or regression.
@@ -97,9 +112,8 @@ def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.
                                       "verdict": verdict}
         oa, na = (o.get("quality") or {}).get("accuracy"), (n.get("quality") or {}).get("accuracy")
         if oa is not None and na is not None:
-            d = 100 * (na - oa)
-            row["changes"]["accuracy"] = {"old": oa, "new": na, "delta_pp": d, "verdict":
-                                          "regression" if d < -ACCURACY_PP else "improved" if d > ACCURACY_PP else "same"}
+            row["changes"]["accuracy"] = _accuracy_change(oa, na, (o.get("quality") or {}).get("support"),
+                                                          (n.get("quality") or {}).get("support"))
         verdicts = {c["verdict"] for c in row["changes"].values()}
         row["verdict"] = "regression" if "regression" in verdicts else "improved" if "improved" in verdicts else "same"
     verdicts = {r["verdict"] for r in rows}
