@@ -15,6 +15,7 @@ import pytest
 from cifarbench.errors import ExitStatus, LockHeld
 from cifarbench.runs import lock as lockmod
 from cifarbench.runs.lock import OutputLock, lock_path_for
+from conftest import run_unprivileged
 
 
 def _dead_pid() -> int:
@@ -111,3 +112,56 @@ def test_a_lock_held_by_another_is_never_removed_by_the_loser(tmp_path: Path) ->
             with pytest.raises(LockHeld):
                 OutputLock(out).acquire()
         assert json.loads(lk.path.read_text())["pid"] == os.getpid()
+
+
+def _no_flock(fd: int, op: int) -> None:
+    raise OSError(errno.ENOLCK, "No locks available")
+
+
+def test_without_flock_a_lock_from_another_host_is_held_whatever_its_pid(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pid cannot be checked on another host (an NFS share): that lock is assumed held, even if the pid is dead here."""
+    import socket
+
+    monkeypatch.setattr(lockmod.fcntl, "flock", _no_flock)
+    out = tmp_path / "labels.csv"
+    dead = _dead_pid()
+    lock_path_for(out).write_text(json.dumps({"pid": dead, "host": "another-host.example", "started": "08:00"}))
+    with pytest.raises(LockHeld) as e:
+        OutputLock(out).acquire()
+    assert f"(pid {dead}, started 08:00)" in str(e.value) and e.value.exit_status == ExitStatus.LOCKED
+    lock_path_for(out).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))  # this host, dead: stale
+    with OutputLock(out) as lk:
+        assert json.loads(lk.path.read_text())["pid"] == os.getpid()
+    lock_path_for(out).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # here, alive
+    with pytest.raises(LockHeld):
+        OutputLock(out).acquire()
+    lock_path_for(out).write_text(json.dumps({"pid": os.getpid(), "host": "another-host.example"}))  # our own pid
+    with pytest.raises(LockHeld):  # on another host it is another process, though it has our number
+        OutputLock(out).acquire()
+    lock_path_for(out).write_text(json.dumps({"pid": str(os.getppid())}))  # not a pid: stale, taken over
+    with OutputLock(out):
+        pass
+
+
+def test_pid_alive_for_another_users_process_and_for_no_process() -> None:
+    """kill(pid, 0) answers EPERM for a live process of another user: alive. As root the test drops to nobody."""
+    assert lockmod.pid_alive(os.getpid()) and not lockmod.pid_alive(_dead_pid())
+    assert not lockmod.pid_alive(0) and not lockmod.pid_alive(-1)  # 0 and -1 would signal a whole group
+    assert run_unprivileged(lambda: lockmod.pid_alive(1))  # init: alive, owned by root, not ours
+
+
+def test_without_flock_another_users_live_pid_holds_the_lock(unprivileged_tmp: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lockmod.fcntl, "flock", _no_flock)
+    out = unprivileged_tmp / "labels.csv"
+
+    def attempt() -> str:
+        lock_path_for(out).write_text(json.dumps({"pid": 1}))  # pid 1: live, and not this (unprivileged) user's
+        try:
+            OutputLock(out).acquire()
+        except LockHeld as exc:
+            return str(exc)
+        return "acquired"
+
+    assert "(pid 1)" in run_unprivileged(attempt)

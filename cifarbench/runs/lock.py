@@ -113,11 +113,11 @@ class OutputLock:
     def _owner_alive(self, fd: int) -> bool:
         info = self._owner(fd)
         pid = info.get("pid")
-        if not isinstance(pid, int) or pid == os.getpid():
+        if not isinstance(pid, int):
             return False
         if info.get("host") not in (None, socket.gethostname()):
-            return True  # cannot check a pid on another host: assume it runs
-        return pid_alive(pid)
+            return True  # cannot check a pid on another host (even one numbered as ours): assume it runs
+        return pid != os.getpid() and pid_alive(pid)
 
     def _held(self, fd: int) -> LockHeld:
         info = self._owner(fd)
