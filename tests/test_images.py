@@ -576,3 +576,25 @@ def test_a_commands_limit_reaches_loads_that_name_none() -> None:
     with pytest.raises(UsageError, match="--max-pixels"):
         with images.default_max_pixels(0):
             pass
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_every_exif_orientation_matches_pillows_exif_transpose(orientation: int, fmt: str) -> None:
+    """The independent oracle: PIL.ImageOps.exif_transpose on the same file (all 8 orientations, 2 of them mirrored)."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    src = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))  # square: no resize, asymmetric
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kw: dict[str, object] = {"quality": 100} if fmt != "PNG" else {}
+    if fmt == "WEBP":
+        kw["lossless"] = True
+    data = encode(src, fmt, exif=exif.tobytes(), **kw)
+    with Image.open(io.BytesIO(data)) as im:
+        want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    got = ok(load_image(data))
+    assert np.array_equal(got, want)
+    if orientation != 1:
+        assert not np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))  # it did turn
