@@ -46,7 +46,7 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/conversion/parity.py": ["tests/test_parity.py"],
     "cifarbench/backends/autoselect.py": ["tests/test_autoselect.py"],
     "cifarbench/data/images.py": ["tests/test_images.py"],
-    "cifarbench/bench/worker.py": ["tests/test_bench.py"],
+    "cifarbench/bench/worker.py": ["tests/test_worker.py"],
     "cifarbench/serve/admission.py": ["tests/test_serve_hardening.py"],
 }
 

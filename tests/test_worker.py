@@ -1,0 +1,94 @@
+"""bench's worker on a fake backend and a fake clock: every speed figure recomputed from the calls it recorded."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cifarbench import backends
+from cifarbench.bench import scenarios, worker
+from cifarbench.models.manifest import Manifest
+
+OVERHEAD, PER_IMAGE = 0.004, 0.001  # fake seconds per call and per image: batch 1 costs 5 ms
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Recording:
+    """A backend whose call costs OVERHEAD + PER_IMAGE * len(x) fake seconds; every call is recorded."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.calls = clock, []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(len(x))
+        self.clock.t += OVERHEAD + PER_IMAGE * len(x)
+        p = np.zeros((len(x), 10), np.float32)
+        p[:, 3] = 1
+        return p
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "fake"}
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Recording, Manifest]:
+    clock = Clock()
+    be = Recording(clock)
+    (tmp_path / "model.onnx").write_bytes(b"x" * 10)
+    m = Manifest(name="m", arch="fake", directory=tmp_path)
+    m.add_artifact("onnx", "model.onnx")
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: be)
+    monkeypatch.setattr(worker, "measure_latency", functools.partial(scenarios.measure_latency, clock=clock))
+    monkeypatch.setattr(worker, "measure_throughput", functools.partial(scenarios.measure_throughput, clock=clock))
+    return be, m
+
+
+def test_images_per_s_recomputed_from_the_recorded_calls(recorded: tuple[Recording, Manifest]) -> None:
+    be, m = recorded
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    labels = np.array([3] * 15 + [0] * 5)
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[8, 1], warmup=2, min_iters=7, min_time=0.0,
+                     min_calls=4)
+    out, probs = worker.measure(job, m, images, labels)
+    assert out["size_bytes"] == 10 and out["file"] == "model.onnx" and out["format"] == "onnx"
+    # the calls, in order: first call (1), accuracy pass at the largest batch (8, 8, 4), latency warm-up (2 x 1)
+    # and samples (7 x 1), then the offline pass at 8: 2 warm-up calls and 4 timed ones. Batch 1 is not re-run.
+    assert be.calls == [1, 8, 8, 4, 1, 1] + [1] * 7 + [8] * 6
+    tp = {t["batch_size"]: t for t in out["throughput"]}
+    assert sorted(tp) == [1, 8]
+    one = tp[1]  # batch-1 images/s: from the 7 latency samples, 5 ms each
+    assert (one["calls"], one["images"], one["from"]) == (7, 7, "latency samples")
+    assert one["seconds"] == pytest.approx(7 * (OVERHEAD + PER_IMAGE))
+    assert one["images_per_s"] == pytest.approx(1 / (OVERHEAD + PER_IMAGE)) == pytest.approx(200.0)
+    eight = tp[8]
+    assert (eight["calls"], eight["images"]) == (4, 32)
+    assert eight["images_per_s"] == pytest.approx(8 / (OVERHEAD + 8 * PER_IMAGE))  # 666.7, warm-up excluded
+    assert out["latency"]["n"] == 7 and out["latency"]["p50_ms"] == pytest.approx(5.0)
+    assert out["latency"]["total_s"] == pytest.approx(0.035)
+    assert out["quality"]["accuracy"] == 0.75 and out["quality"]["confusion"][0][3] == 5  # hand-counted
+    assert out["quality"]["confusion"][3][3] == 15 and sum(map(sum, out["quality"]["confusion"])) == 20
+    assert out["eval"]["batch_size"] == 8 and out["eval"]["images"] == 20
+    assert probs is not None and probs.shape == (20, 10) and (probs.argmax(1) == 3).all()
+
+
+def test_offline_only_measures_batch_1_itself(recorded: tuple[Recording, Manifest]) -> None:
+    be, m = recorded
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[1, 2], scenarios=["offline"], warmup=0, min_time=0.0,
+                     min_calls=3, quality=False)
+    out, probs = worker.measure(job, m, images, np.zeros(4, int))
+    assert probs is None and "latency" not in out and "quality" not in out
+    tp = {t["batch_size"]: t for t in out["throughput"]}
+    assert tp[1]["calls"] == 3 and tp[1]["images_per_s"] == pytest.approx(200.0) and "from" not in tp[1]
+    assert tp[2]["images_per_s"] == pytest.approx(2 / (OVERHEAD + 2 * PER_IMAGE))
+    assert be.calls == [1] + [1] * 5 + [2] * 5  # first call; 2 warm-up + 3 timed at each batch size
