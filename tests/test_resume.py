@@ -6,6 +6,7 @@ import json
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,42 @@ def test_an_output_edited_in_place_during_the_run_stops_it_and_is_not_replaced(t
     assert out.read_bytes() == cut
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
     assert not os.path.exists(str(out) + ".lock")
+
+
+def _rows(path: Path) -> dict[str, list[str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r[0]: r[1:] for r in list(csv.reader(fh))[1:]}
+
+
+def test_a_file_whose_mtime_changed_but_not_its_size_is_classified_again(tmp_path: Path) -> None:
+    """The key is (path, size, mtime): touching a file alone makes its row stale; each kept row keeps its own path."""
+    root = make_tree(tmp_path / "photos", per_class=1, splits=("test",), seed=5)
+    out = tmp_path / "labels.csv"
+    first = classify([root], output=out, resume=True, top_k=2, **MODEL)
+    before = _rows(out)
+    touched = root / "test" / "cat" / "0000.png"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # same bytes, same size, newer mtime
+    assert touched.stat().st_size == st.st_size
+    seen: list[str] = []
+    real_decode = __import__("cifarbench.data.decode_pool", fromlist=["decode_ordered"]).decode_ordered
+
+    def spy(entries: Any, *a: Any, **k: Any) -> Any:
+        seen.extend(e.path for e in entries)
+        return real_decode(entries, *a, **k)
+
+    import cifarbench.runs.classify as core
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(core, "decode_ordered", spy)
+    try:
+        again = classify([root], output=out, resume=True, top_k=2, **MODEL)
+    finally:
+        mp.undo()
+    assert (again.classified, again.reused) == (1, first.files - 1)
+    assert seen == [str(touched)]  # only the touched file was decoded again
+    after = _rows(out)
+    assert after == before  # same answers, and every kept row is the row of its own path
+    assert list(after) == sorted(after) == [str(p) for p in sorted(root.rglob("*.png"))]

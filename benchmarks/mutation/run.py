@@ -112,11 +112,10 @@ def run_module(module: str, max_children: int, keep: bool) -> dict:
         raise SystemExit(f"mutmut failed on {module} (exit {p.returncode}); scratch copy kept in {work}")
     status = collect(work, module)
     notes = json.loads(NOTES.read_text()) if NOTES.exists() else {}
-    survivors = {}
-    for name, st in sorted(status.items()):
-        if st in ("survived", "no tests", "suspicious", "timeout", "not checked"):
-            diff = subprocess.run([*mutmut, "show", name], cwd=work, env=env, capture_output=True, text=True).stdout
-            survivors[name] = {"status": st, "diff": diff.strip(), "note": notes.get(name, "")}
+    alive = [name for name, st in sorted(status.items()) if st not in ("killed", "timeout", "caught by type check")]
+    diffs = _diffs(work, env, module, alive)
+    survivors = {name: {"status": status[name], "diff": diffs.get(name, ""), "note": notes.get(name, "")}
+                 for name in alive}
     counts = {s: sum(1 for v in status.values() if v == s) for s in sorted(set(status.values()))}
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     result = {
@@ -132,6 +131,22 @@ def run_module(module: str, max_children: int, keep: bool) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{module}: {len(status)} mutants, {counts}, killed {result['killed_pct']} % in {seconds} s")
     return result
+
+
+def _diffs(work: Path, env: dict[str, str], module: str, names: list[str]) -> dict[str, str]:
+    """Each mutant's diff, in one process (``mutmut show`` per mutant costs a second each)."""
+    if not names:
+        return {}
+    code = ("import json, sys\n"
+            "from mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+            "names = json.loads(sys.stdin.read())\n"
+            f"print(json.dumps({{n: get_diff_for_mutant(n, path={module!r}) for n in names}}))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, input=json.dumps(names), capture_output=True,
+                       text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr[-2000:])
+        return {}
+    return json.loads(p.stdout)
 
 
 def _mutmut_version() -> str:
