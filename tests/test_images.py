@@ -367,6 +367,7 @@ def test_decompression_bomb_limit_is_configurable() -> None:
     res = load_image(data, max_pixels=1000)
     assert not res.ok and "decompression bomb" in res.error and "1,600" in res.error
     assert load_image(data, max_pixels=1600).ok  # exactly at the limit is allowed
+    assert "decompression bomb" in (load_image(data, max_pixels=1599).error or "")  # one pixel past it is not
     assert load_image(data, max_pixels=None).ok
 
 

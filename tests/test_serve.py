@@ -392,3 +392,81 @@ def test_cli_help_documents_limits() -> None:
     for opt in ("--max-upload-mb", "--max-pixels", "--timeout", "--workers", "--top-k", "curl", "--max-connections",
                 "--header-timeout", "--keep-alive", "--max-concurrency", "--max-queue", "--max-buffered-mb"):
         assert opt in res.output
+
+
+def test_upload_exactly_at_the_byte_limit_passes_one_byte_more_is_413(make_client: Any) -> None:
+    body = png(3)
+    c = make_client(limits=ServeLimits(max_upload_bytes=len(body)))
+    assert c.post("/v1/classify", content=body, headers={"Content-Type": "image/png"}).status_code == 200
+    r = c.post("/v1/classify", content=body + b"\0", headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and f"limit of {len(body)} bytes" in r.json()["error"]
+
+    def streamed(extra: bytes) -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        yield body[:10]
+        yield body[10:] + extra
+
+    ok = c.post("/v1/classify", content=streamed(b""), headers={"Content-Type": "image/png"})
+    assert ok.status_code == 200
+    over = c.post("/v1/classify", content=streamed(b"\0"), headers={"Content-Type": "image/png"})
+    assert over.status_code == 413
+
+
+def test_image_exactly_at_max_pixels_passes_one_pixel_more_is_422(make_client: Any) -> None:
+    c = make_client(limits=ServeLimits(max_pixels=40 * 30))
+    assert c.post("/v1/classify", content=png(3, (40, 30)), headers={"Content-Type": "image/png"}).status_code == 200
+    c2 = make_client(limits=ServeLimits(max_pixels=40 * 30 - 1))  # the same image, one pixel past the limit
+    r = c2.post("/v1/classify", content=png(3, (40, 30)), headers={"Content-Type": "image/png"})
+    assert r.status_code == 422, r.text
+
+
+def test_admission_queue_at_its_size_and_one_past() -> None:
+    """max_active requests run, max_queue wait, the next one is refused at once (counted)."""
+    import anyio
+
+    from cifarbench.serve.admission import Admission, Busy, UploadBudget
+
+    async def main() -> None:
+        adm = Admission(max_active=2, max_queue=3)
+        release = anyio.Event()
+        entered: list[int] = []
+
+        async def hold(i: int) -> None:
+            async with adm.slot():
+                entered.append(i)
+                await release.wait()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):  # 2 active + 3 waiting: exactly at both limits
+                tg.start_soon(hold, i)
+            with anyio.fail_after(10):
+                while (adm.active, adm.waiting) != (2, 3):
+                    await anyio.sleep(0.001)
+            with pytest.raises(Busy, match="2 requests in progress and 3 waiting"):
+                async with adm.slot():
+                    pass
+            assert adm.as_dict() == {"active": 2, "waiting": 3, "max_active": 2, "max_queue": 3, "refused": 1}
+            release.set()
+        assert sorted(entered) == [0, 1, 2, 3, 4] and adm.as_dict()["active"] == adm.as_dict()["waiting"] == 0
+
+        none_waiting = Admission(max_active=1, max_queue=0)
+        async with none_waiting.slot():
+            with pytest.raises(Busy):
+                async with none_waiting.slot():
+                    pass
+        async with none_waiting.slot():  # free again
+            pass
+
+    anyio.run(main)
+    with pytest.raises(ValueError):
+        Admission(0, 1)
+    with pytest.raises(ValueError):
+        Admission(1, -1)
+    b = UploadBudget(100)
+    b.take(60)
+    b.take(40)  # exactly the budget
+    with pytest.raises(Busy, match="already hold 100 of 100 bytes"):
+        b.take(1)
+    b.give_back(100)
+    b.take(100)
+    b.give_back(1000)
+    assert b.used == 0
