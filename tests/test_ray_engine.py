@@ -139,8 +139,9 @@ def test_resume_sends_only_new_and_changed_files(ray_two_nodes: str, tmp_path: P
     first = classify([root], output=out, resume=True, engine=eng, **KW)
     assert first.classified == len(expected) and first.failed == len(failing)
     _img(root / "b" / "new.png", 4, seed=9)
-    time.sleep(0.01)
+    old_mtime = (root / "a" / "x.jpg").stat().st_mtime_ns
     _img(root / "a" / "x.jpg", 5, seed=10, fmt="JPEG")  # changed content, size or mtime
+    os.utime(root / "a" / "x.jpg", ns=(old_mtime + 10**9, old_mtime + 10**9))  # a newer mtime, not a sleep's luck
     second = classify([root], output=out, resume=True, engine=eng, **KW)
     # new + changed + the failed ones (always retried); the rest come from the previous output
     assert second.classified == 2 + len(failing) and second.reused == len(expected) - 1 - len(failing)

@@ -465,14 +465,23 @@ def test_soak_mix_gets_only_allowed_statuses_and_flat_memory(tmp_path: Any) -> N
                         seen.setdefault(kind, {}).setdefault(status, 0)
                         seen[kind][status] += 1
 
-        def soak(rounds: int) -> int:
+        def soak(rounds: int) -> None:
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(lambda i: client(i * 4, rounds), range(4)))
-            time.sleep(0.5)
-            return status_kb(proc.pid, "VmRSS")
 
-        warm = soak(1)  # thread pools, first decodes, the allocator's arenas
-        after = soak(2)
+        def rss_at_rest() -> int:
+            """RSS once it stops moving (3 equal readings 50 ms apart), or after 10 s: a condition, not a fixed sleep."""
+            deadline, last, same = time.monotonic() + 10, -1, 0
+            while same < 3 and time.monotonic() < deadline:
+                now = status_kb(proc.pid, "VmRSS")
+                same, last = (same + 1 if now == last else 0), now
+                time.sleep(0.05)
+            return last
+
+        soak(1)  # thread pools, first decodes, the allocator's arenas
+        warm = rss_at_rest()
+        soak(2)
+        after = rss_at_rest()
         assert _answers(port)
     finally:
         proc.terminate()
