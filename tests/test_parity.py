@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cifarbench.conversion.parity import INT8_TARGET_PP, INT8_WARN_PP, fp16_breaks, judge
@@ -70,3 +71,113 @@ def test_fp16_accuracy_change_at_the_limit_and_one_past(n: int, changed_allowed:
         at = {"images": n, "top1_agreement": 1.0, "accuracy": (half + sign * changed_allowed) / n}
         past = {"images": n, "top1_agreement": 1.0, "accuracy": (half + sign * (changed_allowed + 1)) / n}
         assert not fp16_breaks(at, ref) and fp16_breaks(past, ref)
+
+
+def _f(agree: float, dp: float, acc: float, n: int = 2000) -> dict:
+    return {"images": n, "top1_agreement": agree, "max_abs_dprob": dp, "mean_abs_dprob": dp / 100, "accuracy": acc}
+
+
+def test_float32_bounds_at_the_limit_and_one_step_past() -> None:
+    assert judge("onnx", at := _f(0.999, 1e-3, 0.5), {"accuracy": 0.5}) is None and at["status"] == "ok"
+    for par in (_f(0.9985, 1e-3, 0.5), _f(0.999, 1.01e-3, 0.5)):
+        assert judge("tflite", par, {"accuracy": 0.5}) is not None and par["status"] == "FAIL"
+    assert judge("onnx", _f(0.998, 2e-3, 0.5), {"accuracy": 0.5}) == "onnx: agreement 0.9980, max|dp| 2.00e-03"
+    assert "warning" not in at and at["accuracy_drop_pp"] == 0.0
+
+
+def test_fp16_failure_and_rounding_warning_messages() -> None:
+    fail = _f(1 - 21 / 2000, 0.3, 0.5)
+    assert judge("tflite-fp16", fail, {"accuracy": 0.5}) == (
+        "tflite-fp16: agreement 0.9895 (21 of 2000 images flipped), accuracy change +0.00 pp")
+    assert fail["status"] == "FAIL" and "warning" not in fail
+    # the rounding warning: agreement at 99.5 % and max |dp| at 1e-2 are fine, a step past either warns
+    ok = _f(0.995, 1e-2, 0.5)
+    assert judge("tflite-fp16", ok, {"accuracy": 0.5}) is None and ok["status"] == "ok" and "warning" not in ok
+    low = _f(0.994, 1e-2, 0.499)
+    assert judge("tflite-fp16", low, {"accuracy": 0.5}) is None and low["status"] == "warn"
+    assert low["warning"] == "float16 rounding: agreement 99.40 %, max |dp| 1.0e-02, accuracy change -0.10 pp"
+    wide = _f(0.995, 1.01e-2, 0.505)
+    judge("tflite-fp16", wide, {"accuracy": 0.5})
+    assert wide["status"] == "warn" and wide["warning"].endswith("max |dp| 1.0e-02, accuracy change +0.50 pp")
+    # float16's bounds are not float32's: 0.998 agreement with a 2e-3 dp is fine for fp16, a failure for fp32
+    assert judge("tflite-fp16", _f(0.998, 2e-3, 0.5), {"accuracy": 0.5}) is None
+
+
+def test_accuracy_drop_is_recorded_to_three_decimals() -> None:
+    par = _par(299, 300)
+    judge("onnx-int8", par, {"accuracy": 1.0})
+    assert par["accuracy_drop_pp"] == 0.333 and par["status"] == "flagged"
+
+
+class _Source:
+    kind = "keras"
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def reference(self, pixels: np.ndarray) -> np.ndarray:
+        return _onehot(self.labels[pixels[:, 0, 0, 0]])
+
+
+def _onehot(y: np.ndarray) -> np.ndarray:
+    p = np.full((len(y), 10), 0.01, np.float32)
+    p[np.arange(len(y)), y] = 0.91
+    return p
+
+
+class _Backend:
+    def __init__(self, answers: np.ndarray) -> None:
+        self.answers, self.batches = answers, []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.batches.append(len(x))
+        return _onehot(self.answers[x[:, 0, 0, 0]])
+
+
+def test_check_parity_end_to_end_on_fake_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every format's figures, counted by hand: 300 parity images, the reference right on 240 of them."""
+    from cifarbench import backends
+    from cifarbench.conversion.parity import SampleSet, check_parity
+    from cifarbench.data.sources import Dataset
+    from cifarbench.events import Recorder
+    from cifarbench.models.manifest import Artifact, Manifest
+
+    n = 300
+    truth = np.arange(n) % 10
+    ref_answers = truth.copy()
+    ref_answers[:60] = (truth[:60] + 1) % 10  # the reference is wrong on 60: accuracy 0.8
+    answers = {"onnx": ref_answers.copy(), "tflite-fp16": ref_answers.copy(), "onnx-int8": ref_answers.copy()}
+    answers["tflite-fp16"][100:104] = (ref_answers[100:104] + 5) % 10  # 4 flips, 4 images newly wrong: FAIL
+    answers["onnx-int8"][200:204] = (ref_answers[200:204] + 5) % 10  # 4 images lost: 1.33 pp, a warning
+    loaded = {f: _Backend(a) for f, a in answers.items()}
+    monkeypatch.setattr(backends, "load_backend", lambda fmt, m, device, threads: loaded[fmt])
+    pixels = np.zeros((n, 2, 2, 3), np.uint16)
+    pixels[:, 0, 0, 0] = np.arange(n)  # each image carries its index, for the fakes
+    test = Dataset(images=pixels[:50], labels=truth[:50], class_names=tuple("abcdefghij"), source="t", split="test",
+                   fingerprint="x")
+    data = SampleSet(source="synthetic", seed=0, cal_x=pixels[:10], par_x=pixels, par_y=truth, test=test,
+                     test_note="a sample", held_out=True)
+    m = Manifest(name="m", arch="x")
+    for f in ("keras", *answers):
+        m.artifacts[f] = Artifact(file=f, format=f, sha256="0", size=1)
+    rec = Recorder()
+    failures = check_parity(m, _Source(ref_answers), list(answers), data, rec)
+    assert failures == ["tflite-fp16: agreement 0.9867 (4 of 300 images flipped), accuracy change -1.33 pp"]
+    assert [e.message for e in rec.events] == ["parity check on 300 images"]
+    onnx = m.artifacts["onnx"].parity
+    assert onnx == {"images": 300, "top1_agreement": 1.0, "max_abs_dprob": 0.0, "mean_abs_dprob": 0.0,
+                    "accuracy": 0.8, "test_accuracy": 0.0, "accuracy_drop_pp": 0.0, "status": "ok"}
+    fp16 = m.artifacts["tflite-fp16"].parity
+    assert fp16["status"] == "FAIL" and fp16["top1_agreement"] == pytest.approx(296 / 300)
+    assert fp16["max_abs_dprob"] == pytest.approx(0.9) and fp16["mean_abs_dprob"] == pytest.approx(4 * 2 * 0.9 / 3000)
+    i8 = m.artifacts["onnx-int8"].parity
+    assert i8["status"] == "warn" and i8["accuracy"] == pytest.approx(236 / 300) and i8["accuracy_drop_pp"] == 1.333
+    assert m.artifacts["keras"].parity == {"images": 300, "top1_agreement": 1.0, "max_abs_dprob": 0.0,
+                                           "mean_abs_dprob": 0.0, "accuracy": 0.8, "test_accuracy": 0.0}
+    meta = m.metrics["parity"]
+    assert meta["reference"] == "keras" and meta["reference_accuracy"] == 0.8 and meta["images"] == 300
+    assert meta["warnings"] == ["onnx-int8: " + i8["warning"]] and meta["held_out"] is True
+    assert meta["source"] == "synthetic" and meta["split"] == "train (validation slice)"
+    assert meta["test_split"] == {"note": "a sample", "images": 50, "reference_accuracy": 0.0}
+    assert meta["thresholds"]["int8_warn_drop_pp"] == 1.0 and meta["thresholds"]["int8_target_drop_pp"] == 0.3
+    assert loaded["onnx"].batches == [256, 44, 50]  # parity in batches of 256, then the test sample

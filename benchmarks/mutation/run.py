@@ -47,7 +47,7 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/backends/autoselect.py": ["tests/test_autoselect.py"],
     "cifarbench/data/images.py": ["tests/test_images.py"],
     "cifarbench/bench/worker.py": ["tests/test_worker.py"],
-    "cifarbench/serve/admission.py": ["tests/test_serve_hardening.py"],
+    "cifarbench/serve/admission.py": ["tests/test_serve.py::test_admission_queue_at_its_size_and_one_past"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
