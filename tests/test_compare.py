@@ -190,3 +190,116 @@ def test_accuracy_delta_unit_is_percentage_points() -> None:
     trap = compare.compare_docs(_acc_doc(700, 1000), {**_acc_doc(0, 1), "results": [
         {**_acc_doc(0, 1)["results"][0], "quality": {"accuracy": 0.699}}]})["rows"][0]["changes"]["accuracy"]
     assert trap["verdict"] == "same"  # no image count: -0.10000000000000009 pp is still 0.1 pp, not more
+
+
+def _row(backend: str = "onnx", status: str = "ok", ips: float | None = 1000.0, spread: float = 0.0,
+         p50: float | None = 2.0, p99: float | None = 5.0, repeat: bool = True, acc: float | None = None,
+         threads: int | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"model": "m", "backend": backend, "threads": threads, "status": status,
+                         "throughput": [{"batch_size": 1, "images_per_s": 1.0}, {"batch_size": 8, "images_per_s": ips}],
+                         "latency": {"p50_ms": p50, "p99_ms": p99}, "repeat": {}, "quality": {}}
+    if repeat and ips:
+        r["repeat"]["images_per_s"] = {"median": ips, "min": ips * (1 - spread / 2), "max": ips * (1 + spread / 2)}
+    if acc is not None:
+        r["quality"] = {"accuracy": acc}
+    return r
+
+
+def _d(*rows: dict[str, Any], fingerprint: str = "f", subset: Any = None, cpu: str = "EPYC") -> dict[str, Any]:
+    return {"data": {"fingerprint": fingerprint, "subset": subset}, "environment": {"cpu": {"model": cpu}},
+            "results": list(rows), "created": "today", "command": "bench"}
+
+
+def test_status_changes_are_judged_by_what_was_ok() -> None:
+    old = _d(_row("a"), _row("b", status="failed"), _row("c"), _row("d", status="skipped"))
+    new = _d(_row("a", status="failed"), _row("b"), _row("d", status="failed"), _row("e"))
+    res = compare.compare_docs(old, new)
+    rows = {r["backend"]: r for r in res["rows"]}
+    assert [r["backend"] for r in res["rows"]] == ["a", "b", "c", "d", "e"]  # old order, then the new rows
+    assert (rows["a"]["status"], rows["a"]["verdict"]) == ("ok -> failed", "regression")
+    assert (rows["b"]["status"], rows["b"]["verdict"]) == ("failed -> ok", "improved")
+    assert (rows["c"]["status"], rows["c"]["verdict"]) == ("ok -> absent", "regression")
+    assert (rows["d"]["status"], rows["d"]["verdict"]) == ("skipped -> failed", "same")
+    assert (rows["e"]["status"], rows["e"]["verdict"]) == ("absent -> ok", "improved")
+    assert res["verdict"] == "regression"
+    assert compare.compare_docs(_d(_row("b", status="failed")), _d(_row("b")))["verdict"] == "improved"
+    assert compare.compare_docs(_d(_row("b")), _d(_row("b")))["verdict"] == "same"
+
+
+def test_threads_are_part_of_the_row_key() -> None:
+    res = compare.compare_docs(_d(_row(threads=1)), _d(_row(threads=2)))
+    assert [(r["threads"], r["status"]) for r in res["rows"]] == [(1, "ok -> absent"), (2, "absent -> ok")]
+
+
+def test_notes_for_other_data_and_other_cpus() -> None:
+    assert compare.compare_docs(_d(_row()), _d(_row()))["notes"] == []
+    other = compare.compare_docs(_d(_row()), _d(_row(), fingerprint="g", cpu="Xeon"))["notes"]
+    assert other == ["the runs used different data, so accuracy deltas compare different images",
+                     "different CPUs: EPYC vs Xeon"]
+    assert compare.compare_docs(_d(_row()), _d(_row(), subset=[0, 10]))["notes"] == [
+        "the runs used different data, so accuracy deltas compare different images"]
+
+
+@pytest.mark.parametrize("new_ips, verdict", [(1000 * 0.95, "same"), (1000 * 0.9499, "regression"),
+                                              (1000 * 1.05, "same"), (1000 * 1.0501, "improved")])
+def test_speed_at_the_tolerance_and_one_step_past(new_ips: float, verdict: str) -> None:
+    res = compare.compare_docs(_d(_row(p50=None, p99=None)), _d(_row(ips=new_ips, p50=None, p99=None)))
+    c = res["rows"][0]["changes"]["images_per_s"]
+    assert c["verdict"] == verdict and res["verdict"] == verdict
+    assert c["delta_pct"] == pytest.approx(100 * (new_ips - 1000) / 1000) and c["noise_pct"] == pytest.approx(5.0)
+    assert (c["old"], c["new"]) == (1000.0, pytest.approx(new_ips))
+
+
+def test_noise_is_the_sum_of_both_spreads_when_wider_than_the_tolerance() -> None:
+    old, new = _d(_row(spread=0.06, p50=None)), _d(_row(ips=850.0, spread=0.1, p50=None))
+    c = compare.compare_docs(old, new)["rows"][0]["changes"]["images_per_s"]
+    assert c["noise_pct"] == pytest.approx(16.0) and c["verdict"] == "same"  # -15 % inside +-16 %
+    c = compare.compare_docs(old, new, tolerance=0.2)["rows"][0]["changes"]["images_per_s"]
+    assert c["noise_pct"] == pytest.approx(20.0)
+
+
+def test_without_repeats_the_last_throughput_and_the_latency_are_compared() -> None:
+    old = _d(_row(repeat=False, ips=100.0, p50=1.0, p99=2.0))
+    new = _d(_row(repeat=False, ips=50.0, p50=3.0, p99=9.0))
+    ch = compare.compare_docs(old, new)["rows"][0]["changes"]
+    assert (ch["images_per_s"]["old"], ch["images_per_s"]["new"], ch["images_per_s"]["verdict"]) == (100.0, 50.0,
+                                                                                                       "regression")
+    assert ch["p50_ms"]["verdict"] == "regression" and ch["p50_ms"]["delta_pct"] == pytest.approx(200.0)
+    assert ch["p99_ms"]["verdict"] == "same" and ch["p99_ms"]["delta_pct"] == pytest.approx(350.0)  # shown only
+    faster = compare.compare_docs(new, old)["rows"][0]["changes"]
+    assert faster["p50_ms"]["verdict"] == "improved" and faster["images_per_s"]["verdict"] == "improved"
+    gone = compare.compare_docs(_d(_row(repeat=False, ips=None, p50=None, p99=None)), _d(_row(repeat=False)))
+    assert gone["rows"][0]["changes"] == {} and gone["verdict"] == "same"
+    zero = compare.compare_docs(_d(_row(repeat=False, p50=0.0)), _d(_row(repeat=False, p50=1.0)))
+    assert "p50_ms" not in zero["rows"][0]["changes"]  # no relative change from 0
+
+
+def test_p50_judged_only_beyond_the_floor() -> None:
+    # binary-exact milliseconds, so "exactly the floor" is exact
+    at = compare.compare_docs(_d(_row(p50=1.0, repeat=False)), _d(_row(p50=1.125, repeat=False)),
+                              latency_floor_ms=0.125)
+    assert at["rows"][0]["changes"]["p50_ms"]["verdict"] == "same"  # exactly the floor: not judged
+    past = compare.compare_docs(_d(_row(p50=1.0, repeat=False)), _d(_row(p50=1.1251, repeat=False)),
+                                latency_floor_ms=0.125)
+    assert past["rows"][0]["changes"]["p50_ms"]["verdict"] == "regression"
+    assert past["latency_floor_ms"] == 0.125 and past["tolerance_pct"] == pytest.approx(5.0)
+
+
+def test_text_and_markdown_reports() -> None:
+    res = compare.compare_docs(_d(_row(acc=0.7), _row("x", status="failed")),
+                               _d(_row(ips=500.0, acc=0.712), _row("x"), cpu="Xeon"))
+    text = compare.to_text(res)
+    lines = text.splitlines()
+    assert lines[0].split() == ["model", "backend", "img/s", "p50", "ms", "p99", "ms", "accuracy", "verdict"]
+    assert "1,000 → 500 (-50.0 %, noise ±5 %) regression" in lines[1]
+    assert "2.000 → 2.000 (+0.0 %, noise ±5 %)" in lines[1] and "0.7000 → 0.7120 (+1.20 pp)" in lines[1]
+    assert lines[2].split() == ["m", "x", "failed", "->", "ok", "improved"]
+    assert lines[-2:] == ["note: different CPUs: EPYC vs Xeon", "verdict: regression"]
+    md = compare.to_markdown(res)
+    assert md.startswith("### cifarbench bench compare: **regression**\n\nOld: today; new: today. A speed change "
+                         "counts beyond the larger of 5 % and the sum of the runs' min–max spreads, and a p50 change "
+                         "only beyond 0.1 ms (p99 shown, not judged); accuracy beyond 0.1 pp.\n")
+    assert "| m | onnx | 1,000 → 500 (-50.0 %, noise ±5 %) **regression** |" in md
+    assert "| m | x | failed -> ok |  |  |  | improved |" in md and md.endswith("> different CPUs: EPYC vs Xeon\n")
+    threaded = compare.to_text(compare.compare_docs(_d(_row(threads=4)), _d(_row(threads=4))))
+    assert "onnx (4t)" in threaded
