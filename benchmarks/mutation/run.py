@@ -60,13 +60,18 @@ def slug(module: str) -> str:
 
 
 def cpu_model() -> str:
+    """The CPU's model name and the speed flags it has (results are compared only on one machine)."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def scratch_copy(module: str, tests: list[str], work: Path) -> None:
@@ -158,18 +163,20 @@ def _mutmut_version() -> str:
 def summary() -> None:
     """RESULTS.md: one line per module run, then every survivor with its note."""
     rows, details = [], []
+    notes = json.loads(NOTES.read_text()) if NOTES.exists() else {}
     for module in MODULES:
         f = RESULTS / f"{slug(module)}.json"
         if not f.exists():
             rows.append(f"| {module} | not run | | | | |")
             continue
         r = json.loads(f.read_text())
+        for name, s in r["survivors"].items():  # notes written after the run count too
+            s["note"] = notes.get(name) or s["note"]
         explained = sum(1 for s in r["survivors"].values() if s["note"])
-        rows.append(f"| {module} | {r['mutants']} | {r['counts'].get('killed', 0)} | {len(r['survivors'])} "
-                    f"| {r['killed_pct']} % | {r['seconds']} s |")
+        rows.append(f"| {module} | {r['mutants']} | {r['counts'].get('killed', 0) + r['counts'].get('timeout', 0)} "
+                    f"| {len(r['survivors'])} ({explained} explained) | {r['killed_pct']} % | {r['seconds']} s |")
         for name, s in r["survivors"].items():
             details.append(f"### `{name}` ({s['status']})\n\n{s['note'] or '(no note yet)'}\n\n```diff\n{s['diff']}\n```\n")
-        del explained
     any_r = next((json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))), None)
     machine = f"{any_r['cpu']}, {any_r['cpus']} CPUs, mutmut {any_r['mutmut']}" if any_r else "no run yet"
     text = ("# Mutation testing results\n\n"
