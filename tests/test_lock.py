@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -16,6 +17,18 @@ from cifarbench.errors import ExitStatus, LockHeld
 from cifarbench.runs import lock as lockmod
 from cifarbench.runs.lock import OutputLock, lock_path_for
 from conftest import run_unprivileged
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """A live process that is not us, and ours to lose: never the parent (a mutant signalling it would kill pytest's
+    runner, not the test)."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
 
 
 def _dead_pid() -> int:
@@ -71,14 +84,14 @@ def test_stale_lock_from_dead_process_does_not_block(tmp_path: Path) -> None:
     assert not lock_path_for(out).exists()
 
 
-def test_without_flock_the_pid_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_flock_the_pid_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_pid: int) -> None:
     def no_flock(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(lockmod.fcntl, "flock", no_flock)
     out = tmp_path / "labels.csv"
-    lock_path_for(out).write_text(json.dumps({"pid": os.getppid()}))  # a live process that is not us
-    with pytest.raises(LockHeld, match=f"pid {os.getppid()}"):
+    lock_path_for(out).write_text(json.dumps({"pid": live_pid}))  # a live process that is not us
+    with pytest.raises(LockHeld, match=f"pid {live_pid}"):
         OutputLock(out).acquire()
     lock_path_for(out).write_text(json.dumps({"pid": _dead_pid()}))
     with OutputLock(out):
@@ -118,7 +131,7 @@ def _no_flock(fd: int, op: int) -> None:
     raise OSError(errno.ENOLCK, "No locks available")
 
 
-def test_without_flock_a_lock_from_another_host_is_held_whatever_its_pid(tmp_path: Path,
+def test_without_flock_a_lock_from_another_host_is_held_whatever_its_pid(tmp_path: Path, live_pid: int,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A pid cannot be checked on another host (an NFS share): that lock is assumed held, even if the pid is dead here."""
     import socket
@@ -133,13 +146,13 @@ def test_without_flock_a_lock_from_another_host_is_held_whatever_its_pid(tmp_pat
     lock_path_for(out).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))  # this host, dead: stale
     with OutputLock(out) as lk:
         assert json.loads(lk.path.read_text())["pid"] == os.getpid()
-    lock_path_for(out).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # here, alive
+    lock_path_for(out).write_text(json.dumps({"pid": live_pid, "host": socket.gethostname()}))  # here, alive
     with pytest.raises(LockHeld):
         OutputLock(out).acquire()
     lock_path_for(out).write_text(json.dumps({"pid": os.getpid(), "host": "another-host.example"}))  # our own pid
     with pytest.raises(LockHeld):  # on another host it is another process, though it has our number
         OutputLock(out).acquire()
-    lock_path_for(out).write_text(json.dumps({"pid": str(os.getppid())}))  # not a pid: stale, taken over
+    lock_path_for(out).write_text(json.dumps({"pid": str(live_pid)}))  # not a pid: stale, taken over
     with OutputLock(out):
         pass
 
