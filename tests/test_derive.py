@@ -91,6 +91,21 @@ def test_manifest_loss_is_judged_by_its_image_count_not_its_rounding() -> None:
     assert int8.flags == ["int8 accuracy loss 1.00 pp > 1 pp (manifest parity check)"]
 
 
+def test_manifest_loss_of_one_image_past_1pp_of_10000() -> None:
+    ref, int8 = _row("onnx", 5000, 10000), _row("onnx-int8", 5000, 10000)
+    int8.manifest_int8_loss_pp = 1.01  # 101 of 10,000 images: one past the threshold
+    assert _derive([ref, int8], _manifest(parity_images=10000))["onnx-int8"].flags == [
+        "int8 accuracy loss 1.01 pp > 1 pp (manifest parity check)"]
+
+
+def test_a_thread_count_without_reference_does_not_stop_the_next_one() -> None:
+    lone = _row("onnx-int8", 1, 2, threads=1)  # threads=1: no reference measured at 1 thread
+    ref, int8 = _row("onnx", 5, 10, threads=2), _row("onnx-int8", 3, 10, threads=2)
+    table = {(r.model, r.backend, r.threads): r for r in (lone, ref, int8)}
+    notes = derive.against_reference([_manifest()], table, {k: np.eye(2)[[0]] for k in table})
+    assert len(notes) == 1 and int8.accuracy_delta_pp == pytest.approx(-20.0)
+
+
 def test_measured_loss_without_counts_still_ignores_float_noise() -> None:
     r = Row(model="m", backend="onnx-int8")
     derive.flag_int8(r, -(0.50 - 0.49) * 100)  # -1.0000000000000009: one image in a hundred
