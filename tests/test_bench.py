@@ -394,6 +394,7 @@ def test_decode_timing_reads_archives_through_the_data_layer() -> None:
     assert d["images"] == 5 and d["failed"] == 0
 
 
+@pytest.mark.slow  # benches the shipped flagship with TTA: ~11 s on an idle 2-core box
 def test_tta_accuracy_and_cost_beside_single_view(tmp_path: Path) -> None:
     """--tta flip re-runs the accuracy pass over the image and its mirror, with the shipped model."""
     out = tmp_path / "o"

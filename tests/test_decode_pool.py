@@ -185,6 +185,7 @@ def _children_cmdlines(pid: int) -> list[str]:
     return [cmd for _, cmd in _children(pid)]
 
 
+@pytest.mark.slow  # 3,000 PNGs and a classify process: ~12 s
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_kill_9_leaves_no_resource_tracker_warning(tmp_path) -> None:
     """A cron run killed with SIGKILL: the tracker cleans up the pool's semaphores without a word on stderr."""

@@ -66,6 +66,7 @@ def _held_bytes(folder: Path, out: Path, top_k: int) -> int:
     return held[0]
 
 
+@pytest.mark.slow  # two classify runs over thousands of rows under tracemalloc: ~7 s
 def test_kept_rows_are_not_held_in_memory(tmp_path: Path) -> None:
     """Rows 7x longer (top-10) must not raise the memory held while rows are written.
 
