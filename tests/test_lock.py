@@ -178,3 +178,65 @@ def test_without_flock_another_users_live_pid_holds_the_lock(unprivileged_tmp: P
         return "acquired"
 
     assert "(pid 1)" in run_unprivileged(attempt)
+
+
+@pytest.mark.parametrize("code, held", [(errno.EWOULDBLOCK, True), (errno.EAGAIN, True), (errno.EACCES, True),
+                                        (errno.ENOLCK, False), (errno.EINVAL, False), (errno.ENOTSUP, False)])
+def test_flock_errors_mean_held_or_unsupported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int,
+                                               held: bool) -> None:
+    def flock(fd: int, op: int) -> None:
+        assert op == lockmod.fcntl.LOCK_EX | lockmod.fcntl.LOCK_NB  # never a blocking wait
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(lockmod.fcntl, "flock", flock)
+    out = tmp_path / "labels.csv"
+    if held:  # another process has it: refused, and its file is left as it was
+        with pytest.raises(LockHeld, match=r"labels.csv is being written by another cifarbench run \(another process\)"):
+            OutputLock(out).acquire()
+        lock_path_for(out).write_text('{"started": "08:00"}')
+        with pytest.raises(LockHeld, match=r"\(another process, started 08:00\)"):
+            OutputLock(out).acquire()
+        assert lock_path_for(out).read_text() == '{"started": "08:00"}'
+    else:  # no flock here: the (absent) pid decides, so it is ours, with our pid written
+        with OutputLock(out) as lk:
+            info = json.loads(lk.path.read_text())
+            assert info["pid"] == os.getpid() and info["tool"] == "cifarbench classify" and info["host"]
+
+
+def test_owner_lines_that_are_not_an_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lockmod.fcntl, "flock", _no_flock)
+    out = tmp_path / "labels.csv"
+    for text in ("[1, 2]", "", "   \n", '{"pid": null}', '{"pid": 1.5}', "\xff\xfe garbage"):
+        lock_path_for(out).write_text(text, encoding="utf-8", errors="surrogateescape")
+        with OutputLock(out):  # none of them names a live process: taken over
+            pass
+
+
+def test_message_names_pid_and_start(tmp_path: Path, live_pid: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lockmod.fcntl, "flock", _no_flock)
+    out = tmp_path / "labels.csv"
+    lock_path_for(out).write_text(json.dumps({"pid": live_pid, "started": "2026-01-01T08:00:00"}))
+    with pytest.raises(LockHeld) as e:
+        OutputLock(out).acquire()
+    assert str(e.value) == (f"{out} is being written by another cifarbench run (pid {live_pid}, started "
+                            f"2026-01-01T08:00:00); lock file {lock_path_for(out)}. Try again when it has finished.")
+
+
+def test_a_lock_file_replaced_at_every_try_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[int] = []
+    monkeypatch.setattr(OutputLock, "_same_file", lambda self, fd: tries.append(fd) or False)
+    with pytest.raises(LockHeld, match="keeps being replaced by another process"):
+        OutputLock(tmp_path / "labels.csv").acquire()
+    assert len(tries) == 50
+
+
+def test_release_is_idempotent_and_spares_a_replaced_file(tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    lk = OutputLock(out)
+    lk.release()  # never acquired: nothing to do
+    lk.acquire()
+    lk.path.unlink()
+    lk.path.write_text("someone else's")  # replaced while we held the old inode
+    lk.release()
+    lk.release()
+    assert lk.path.read_text() == "someone else's"
