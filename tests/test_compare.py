@@ -283,6 +283,11 @@ def test_p50_judged_only_beyond_the_floor() -> None:
                                 latency_floor_ms=0.125)
     assert past["rows"][0]["changes"]["p50_ms"]["verdict"] == "regression"
     assert past["latency_floor_ms"] == 0.125 and past["tolerance_pct"] == pytest.approx(5.0)
+    # decimal milliseconds: 1.0 -> 1.1 is the 0.1 ms default floor exactly (floats say 0.10000000000000009)
+    dec = compare.compare_docs(_d(_row(p50=1.0, repeat=False)), _d(_row(p50=1.1, repeat=False)))
+    assert dec["rows"][0]["changes"]["p50_ms"]["verdict"] == "same"
+    dec = compare.compare_docs(_d(_row(p50=1.0, repeat=False)), _d(_row(p50=1.101, repeat=False)))
+    assert dec["rows"][0]["changes"]["p50_ms"]["verdict"] == "regression"
 
 
 def test_text_and_markdown_reports() -> None:

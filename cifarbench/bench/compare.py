@@ -106,7 +106,8 @@ def compare_docs(old: dict[str, Any], new: dict[str, Any], tolerance: float = 0.
             noise = max(tolerance, os_ + ns)
             worse = -rel if higher_better else rel
             verdict = "regression" if worse > noise else "improved" if -worse > noise else "same"
-            if metric == "p99_ms" or (metric == "p50_ms" and abs(nv - ov) <= latency_floor_ms):
+            # rounded to the nanosecond: 1.1 - 1.0 is 0.10000000000000009 ms, which is the 0.1 ms floor, not above it
+            if metric == "p99_ms" or (metric == "p50_ms" and round(abs(nv - ov), 6) <= latency_floor_ms):
                 verdict = "same"  # shown, not judged (see the module doc)
             row["changes"][metric] = {"old": ov, "new": nv, "delta_pct": 100 * rel, "noise_pct": 100 * noise,
                                       "verdict": verdict}
