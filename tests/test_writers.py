@@ -124,3 +124,71 @@ def test_bad_options_are_usage_errors() -> None:
         make_writer("csv", top_k=0)
     assert format_for("out.JSONL") == "jsonl" and format_for("x.ndjson") == "jsonl"
     assert format_for("out.csv") == "csv" and format_for(None) == "csv"
+
+
+def test_exact_messages_and_defaults() -> None:
+    with pytest.raises(UsageError) as e:
+        make_writer("xml")
+    assert str(e.value) == "unknown output format 'xml'; choose from csv, jsonl"
+    with pytest.raises(UsageError) as e:
+        make_writer("csv", top_k=0)
+    assert str(e.value) == "--top-k must be at least 1, got 0"
+    assert make_writer("csv").columns == make_writer("jsonl").columns == ["path", "label", "class_index", "confidence",
+                                                                           "error"]
+    from cifarbench.runs.writers import CsvRowWriter, JsonlRowWriter
+
+    assert CsvRowWriter().top_k == JsonlRowWriter().top_k == 1
+    with pytest.raises(ValueError) as e2:
+        list(make_writer("csv", top_k=2).read(io.StringIO("path,label\r\n", newline="")))
+    assert str(e2.value) == "CSV header does not match these options"
+    with pytest.raises(ValueError) as e2:
+        list(make_writer("jsonl").read(io.StringIO('{"path": "a"}\n')))
+    assert str(e2.value) == "JSONL keys do not match these options"
+    w = make_writer("csv")
+    with pytest.raises(ValueError) as e2:
+        list(w.read(io.StringIO(w.header() + "a.png,cat\r\n", newline="")))
+    assert str(e2.value) == "CSV row has 2 fields, expected 5"
+    with pytest.raises(ValueError):  # no header at all (an empty file) is not this format either
+        list(w.read(io.StringIO("", newline="")))
+    assert list(w.read(io.StringIO(w.header(), newline=""))) == []
+
+
+def test_csv_lines_end_in_crlf_and_strict_quoting_is_checked() -> None:
+    w = make_writer("csv")
+    assert w.header() == "path,label,class_index,confidence,error\r\n"
+    assert w.format(Row("a.png", "cat", 3, 0.5)) == "a.png,cat,3,0.500000,\r\n"
+    assert w.format(Row("b.png", error="x")) == "b.png,,,,x\r\n"  # None fields empty, not "None"
+    bad = w.header() + 'a.png,"cat"x,3,0.5,\r\n'  # text after a closing quote: not RFC 4180
+    with pytest.raises(csv.Error):
+        list(w.read(io.StringIO(bad, newline="")))
+
+
+def test_jsonl_is_utf8_text_and_writes_no_nan() -> None:
+    w = make_writer("jsonl")
+    line = w.format(Row("ünï 猫.png", "cat", 3, 0.5))
+    assert "ünï 猫.png" in line and "\\u" not in line  # UTF-8, not \\u escapes
+    back = list(w.read(io.StringIO(line.rstrip("\n"))))  # a last line without its newline gets one back
+    assert back[0].text == line and back[0].path == "ünï 猫.png" and not back[0].failed
+    from cifarbench.runs import writers
+
+    assert writers._confidence(float("inf")) is None and writers._confidence(None) is None
+    assert json.loads(w.format(Row("n.png", "cat", 3, float("-inf"))))["confidence"] is None
+
+
+def test_error_text_is_one_line_and_never_empty() -> None:
+    from cifarbench.runs.writers import _error_text
+
+    assert _error_text("  \n\t ") == "error" and _error_text(None) is None
+    assert _error_text("a\nb\r\nc") == "a b c"
+
+
+def test_surrogate_escape_range_ends() -> None:
+    """0xDC80..0xDCFF are os.fsdecode's stand-ins for bytes 0x80..0xFF; every other lone surrogate is \\uNNNN."""
+    assert display_text("\udc80") == "\\x80" and display_text("\udcff") == "\\xff"
+    assert display_text("\udc7f") == "\\udc7f" and display_text("\udd00") == "\\udd00"
+    assert display_text("\ud800") == "\\ud800"
+
+
+def test_format_for_without_a_path_and_with_odd_names() -> None:
+    assert format_for(None) == "csv" and format_for("") == "csv" and format_for("x.JsonL") == "jsonl"
+    assert format_for("jsonl") == "csv"  # a name, not an extension
