@@ -40,3 +40,25 @@ def test_classify_validates_before_loading_anything(tmp_path) -> None:  # type: 
         classify([tmp_path], ClassifyOptions(), top_k=2, stream=io.StringIO())
     with pytest.raises(TypeError):
         classify([tmp_path], no_such_option=1, stream=io.StringIO())
+
+
+@pytest.mark.parametrize("field, least, flag", [("batch_size", 1, "--batch-size"), ("top_k", 1, "--top-k"),
+                                                ("threads", 1, "--threads"), ("workers", 0, "--workers"),
+                                                ("max_pixels", 1, "--max-pixels")])
+def test_each_minimum_at_the_limit_and_one_past(field: str, least: int, flag: str) -> None:
+    assert ClassifyOptions(**{field: least}).validated(has_stream=True)  # type: ignore[arg-type]
+    with pytest.raises(UsageError) as exc:
+        ClassifyOptions(**{field: least - 1}).validated(has_stream=True)  # type: ignore[arg-type]
+    assert str(exc.value) == f"{flag} must be an integer >= {least}, got {least - 1}"
+
+
+def test_exact_messages() -> None:
+    with pytest.raises(UsageError) as exc:
+        ClassifyOptions(tta="rotate").validated(has_stream=True)
+    assert str(exc.value) == "--tta: unknown value 'rotate'; choose from none, flip, flip-translate"
+    with pytest.raises(UsageError) as exc:
+        ClassifyOptions(output="o.csv").validated(has_stream=True)
+    assert str(exc.value) == "give exactly one of an output file or a stream"
+    with pytest.raises(UsageError) as exc:
+        ClassifyOptions(resume=True).validated(has_stream=True)
+    assert str(exc.value) == "--resume needs --output FILE (it reuses that file's rows)"
