@@ -238,3 +238,82 @@ def test_transform_round_trips_and_first_release_manifests_keep_their_transform(
     assert old.transform == Transform((32, 32), "center-crop", None, "lanczos")
     with pytest.raises(ModelError):
         InputContract.from_dict({"shape": [32, 32, 3], "crop_pct": 2})
+
+def test_input_contract_defaults_are_the_first_releases() -> None:
+    from cifarbench.models.manifest import InputContract
+
+    c = InputContract.from_dict({})
+    assert (c.size, c.channels, c.dtype, c.layout, c.color, c.value_range, c.preprocess, c.softmax_added,
+            c.model_input_size, c.model_layout) == ((32, 32), 3, "uint8", "NHWC", "RGB", (0, 255), "none", False,
+                                                    None, "NHWC")
+    assert c == InputContract() and InputContract.from_dict(None) == c and InputContract.from_dict(c) is c
+    assert c.to_dict() == {"shape": [32, 32, 3], "layout": "NHWC", "dtype": "uint8", "color": "RGB", "range": [0, 255],
+                           "preprocess": "inside the model", "preprocess_baked": "none", "softmax_added": False}
+    assert c.get("nope") is None and c.get("nope", 7) == 7 and c["layout"] == "NHWC"
+
+
+def test_input_contract_reads_every_key() -> None:
+    from cifarbench.models.manifest import InputContract
+
+    raw = {"shape": [40, 48, 1], "layout": "nchw", "dtype": "float32", "color": "BGR", "range": [-1, 1],
+           "preprocess_baked": "scale:2", "softmax_added": True, "model_input_size": [224, 200], "model_layout": "nchw"}
+    c = InputContract.from_dict(raw)
+    assert (c.size, c.channels, c.dtype, c.layout, c.color, c.value_range, c.preprocess, c.softmax_added,
+            c.model_input_size, c.model_layout) == ((40, 48), 1, "float32", "NCHW", "BGR", (-1, 1), "scale:2", True,
+                                                    (224, 200), "NCHW")
+    d = c.to_dict()
+    assert d["model_input_size"] == [224, 200] and d["model_layout"] == "NCHW" and d["preprocess_baked"] == "scale:2"
+    assert InputContract.from_dict(d) == c  # round trip
+    assert "model_layout" not in InputContract(model_layout="NHWC").to_dict()
+    assert InputContract(preprocess="").to_dict()["preprocess_baked"] == "none"
+
+
+@pytest.mark.parametrize("raw, message", [({"shape": [32, 32]}, "shape [32, 32] is not H,W,C"),
+                                          ({"shape": [0, 32, 3]}, "shape [0, 32, 3] is not H,W,C"),
+                                          ([1, 2], "input contract must be an object, not list"),
+                                          ({"preprocess_baked": "scale:0"}, "scale must not be 0")])
+def test_input_contract_errors(raw: object, message: str) -> None:
+    from cifarbench.models.manifest import InputContract
+
+    with pytest.raises(ModelError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        InputContract.from_dict(raw)
+    assert InputContract.from_dict({"shape": [1, 1, 1]}).shape == (1, 1, 1)  # the smallest image is one pixel
+
+
+def test_preprocess_numbers_and_counts() -> None:
+    from cifarbench.errors import UsageError
+    from cifarbench.models.manifest import Step, parse_preprocess
+
+    assert parse_preprocess("scale:1e-3/2") == parse_preprocess("scale:1E-3/2") == (Step("scale", scale=0.0005),)
+    assert parse_preprocess("mean-std:0.5/0.25,0.5,1") == (Step("mean-std", mean=(0.5,), std=(0.25, 0.5, 1.0)),)
+    assert parse_preprocess("mean-std:1,2,3/4") == (Step("mean-std", mean=(1.0, 2.0, 3.0), std=(4.0,)),)
+    for bad, why in (("mean-std:1,2/3", "need 1 or 3 means and non-zero stds"),
+                     ("mean-std:1/2,3", "need 1 or 3 means and non-zero stds"),
+                     ("scale:0", "scale must not be 0"), ("scale:1/0", "division by zero in '1/0'"),
+                     ("scale:nan", "'nan' is not a finite number")):
+        with pytest.raises(UsageError) as e:
+            parse_preprocess(bad)
+        assert str(e.value) == (f"bad --preprocess {bad!r} ({why}); use none, scale:1/255, mean-std:R,G,B/R,G,B, "
+                                "or steps joined by +")
+
+
+def test_manifest_file_layout_and_errors(tmp_path: Path) -> None:
+    m = Manifest(name="m", arch="x")
+    with pytest.raises(ValueError, match="^manifest has no directory$"):
+        m.save()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "w.onnx").write_bytes(b"abc")
+    m.save(tmp_path / "a")
+    assert m.directory == tmp_path / "a"
+    art = m.add_artifact("onnx", "w.onnx", details={"opset": 17})
+    assert (art.format, art.file, art.size, art.details) == ("onnx", "w.onnx", 3, {"opset": 17})
+    m.save()  # to its own directory
+    text = (tmp_path / "a" / MANIFEST_NAME).read_text()
+    assert text.startswith('{\n  "name": "m",\n  "arch": "x",\n') and text.endswith("}\n")  # indent 2, field order
+    with pytest.raises(ModelError) as e:
+        Manifest(name="m", arch="x").path_of("onnx")
+    assert str(e.value) == "model 'm' has no onnx artifact (has: none); run `cifarbench convert`"
+    from cifarbench.models.manifest import _json_default
+
+    with pytest.raises(TypeError, match="^not JSON serialisable: object$"):
+        _json_default(object())
