@@ -216,19 +216,22 @@ def test_status_changes_are_judged_by_what_was_ok() -> None:
     res = compare.compare_docs(old, new)
     rows = {r["backend"]: r for r in res["rows"]}
     assert [r["backend"] for r in res["rows"]] == ["a", "b", "c", "d", "e"]  # old order, then the new rows
-    assert (rows["a"]["status"], rows["a"]["verdict"]) == ("ok -> failed", "regression")
-    assert (rows["b"]["status"], rows["b"]["verdict"]) == ("failed -> ok", "improved")
-    assert (rows["c"]["status"], rows["c"]["verdict"]) == ("ok -> absent", "regression")
-    assert (rows["d"]["status"], rows["d"]["verdict"]) == ("skipped -> failed", "same")
-    assert (rows["e"]["status"], rows["e"]["verdict"]) == ("absent -> ok", "improved")
+    assert (rows["a"]["status"], rows["a"]["verdict"]) == ("ok → failed", "regression")
+    assert (rows["b"]["status"], rows["b"]["verdict"]) == ("failed → ok", "improved")
+    assert (rows["c"]["status"], rows["c"]["verdict"]) == ("ok → absent", "absent")  # not judged unless strict
+    assert (rows["d"]["status"], rows["d"]["verdict"]) == ("skipped → failed", "same")
+    assert (rows["e"]["status"], rows["e"]["verdict"]) == ("absent → ok", "absent")
     assert res["verdict"] == "regression"
+    strict = {r["backend"]: r for r in compare.compare_docs(old, new, strict=True)["rows"]}
+    assert strict["c"]["verdict"] == "regression" and strict["e"]["verdict"] == "absent"
     assert compare.compare_docs(_d(_row("b", status="failed")), _d(_row("b")))["verdict"] == "improved"
     assert compare.compare_docs(_d(_row("b")), _d(_row("b")))["verdict"] == "same"
 
 
 def test_threads_are_part_of_the_row_key() -> None:
     res = compare.compare_docs(_d(_row(threads=1)), _d(_row(threads=2)))
-    assert [(r["threads"], r["status"]) for r in res["rows"]] == [(1, "ok -> absent"), (2, "absent -> ok")]
+    assert [(r["threads"], r["status"]) for r in res["rows"]] == [(1, "ok → absent"), (2, "absent → ok")]
+    assert res["notes"][-1].startswith("2 row(s) present in one run only: not judged")
 
 
 def test_notes_for_other_data_and_other_cpus() -> None:
@@ -298,13 +301,13 @@ def test_text_and_markdown_reports() -> None:
     assert lines[0].split() == ["model", "backend", "img/s", "p50", "ms", "p99", "ms", "accuracy", "verdict"]
     assert "1,000 → 500 (-50.0 %, noise ±5 %) regression" in lines[1]
     assert "2.000 → 2.000 (+0.0 %, noise ±5 %)" in lines[1] and "0.7000 → 0.7120 (+1.20 pp)" in lines[1]
-    assert lines[2].split() == ["m", "x", "failed", "->", "ok", "improved"]
+    assert lines[2].split() == ["m", "x", "failed", "→", "ok", "improved"]
     assert lines[-2:] == ["note: different CPUs: EPYC vs Xeon", "verdict: regression"]
     md = compare.to_markdown(res)
     assert md.startswith("### cifarbench bench compare: **regression**\n\nOld: today; new: today. A speed change "
                          "counts beyond the larger of 5 % and the sum of the runs' min–max spreads, and a p50 change "
                          "only beyond 0.1 ms (p99 shown, not judged); accuracy beyond 0.1 pp.\n")
     assert "| m | onnx | 1,000 → 500 (-50.0 %, noise ±5 %) **regression** |" in md
-    assert "| m | x | failed -> ok |  |  |  | improved |" in md and md.endswith("> different CPUs: EPYC vs Xeon\n")
+    assert "| m | x | failed → ok |  |  |  | improved |" in md and md.endswith("> different CPUs: EPYC vs Xeon\n")
     threaded = compare.to_text(compare.compare_docs(_d(_row(threads=4)), _d(_row(threads=4))))
     assert "onnx (4t)" in threaded
