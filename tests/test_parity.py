@@ -181,3 +181,44 @@ def test_check_parity_end_to_end_on_fake_runtimes(monkeypatch: pytest.MonkeyPatc
     assert meta["test_split"] == {"note": "a sample", "images": 50, "reference_accuracy": 0.0}
     assert meta["thresholds"]["int8_warn_drop_pp"] == 1.0 and meta["thresholds"]["int8_target_drop_pp"] == 0.3
     assert loaded["onnx"].batches == [256, 44, 50]  # parity in batches of 256, then the test sample
+
+
+def test_check_parity_for_an_onnx_source_without_a_test_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarbench import backends
+    from cifarbench.conversion import parity
+    from cifarbench.conversion.parity import SampleSet, check_parity
+    from cifarbench.events import Recorder
+    from cifarbench.models.manifest import Artifact, Manifest
+
+    n = 20
+    truth = np.arange(n) % 10
+    calls: list[tuple] = []
+
+    def load(fmt: str, manifest: object, device: str, threads: object) -> _Backend:
+        calls.append((fmt, manifest, device, threads))
+        return _Backend(truth)
+
+    monkeypatch.setattr(backends, "load_backend", load)
+    pixels = np.zeros((n, 2, 2, 3), np.uint16)
+    pixels[:, 0, 0, 0] = np.arange(n)
+    data = SampleSet(source="s", seed=0, cal_x=pixels[:2], par_x=pixels, par_y=truth, test=None, test_note="none here",
+                     split="test")
+    m = Manifest(name="m", arch="x")
+    for f in ("keras", "onnx"):  # a keras artifact beside an ONNX source keeps its own (empty) parity
+        m.artifacts[f] = Artifact(file=f, format=f, sha256="0", size=1)
+    source = _Source(truth)
+    source.kind = "onnx"
+    rec = Recorder()
+    assert check_parity(m, source, ["onnx"], data, rec) == []
+    assert calls == [("onnx", m, "cpu", None)]  # the manifest's artifact, on the CPU, runtime-default threads
+    assert [(e.kind, e.message) for e in rec.events] == [("step", "parity check on 20 images")]
+    assert m.artifacts["keras"].parity == {} and "test_accuracy" not in m.artifacts["onnx"].parity
+    meta = m.metrics["parity"]
+    assert meta["reference"] == "the original ONNX model (onnxruntime)" and meta["held_out"] is False
+    assert meta["test_split"] == {"note": "none here"} and meta["split"] == "test"
+    assert meta["thresholds"] == {
+        "float32 (min top-1 agreement, max |dp|)": parity.FLOAT32_BOUNDS,
+        "float16 fail (min top-1 agreement, max |accuracy change| pp)": parity.FP16_FAIL,
+        "float16 fail: images always allowed to flip or change": parity.FP16_MIN_IMAGES,
+        "float16 rounding warning (min top-1 agreement, max |dp|)": parity.FP16_ROUNDING,
+        "int8_target_drop_pp": 0.3, "int8_warn_drop_pp": 1.0}
