@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cifarbench.bench import compare
-from cifarbench.errors import ExitStatus
+from cifarbench.errors import DataError, ExitStatus
 from conftest import run_cli
 
 RUN = ("--backend", "onnx", "--backend", "tflite-int8", "--limit", "40", "--min-time", "0.2", "--min-iters", "100",
@@ -311,3 +311,44 @@ def test_text_and_markdown_reports() -> None:
     assert "| m | x | failed → ok |  |  |  | improved |" in md and md.endswith("> different CPUs: EPYC vs Xeon\n")
     threaded = compare.to_text(compare.compare_docs(_d(_row(threads=4)), _d(_row(threads=4))))
     assert "onnx (4t)" in threaded
+
+
+def test_compare_files_reads_a_directory_or_its_results_json(tmp_path: Path) -> None:
+    """On a committed results.json (no model needed): a directory means its results.json; defaults pass through."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "flagship"
+    doc = json.loads((committed / "results.json").read_text())
+    res = compare.compare_files(committed, committed / "results.json")
+    assert res["verdict"] == "same" and len(res["rows"]) == len(doc["results"]) and res["notes"] == []
+    assert (res["tolerance_pct"], res["latency_floor_ms"], res["strict"]) == (5.0, 0.1, False)
+    slower = _slower(doc, 1.25)
+    slower["results"] = slower["results"][1:]  # and one row gone
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "results.json").write_text(json.dumps(slower))
+    res = compare.compare_files(committed, tmp_path / "new", 0.5, 0.2)
+    assert (res["tolerance_pct"], res["latency_floor_ms"]) == (50.0, 0.2) and res["rows"][0]["verdict"] == "absent"
+    assert compare.compare_files(committed, tmp_path / "new", strict=True)["verdict"] == "regression"
+    assert res["old"]["command"] == doc.get("command") and res["new"]["created"] == slower.get("created")
+    with pytest.raises(DataError, match=r"results\.json: unreadable results"):  # a directory means its results.json
+        compare.compare_files(tmp_path, committed)
+
+
+def test_documents_without_data_or_environment_blocks() -> None:
+    bare = {"results": [_row()]}
+    res = compare.compare_docs(bare, bare)
+    assert res["verdict"] == "same" and res["notes"] == []
+    assert res["rows"][0]["verdict"] == "same" and res["old"] == {"created": None, "command": None}
+    assert compare.compare_docs(bare, {**bare, "data": {"subset": [0, 5]}})["notes"] == [
+        "the runs used different data, so accuracy deltas compare different images"]
+    assert compare.compare_docs({**bare, "environment": {"cpu": {"model": "A"}}}, bare)["notes"] == [
+        "different CPUs: A vs None"]
+
+
+def test_accuracy_only_when_both_runs_have_it_and_cells_for_unjudged_figures() -> None:
+    one = compare.compare_docs(_d(_row(acc=0.5)), _d(_row()))
+    assert "accuracy" not in one["rows"][0]["changes"]
+    res = compare.compare_docs(_d(_row(ips=1234.5, p50=1.23456, p99=9.87654)), _d(_row(ips=1234.5, p50=1.23456,
+                                                                                       p99=9.87654)))
+    cells = compare._cells(res["rows"][0])
+    assert cells[2].startswith("1,234 → 1,234 (+0.0 %") and "**" not in cells[2]  # "same" is not marked
+    assert cells[3].startswith("1.235 → 1.235") and cells[4].startswith("9.877 → 9.877") and cells[5] == "–"
+    assert res["rows"][0]["verdict"] == "same"
