@@ -457,10 +457,16 @@ def test_admission_queue_at_its_size_and_one_past() -> None:
             pass
 
     anyio.run(main)
-    with pytest.raises(ValueError):
-        Admission(0, 1)
-    with pytest.raises(ValueError):
-        Admission(1, -1)
+    for bad in ((0, 1), (1, -1)):
+        with pytest.raises(ValueError) as e:
+            Admission(*bad)
+        assert str(e.value) == "max_active must be >= 1 and max_queue >= 0"
+    assert Busy("x").retry_after == 1 and Busy("x", 5).retry_after == 5 and str(Busy("x")) == "x"
+    one = UploadBudget(0)  # never below one byte, so a budget can always be exceeded and refused
+    assert one.total == 1
+    one.take(1)
+    with pytest.raises(Busy):
+        one.take(1)
     b = UploadBudget(100)
     b.take(60)
     b.take(40)  # exactly the budget

@@ -92,3 +92,34 @@ def test_offline_only_measures_batch_1_itself(recorded: tuple[Recording, Manifes
     assert tp[1]["calls"] == 3 and tp[1]["images_per_s"] == pytest.approx(200.0) and "from" not in tp[1]
     assert tp[2]["images_per_s"] == pytest.approx(2 / (OVERHEAD + 2 * PER_IMAGE))
     assert be.calls == [1] + [1] * 5 + [2] * 5  # first call; 2 warm-up + 3 timed at each batch size
+
+
+def test_tta_row_and_the_backend_it_loads(recorded: tuple[Recording, Manifest], monkeypatch: pytest.MonkeyPatch) -> None:
+    be, m = recorded
+    loads: list[tuple] = []
+    monkeypatch.setattr(backends, "load_backend", lambda *a: loads.append(a) or be)
+    images = np.zeros((8, 32, 32, 3), np.uint8)
+    labels = np.array([3] * 6 + [1] * 2)
+    job = worker.Job(model="m", backend="onnx", device="cpu", threads=2, batch_sizes=[4], scenarios=["single-stream"],
+                     warmup=0, min_iters=2, min_time=0.0, tta="flip")
+    out, _ = worker.measure(job, m, images, labels)
+    assert loads == [("onnx", m, "cpu", 2)]
+    tta = out["tta"]
+    assert (tta["mode"], tta["views"], tta["accuracy"]) == ("flip", 2, 0.75)  # every view says class 3: 6 of 8
+    assert tta["cost_x"] > 0 and tta["images_per_s"] > 0
+    assert out["warnings"][0].startswith("p99 rests on only 2 latency samples")
+    assert out["throughput"] == []  # batch 1 was not asked for, offline not run
+
+
+def test_rss_figures_against_the_kernels_own_numbers() -> None:
+    """current_rss_mb reads statm pages; VmRSS in /proc/self/status is the same memory in kB: an independent read."""
+    import os
+    import resource
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc")
+    status = {ln.split(":")[0]: ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("Vm")}
+    cur = worker.current_rss_mb()
+    assert cur is not None and cur == pytest.approx(int(status["VmRSS"]) / 1024, rel=0.1)
+    assert worker.peak_rss_mb() == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rel=0.1)
+    assert worker.peak_rss_mb() >= cur * 0.99
