@@ -240,3 +240,44 @@ def test_release_is_idempotent_and_spares_a_replaced_file(tmp_path: Path) -> Non
     lk.release()
     lk.release()
     assert lk.path.read_text() == "someone else's"
+
+
+def test_owner_line_format_mode_and_nested_directories(tmp_path: Path) -> None:
+    import re
+    import stat
+
+    out = tmp_path / "a" / "b" / "labels.csv"  # two missing levels
+    old = os.umask(0)
+    try:
+        with OutputLock(out) as lk:
+            assert stat.S_IMODE(lk.path.stat().st_mode) == 0o644  # rw-r--r--, whatever the umask allowed
+            info = json.loads(lk.path.read_text())
+    finally:
+        os.umask(old)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", info["started"]), info["started"]
+    assert set(info) == {"pid", "host", "started", "tool"}
+
+
+def test_a_longer_stale_owner_line_is_replaced_whole(tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    lock_path_for(out).write_text(json.dumps({"pid": _dead_pid(), "note": "x" * 5000}))
+    with OutputLock(out) as lk:
+        info = json.loads(lk.path.read_text())  # no tail of the old line left after ours
+        assert info["pid"] == os.getpid() and "note" not in info
+
+
+def test_release_survives_an_unlink_or_close_that_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lk = OutputLock(tmp_path / "labels.csv")
+    lk.acquire()
+    fd = lk._fd
+    assert fd is not None
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(lockmod.os, "unlink", refuse)
+    monkeypatch.setattr(lockmod.os, "close", refuse)
+    lk.release()  # best effort: neither error escapes
+    assert lk._fd is None
+    monkeypatch.undo()
+    os.close(fd)
