@@ -136,6 +136,14 @@ def test_heuristic_is_vnni_aware() -> None:
     vnni_all = ["onnx-int8", "tflite-int8", "openvino-int8"]
     assert autoselect.heuristic(vnni_all, {"avx512_vnni": True}) == "openvino-int8"
     assert autoselect.heuristic(vnni_all, {"avx2": True}) == "onnx-int8"
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):  # each VNNI flavour alone is enough
+        assert autoselect.heuristic(names, {flag: True}) == "tflite-int8", flag
+    assert autoselect.heuristic(["my-plugin"], {}) == "my-plugin"  # nothing known: the first candidate
+
+
+def test_openvino_candidates_load_first() -> None:
+    assert sorted(["onnx-int8", "openvino-int8", "tflite-int8"], key=autoselect._load_rank)[0] == "openvino-int8"
+    assert autoselect._load_rank("openvino") < autoselect._load_rank("onnx") == autoselect._load_rank("tflite-int8")
 
 
 @pytest.fixture
