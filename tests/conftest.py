@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -75,10 +76,23 @@ def run_unprivileged(fn: Callable[[], Any]) -> Any:
         finally:
             os._exit(0)
     os.close(w)
+    import select
+    import signal
+
+    chunks, deadline = [], time.monotonic() + 120  # a fork of a threaded process could hang: never wait forever
     with os.fdopen(r, "rb") as fh:
-        data = fh.read()
+        while True:
+            ready, _, _ = select.select([fh], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = os.read(fh.fileno(), 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
     os.waitpid(pid, 0)
-    assert data, "the unprivileged child died before answering"
+    data = b"".join(chunks)
+    assert data, "the unprivileged child died (or hung 120 s) before answering"
     ok, value = pickle.loads(data)
     if not ok:
         raise AssertionError(f"as nobody:\n{value}")
