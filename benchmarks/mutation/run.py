@@ -91,11 +91,15 @@ def scratch_copy(module: str, tests: list[str], work: Path) -> None:
     shutil.copy2(REPO / "pyproject.toml", work / "pyproject.toml")
     if (REPO / "trained").is_dir():
         (work / "trained").symlink_to(REPO / "trained", target_is_directory=True)
+    # committed bench results some tests read (mutmut runs the tests from mutants/, so it copies them there too)
+    (work / "benchmarks").mkdir()
+    (work / "benchmarks" / "results").symlink_to(REPO / "benchmarks" / "results", target_is_directory=True)
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     if not cfg.has_section("mutmut"):
         cfg.add_section("mutmut")
     cfg.set("mutmut", "only_mutate", module)
+    cfg.set("mutmut", "also_copy", "\ntrained\nbenchmarks/results")
     cfg.set("mutmut", "pytest_add_cli_args_test_selection", "\n" + "\n".join(tests))
     with open(work / "setup.cfg", "w") as fh:
         cfg.write(fh)
