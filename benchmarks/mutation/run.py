@@ -99,7 +99,7 @@ def scratch_copy(module: str, tests: list[str], work: Path) -> None:
     if not cfg.has_section("mutmut"):
         cfg.add_section("mutmut")
     cfg.set("mutmut", "only_mutate", module)
-    cfg.set("mutmut", "also_copy", "\ntrained\nbenchmarks/results")
+    cfg.set("mutmut", "also_copy", "\nbenchmarks/results")
     cfg.set("mutmut", "pytest_add_cli_args_test_selection", "\n" + "\n".join(tests))
     with open(work / "setup.cfg", "w") as fh:
         cfg.write(fh)
