@@ -281,3 +281,22 @@ def test_release_survives_an_unlink_or_close_that_fails(tmp_path: Path, monkeypa
     assert lk._fd is None
     monkeypatch.undo()
     os.close(fd)
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_opened_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The previous holder's release unlinks the file after we opened it: locking that orphan inode would let a
+    third run lock a new file beside us, so acquire opens the path again."""
+    out = tmp_path / "labels.csv"
+    real_flock, calls = lockmod.fcntl.flock, []
+
+    def flock_after_a_release(fd: int, op: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(lock_path_for(out))  # the other run's release, just now
+        real_flock(fd, op)
+
+    monkeypatch.setattr(lockmod.fcntl, "flock", flock_after_a_release)
+    with OutputLock(out) as lk:
+        assert len(calls) == 2 and lk.path.exists()  # locked the file that is really there
+        assert os.fstat(lk._fd).st_ino == lk.path.stat().st_ino  # type: ignore[arg-type]

@@ -287,10 +287,13 @@ def test_preprocess_numbers_and_counts() -> None:
     assert parse_preprocess("scale:1e-3/2") == parse_preprocess("scale:1E-3/2") == (Step("scale", scale=0.0005),)
     assert parse_preprocess("mean-std:0.5/0.25,0.5,1") == (Step("mean-std", mean=(0.5,), std=(0.25, 0.5, 1.0)),)
     assert parse_preprocess("mean-std:1,2,3/4") == (Step("mean-std", mean=(1.0, 2.0, 3.0), std=(4.0,)),)
+    # the first "/" splits means from stds, so stds may be fractions themselves
+    assert parse_preprocess("mean-std:0.5,0.5,0.5/1/4,1/4,1/4") == (
+        Step("mean-std", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),)
     for bad, why in (("mean-std:1,2/3", "need 1 or 3 means and non-zero stds"),
                      ("mean-std:1/2,3", "need 1 or 3 means and non-zero stds"),
                      ("scale:0", "scale must not be 0"), ("scale:1/0", "division by zero in '1/0'"),
-                     ("scale:nan", "'nan' is not a finite number")):
+                     ("scale:nan", "'nan' is not a finite number"), ("divide:3", "unknown step 'divide'")):
         with pytest.raises(UsageError) as e:
             parse_preprocess(bad)
         assert str(e.value) == (f"bad --preprocess {bad!r} ({why}); use none, scale:1/255, mean-std:R,G,B/R,G,B, "
