@@ -44,7 +44,7 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/runs/writers.py": ["tests/test_writers.py"],
     "cifarbench/runs/options.py": ["tests/test_classify_options.py"],
     "cifarbench/conversion/parity.py": ["tests/test_parity.py"],
-    "cifarbench/backends/autoselect.py": ["tests/test_autoselect.py"],
+    "cifarbench/backends/autoselect.py": ["tests/test_autoselect.py", "tests/test_autoselect_cache.py"],
     "cifarbench/data/images.py": ["tests/test_images.py"],
     "cifarbench/bench/worker.py": ["tests/test_worker.py"],
     "cifarbench/serve/admission.py": ["tests/test_serve.py::test_admission_queue_at_its_size_and_one_past"],
