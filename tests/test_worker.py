@@ -123,3 +123,18 @@ def test_rss_figures_against_the_kernels_own_numbers() -> None:
     assert cur is not None and cur == pytest.approx(int(status["VmRSS"]) / 1024, rel=0.1)
     assert worker.peak_rss_mb() == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rel=0.1)
     assert worker.peak_rss_mb() >= cur * 0.99
+
+
+def test_pin_to_usable_cpus_and_refusals() -> None:
+    import os
+
+    assert worker._pin(None) is None and worker._pin([]) is None
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this OS")
+    before = os.sched_getaffinity(0)
+    try:
+        first = min(before)
+        assert worker._pin([first]) == [first] and os.sched_getaffinity(0) == {first}
+        assert worker._pin([10**6]) is None  # a CPU that does not exist: not pinned, no error
+    finally:
+        os.sched_setaffinity(0, before)
