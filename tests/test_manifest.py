@@ -248,7 +248,8 @@ def test_input_contract_defaults_are_the_first_releases() -> None:
                                                     None, "NHWC")
     assert c == InputContract() and InputContract.from_dict(None) == c and InputContract.from_dict(c) is c
     assert c.to_dict() == {"shape": [32, 32, 3], "layout": "NHWC", "dtype": "uint8", "color": "RGB", "range": [0, 255],
-                           "preprocess": "inside the model", "preprocess_baked": "none", "softmax_added": False}
+                           "preprocess": "inside the model", "preprocess_baked": "none", "softmax_added": False,
+                           "resize": "center-crop", "crop_pct": None, "interpolation": "lanczos"}
     assert c.get("nope") is None and c.get("nope", 7) == 7 and c["layout"] == "NHWC"
 
 
@@ -296,8 +297,8 @@ def test_preprocess_numbers_and_counts() -> None:
                      ("scale:nan", "'nan' is not a finite number"), ("divide:3", "unknown step 'divide'")):
         with pytest.raises(UsageError) as e:
             parse_preprocess(bad)
-        assert str(e.value) == (f"bad --preprocess {bad!r} ({why}); use none, scale:1/255, mean-std:R,G,B/R,G,B, "
-                                "or steps joined by +")
+        assert str(e.value) == (f"bad --preprocess {bad!r} ({why}); use a preset (torch, tf, caffe, none), or "
+                                "scale:1/255, mean-std:R,G,B/R,G,B, bgr, or steps joined by +")
 
 
 def test_manifest_file_layout_and_errors(tmp_path: Path) -> None:
