@@ -328,7 +328,10 @@ def test_compare_files_reads_a_directory_or_its_results_json(tmp_path: Path) -> 
     (tmp_path / "new" / "results.json").write_text(json.dumps(slower))
     res = compare.compare_files(committed, tmp_path / "new", 0.5, 0.2)
     assert (res["tolerance_pct"], res["latency_floor_ms"]) == (50.0, 0.2) and res["rows"][0]["verdict"] == "absent"
-    assert compare.compare_files(committed, tmp_path / "new", strict=True)["verdict"] == "regression"
+    fewer = {**doc, "results": doc["results"][1:]}  # only a row gone, nothing slower: strict alone decides
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    assert compare.compare_files(committed, tmp_path / "fewer.json")["verdict"] == "same"
+    assert compare.compare_files(committed, tmp_path / "fewer.json", strict=True)["verdict"] == "regression"
     assert res["old"]["command"] == doc.get("command") and res["new"]["created"] == slower.get("created")
     with pytest.raises(DataError, match=r"results\.json: unreadable results"):  # a directory means its results.json
         compare.compare_files(tmp_path, committed)
@@ -354,3 +357,27 @@ def test_accuracy_only_when_both_runs_have_it_and_cells_for_unjudged_figures() -
     assert cells[2].startswith("1,234 → 1,234 (+0.0 %") and "**" not in cells[2]  # "same" is not marked
     assert cells[3].startswith("1.235 → 1.235") and cells[4].startswith("9.877 → 9.877") and cells[5] == "–"
     assert res["rows"][0]["verdict"] == "same"
+
+
+def test_a_missing_figure_does_not_hide_the_next_one() -> None:
+    old, new = _d(_row(repeat=False, ips=None, p50=1.0)), _d(_row(repeat=False, ips=None, p50=2.0))
+    ch = compare.compare_docs(old, new)["rows"][0]["changes"]
+    assert "images_per_s" not in ch and ch["p50_ms"]["verdict"] == "regression"
+
+
+def test_markdown_json_and_the_absent_note_in_full() -> None:
+    res = compare.compare_docs(_d(_row(p50=None, p99=None, repeat=False), _row("gone")),
+                               {**_d(_row(p50=None, p99=None, repeat=False)), "command": "bench --again"})
+    assert res["notes"] == ["1 row(s) present in one run only: not judged (--strict makes a row that was ok and is "
+                            "gone a regression)"]
+    assert res["new"] == {"created": "today", "command": "bench --again"}
+    md = compare.to_markdown(res).splitlines()
+    assert md[1] == "" and md[3] == "" and md[-1] == "> " + res["notes"][0]
+    assert md[4] == "| " + " | ".join(compare.HEADER) + " |" and md[5] == "|" + "---|" * len(compare.HEADER)
+    assert md[6].startswith("| m | onnx | 1,000 → 1,000 (+0.0 %, noise ±5 %) | – | – | – | same |")
+    assert md[-2] == ""
+    text = compare.to_text(res).splitlines()
+    assert text[0].startswith("model  backend") and not text[0].endswith(" ")  # left-justified, no trailing blanks
+    assert compare.render(res, "json") == compare.to_json(res) and json.loads(compare.to_json(res)) == res
+    assert compare.to_json(res).endswith("}\n") and compare.to_json(res).startswith('{\n  "verdict"')
+    assert compare.render(res, "md") == compare.to_markdown(res) and compare.render(res, "table") == compare.to_text(res)
