@@ -194,7 +194,11 @@ def summary() -> None:
     machine = f"{any_r['cpu']}, {any_r['cpus']} CPUs, mutmut {any_r['mutmut']}" if any_r else "no run yet"
     text = ("# Mutation testing results\n\n"
             f"Machine: {machine}; run with `python benchmarks/mutation/run.py <module>` (nice 10, --max-children 1),\n"
-            "each module against only its own test files (run.py's MODULES). killed % counts timeouts as killed.\n\n"
+            "each module against only its own test files (run.py's MODULES). killed % counts timeouts as killed; "
+            "'code' is the commit each run measured (-dirty: notes or tests were being edited meanwhile).\n"
+            "Notes (notes.json) are keyed by mutmut's names, numbered within each function: after a function changes, "
+            "its notes need checking again. 'killed since by' names a test added after the run; the next run "
+            "confirms it.\n\n"
             "| module | mutants | killed | survivors | killed % | time | code |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n\n## Survivors\n\nEach survivor's note says which test now kills it "
             "(after the run that produced these numbers) or why it is equivalent.\n\n" + "\n".join(details))
