@@ -190,7 +190,8 @@ def summary() -> None:
                     f"| {r.get('commit', '')} |")
         for name, s in r["survivors"].items():
             details.append(f"### `{name}` ({s['status']})\n\n{s['note'] or '(no note yet)'}\n\n```diff\n{s['diff']}\n```\n")
-    any_r = next((json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))), None)
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    any_r = max(runs, key=lambda r: r.get("date", "")) if runs else None  # the newest run describes the machine
     machine = f"{any_r['cpu']}, {any_r['cpus']} CPUs, mutmut {any_r['mutmut']}" if any_r else "no run yet"
     text = ("# Mutation testing results\n\n"
             f"Machine: {machine}; run with `python benchmarks/mutation/run.py <module>` (nice 10, --max-children 1),\n"
