@@ -21,11 +21,14 @@ TWO = {"onnx-int8": "cpu", "tflite-int8": "cpu"}
 class Fake:
     """A backend whose every call costs ``cost`` seconds of real time (a cost model for the probe to measure)."""
 
+    shapes: set = set()
+
     def __init__(self, cost: float) -> None:
         self.cost, self.calls = cost, 0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
+        Fake.shapes.add((x.shape[1:], x.dtype.name))
         end = time.perf_counter() + self.cost
         while time.perf_counter() < end:
             pass
@@ -34,17 +37,18 @@ class Fake:
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
-    """A manifest, fake backends (tflite-int8 3x faster), a fixed CPU, a fresh cache; loads are recorded."""
+    """A manifest, fake backends (tflite-int8 16x faster), a fixed CPU, a fresh cache; loads are recorded."""
     monkeypatch.setenv("CIFARBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(autoselect.ENV_PROBE, raising=False)
     cpu = {"model": "Test CPU", "machine": "x86_64", "cores": 2, "usable_cores": 2,
            "flags": {f: f == "avx2" for f in sysinfo.SPEED_FLAGS}}
     monkeypatch.setattr(sysinfo, "cpu_info", lambda: cpu)
     monkeypatch.setattr(sysinfo, "package_versions", lambda: {"onnxruntime": "1", "ai-edge-litert": "1"})
-    costs = {"onnx-int8": 0.003, "tflite-int8": 0.001}
+    costs = {"onnx-int8": 0.008, "tflite-int8": 0.0005}  # 16x apart: a busy host's preemption cannot swap them
     loads: list[tuple] = []
 
     def load(name: str, manifest: Any, device: str = "cpu", threads: Any = None) -> Fake:
+        assert manifest is m  # the model asked about, not another
         loads.append((name, device, threads))
         if name not in costs:
             raise ModelError(f"{name} cannot load")
@@ -64,7 +68,7 @@ def test_the_measured_fastest_is_chosen_then_cached(world: dict[str, Any]) -> No
     assert sel.note.startswith("tflite-int8: fastest in a ") and " probe at batch 4 (tflite-int8 " in sel.note
     assert sorted(world["loads"]) == [("onnx-int8", "cpu", None), ("tflite-int8", "cpu", None)]
     f = sel.figures
-    assert f["tflite-int8"]["images_per_s"] > 2 * f["onnx-int8"]["images_per_s"]  # 3x by construction
+    assert f["tflite-int8"]["images_per_s"] > 2 * f["onnx-int8"]["images_per_s"]  # 16x by construction
     assert f["tflite-int8"]["batch_size"] == 4 and f["tflite-int8"]["median_images_per_s"] > 0
     (entry,) = autoselect.cached_entries()
     assert entry["choice"] == "tflite-int8" and entry["model"] == "m" and entry["failed"] == {}
@@ -149,3 +153,31 @@ def test_cached_choice_for_info(world: dict[str, Any], monkeypatch: pytest.Monke
     assert shown["cache"] == str(autoselect.cache_path()) and shown["measured_at"] and shown["probe_s"] > 0
     monkeypatch.setattr(backends, "auto_candidates", lambda manifest, device="cpu": {"onnx-int8": "cpu"})
     assert autoselect.cached_choice(m) == {"choice": "onnx-int8", "how": "only candidate"}
+
+
+def test_the_probe_runs_the_models_input_and_records_in_its_own_terms(world: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    m = world["m"]
+    Fake.shapes.clear()
+    world["costs"].update({"onnx-int8": 0.0005, "tflite-int8": 0.008})  # now onnx-int8 is the faster one
+    sel = autoselect.choose(m, {"onnx-int8": "gpu", "tflite-int8": "cpu"}, 2, batch=4)
+    assert (sel.name, sel.device) == ("onnx-int8", "gpu")  # the measured fastest, not the first by name
+    assert Fake.shapes == {((32, 32, 3), "uint8")}  # uint8 RGB at the model's input size
+    assert sorted(world["loads"]) == [("onnx-int8", "gpu", 2), ("tflite-int8", "cpu", 2)]  # device and threads
+    assert "; " not in sel.note.split(")")[-1]  # cached fine: no "not cached" tail
+    (entry,) = autoselect.cached_entries()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["measured_at"])
+    assert 0 < entry["probe_s"] < 2.9 and entry["probe_s"] == round(entry["probe_s"], 3)
+    hit = autoselect.choose(m, {"onnx-int8": "gpu", "tflite-int8": "cpu"}, 2, batch=4)
+    assert (hit.how, hit.device) == ("cached", "gpu")
+    off = autoselect.choose(m, {"onnx-int8": "gpu", "tflite-int8": "cpu"}, 2, allow_probe=False)
+    assert off.device == "gpu"
+    world["costs"].clear()
+    failed = autoselect.choose(m, {"onnx-int8": "gpu", "tflite-int8": "cpu"}, 3, batch=4)
+    assert (failed.how, failed.device) == ("fallback", "gpu")
+    world["costs"].update({"onnx-int8": 0.001})
+    monkeypatch.setenv("CIFARBENCH_CACHE_DIR", str(autoselect.cache_path()))  # a file where the directory goes
+    unwritable = autoselect.choose(m, {"onnx-int8": "cpu"}, 4, batch=4)
+    assert unwritable.how == "measured" and "; not cached (" in unwritable.note
