@@ -62,3 +62,11 @@ def test_exact_messages() -> None:
     with pytest.raises(UsageError) as exc:
         ClassifyOptions(resume=True).validated(has_stream=True)
     assert str(exc.value) == "--resume needs --output FILE (it reuses that file's rows)"
+
+
+def test_transform_options_are_checked_before_anything_runs() -> None:
+    with pytest.raises(UsageError, match=r"--crop-pct must be in \(0, 1\], got 1.5"):
+        ClassifyOptions(crop_pct=1.5).validated(has_stream=True)  # type: ignore[call-arg]
+    with pytest.raises(UsageError, match="unknown interpolation 'cubic'"):
+        ClassifyOptions(interpolation="cubic").validated(has_stream=True)  # type: ignore[call-arg]
+    assert ClassifyOptions(crop_pct=1.0, interpolation="bicubic").validated(has_stream=True)  # type: ignore[call-arg]

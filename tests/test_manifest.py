@@ -321,3 +321,10 @@ def test_manifest_file_layout_and_errors(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="^not JSON serialisable: object$"):
         _json_default(object())
+
+
+def test_input_contract_size_is_normalised_to_a_tuple_of_ints() -> None:
+    from cifarbench.models.manifest import InputContract
+
+    c = InputContract(size=[40, 30.0])  # type: ignore[arg-type]  # e.g. straight from JSON
+    assert c.size == (40, 30) and isinstance(c.size, tuple) and all(type(v) is int for v in c.size)
