@@ -30,6 +30,7 @@ from typing import IO, BinaryIO, Iterator, Union
 import numpy as np
 from PIL import Image, ImageFile
 
+from cifarbench.data import decode_sandbox
 from cifarbench.data.cstderr import capture_fd2
 from cifarbench.data.decode_budget import MIB, process_budget, return_big_frees_to_os
 from cifarbench.data.image_reduce import REDUCING_GAP, decode_cost, draft_target, pixel_bytes, shrink
@@ -140,7 +141,7 @@ def load_image(
             fp.close()
     except Image.DecompressionBombError as exc:
         return ImageResult(None, f"image too large, refused as a decompression bomb ({first_line(exc)})")
-    except _DecodeFailed as exc:  # a decoder error with what the C library printed
+    except (_DecodeFailed, decode_sandbox.DecodeRefused) as exc:  # a decoder error, or the sandbox's verdict
         return ImageResult(None, str(exc))
     except Image.UnidentifiedImageError:
         return ImageResult(None, "not an image (no installed Pillow plugin recognises it)")
@@ -207,6 +208,11 @@ def _decode(fp: IO[bytes], t: Transform, max_pixels: int | None, draft: bool) ->
 
 def _decode_unlocked(fp: IO[bytes], t: Transform, max_pixels: int | None, draft: bool) -> np.ndarray:
     im = _open_checked(fp, max_pixels)
+    if decode_sandbox.wanted(im):  # a decoder that can outgrow the header's price: capped, in a child
+        try:
+            return decode_sandbox.decode(fp, im.format, decode_cost(im, size, resize), size, resize, max_pixels, draft)
+        finally:
+            im.close()
     try:
         # A JPEG's EXIF is in its header: read before the draft, so a rotated photo drafts for its turned target.
         jpeg_tagged = im.format == "JPEG" and ("exif" in im.info or "xmp" in im.info)

@@ -1,0 +1,263 @@
+"""Decode the formats whose decoders can outgrow their header's price in a child process with a cap.
+
+The loader prices a decode from the image header (``image_reduce.decode_cost``) and holds that much of
+the ``DecodeBudget``. That price is exact for the C decoders of the common formats (JPEG, PNG, WebP,
+PPM, uncompressed BMP), whose work is bounded by the pixels the header declares. Other decoders are
+not: Pillow's Python decoders (BLP, BMP RLE, DDS, QOI, ...) build the image in Python loops (a
+148-byte BLP that claims 1x33.5 MP spins and allocates three copies of its claim), and containers
+(ICNS, MPO, PSD, TIFF, GIF, FLI, ...) decode parts whose size the outer header does not state.
+
+So every other image is decoded in a sandbox: a long-lived child process (started on first use, one
+per process that decodes) whose address space is capped at what it had after start-up plus
+``memory`` bytes, and that is killed when one decode takes longer than ``seconds``. An allocation past
+the cap fails inside the child (one "out of memory" error for that file); a spin ends at the deadline
+with a clear error; a crash kills only the child, which the next file restarts. While the child
+decodes, the caller holds ``memory`` bytes of its decode budget, so the budget keeps bounding what
+all decodes of a run allocate together. A header already priced above the cap is refused at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from cifarbench.data.decode_budget import MIB, process_budget
+
+# C decoders whose work and memory follow the header's pixel count: decoded in the calling process.
+TRUSTED_FORMATS = frozenset(("JPEG", "PNG", "WEBP", "PPM", "BMP", "DIB", "AVIF", "HEIF"))
+DEFAULT_MEMORY = 128 * MIB  # per sandboxed decode, on top of the child's own start-up size
+DEFAULT_SECONDS = 5.0  # per sandboxed decode
+_OOM = "out of memory while decoding"
+_HEAD = struct.Struct("!I")
+_BODY = struct.Struct("!Q")
+
+
+class DecodeRefused(Exception):
+    """A sandboxed decode that failed for a reason the loader reports as the file's error."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    memory: int = DEFAULT_MEMORY
+    seconds: float = DEFAULT_SECONDS
+    enabled: bool = True
+
+
+_limits = SandboxLimits()
+_in_child = False
+
+
+def configure(limits: SandboxLimits) -> SandboxLimits:
+    """Set this process's sandbox limits (children already started keep theirs); returns the old ones."""
+    global _limits
+    if limits.memory < 4 * MIB or limits.seconds <= 0:
+        raise ValueError("sandbox needs at least 4 MiB and a positive time limit")
+    old, _limits = _limits, limits
+    if (old.memory, old.seconds) != (limits.memory, limits.seconds):
+        _POOL.close()
+    return old
+
+
+def limits() -> SandboxLimits:
+    return _limits
+
+
+def wanted(im: Image.Image) -> bool:
+    """Whether ``im`` (opened, not loaded) must be decoded in the sandbox."""
+    if _in_child or not _limits.enabled:
+        return False
+    if im.format not in TRUSTED_FORMATS:
+        return True
+    # a Python decoder (BMP RLE, ...) in a trusted container spins and allocates as it likes
+    return any(t.codec_name in Image.DECODERS for t in getattr(im, "tile", ()) or ())
+
+
+def decode(fp: IO[bytes], fmt: str | None, cost: int, size: int, resize: str, max_pixels: int | None,
+           draft: bool) -> np.ndarray:
+    """Decode the image in ``fp`` (positioned anywhere) in the sandbox; raises ``DecodeRefused``."""
+    lim = _limits
+    if cost > lim.memory:
+        raise DecodeRefused(f"image too large for its format: {fmt} needs {cost / 1e6:,.0f} MB to decode, over the "
+                            f"{lim.memory / MIB:g} MiB a {fmt} decode may use")
+    name = getattr(fp, "name", None)
+    if isinstance(name, str) and os.path.isfile(name):
+        meta, payload = {"path": name}, b""
+    else:
+        fp.seek(0)
+        meta, payload = {"path": None}, fp.read()
+    meta.update(size=size, resize=resize, max_pixels=max_pixels, draft=draft)
+    with process_budget().hold(lim.memory):
+        try:
+            return _POOL.run(meta, payload, lim)
+        except DecodeRefused as exc:
+            if str(exc) != _OOM:
+                raise
+            raise DecodeRefused(f"{_OOM} (a {fmt} decode may use {lim.memory / MIB:g} MiB)") from None
+
+
+# --------------------------------------------------------------------------- parent side
+class _Child:
+    def __init__(self, lim: SandboxLimits) -> None:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   CIFARBENCH_SANDBOX_MEMORY=str(lim.memory))
+        self.proc = subprocess.Popen([sys.executable, "-c", "from cifarbench.data.decode_sandbox import _child_main;"
+                                      " _child_main()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.rfd, self.w = self.proc.stdout.fileno(), self.proc.stdin
+        self.ready = False
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(self.rfd, n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return bytes(buf)
+
+    def request(self, meta: dict[str, Any], payload: bytes, seconds: float) -> np.ndarray:
+        if not self.ready:  # start-up (imports) is not part of the decode's time limit
+            self._read(1, time.monotonic() + 120)
+            self.ready = True
+        head = json.dumps(meta).encode()
+        self.w.write(_HEAD.pack(len(head)) + head + _BODY.pack(len(payload)))
+        self.w.write(payload)
+        self.w.flush()
+        deadline = time.monotonic() + seconds
+        reply = json.loads(self._read(_HEAD.unpack(self._read(_HEAD.size, deadline))[0], deadline))
+        if reply.get("error") is not None:
+            raise DecodeRefused(reply["error"])
+        h, w = reply["shape"]
+        data = self._read(h * w * 3, deadline)
+        return np.frombuffer(bytearray(data), dtype=np.uint8).reshape(h, w, 3)
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(5)
+        except Exception:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except Exception:
+                pass
+
+
+class _Pool:
+    """One child per process: sandboxed decodes are rare, so they take turns rather than cost memory."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.child: _Child | None = None
+        self.pid = os.getpid()
+
+    def run(self, meta: dict[str, Any], payload: bytes, lim: SandboxLimits) -> np.ndarray:
+        with self.lock:
+            if self.pid != os.getpid():  # forked: the parent's child is not ours
+                self.child, self.pid = None, os.getpid()
+            if self.child is None or self.child.proc.poll() is not None:
+                if self.child is not None:
+                    self.child.kill()
+                self.child = _Child(lim)
+            child = self.child
+            try:
+                return child.request(meta, payload, lim.seconds)
+            except TimeoutError:
+                child.kill()
+                self.child = None
+                raise DecodeRefused(f"decoding took longer than {lim.seconds:g} s; stopped") from None
+            except (EOFError, OSError, ValueError):
+                child.kill()
+                self.child = None
+                raise DecodeRefused("decoder process died (out of memory, or a crash inside an image decoder)") from None
+
+    def close(self) -> None:
+        with self.lock:
+            if self.child is not None and self.pid == os.getpid():
+                self.child.kill()
+            self.child = None
+
+
+_POOL = _Pool()
+atexit.register(_POOL.close)
+
+
+# --------------------------------------------------------------------------- child side
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _watch_parent(ppid: int) -> None:
+    while os.getppid() == ppid:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _child_main() -> None:
+    """The sandbox: read requests on stdin, answer on a private copy of stdout; C libraries print nowhere."""
+    global _in_child
+    _in_child = True
+    import resource
+
+    from cifarbench.data.images import load_image
+
+    out = os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    inp = sys.stdin.buffer
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    memory = int(os.environ.get("CIFARBENCH_SANDBOX_MEMORY", DEFAULT_MEMORY))
+    base = _vm_size()
+    if base:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (base + memory, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        except (ValueError, OSError):
+            pass  # a hard limit already below: it holds anyway
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    out.write(b"\x01")
+    out.flush()
+    while True:
+        raw = inp.read(_HEAD.size)
+        if len(raw) < _HEAD.size:
+            return
+        meta = json.loads(inp.read(_HEAD.unpack(raw)[0]))
+        payload = inp.read(_BODY.unpack(inp.read(_BODY.size))[0])
+        src = meta["path"] if meta["path"] is not None else payload
+        try:
+            r = load_image(src, size=meta["size"], resize=meta["resize"], max_pixels=meta["max_pixels"],
+                           draft=meta["draft"])
+            reply, body = ({"error": r.error}, b"") if r.error else ({"error": None, "shape": r.array.shape[:2]},
+                                                                     r.array.tobytes())
+        except MemoryError:
+            reply, body = {"error": _OOM}, b""
+        except Exception as exc:  # a usage error cannot happen here: the parent validated the options
+            reply, body = {"error": f"corrupt or unsupported image ({type(exc).__name__})"}, b""
+        del src, payload
+        head = json.dumps(reply).encode()
+        out.write(_HEAD.pack(len(head)) + head + body)
+        out.flush()

@@ -1,0 +1,110 @@
+"""The sandbox: decoders that can outgrow their header's price run capped in memory and time (issue 25)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarbench.data import decode_sandbox as ds
+from cifarbench.data.decode_budget import MIB
+from cifarbench.data.images import load_image
+from conftest import REPO, fresh_env
+from hostile import blp1_spin, blp2_claim, peak_tree_rss, tga_rle_claim
+
+
+@pytest.fixture
+def limits() -> Iterator[None]:
+    old = ds.limits()
+    yield
+    ds.configure(old)
+
+
+def _encoded(fmt: str, mode: str = "RGB", size: tuple[int, int] = (40, 30), **kw: object) -> bytes:
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _opened(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def test_only_untrusted_formats_and_python_decoders_go_to_the_sandbox() -> None:
+    assert not ds.wanted(_opened(_encoded("PNG"))) and not ds.wanted(_opened(_encoded("JPEG")))
+    assert not ds.wanted(_opened(_encoded("BMP")))
+    rle = bytearray(_encoded("BMP", "P"))
+    rle[30:34] = (1).to_bytes(4, "little")  # BI_RLE8: Pillow's Python decoder
+    assert ds.wanted(_opened(bytes(rle)))
+    for fmt in ("TIFF", "GIF", "TGA", "PCX", "SGI"):
+        assert ds.wanted(_opened(_encoded(fmt))), fmt
+    assert ds.wanted(_opened(blp2_claim()))
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF", "TGA", "PCX"])
+def test_a_sandboxed_decode_gives_the_same_pixels_as_decoding_here(fmt: str, limits: None) -> None:
+    data = _encoded(fmt, size=(70, 50))
+    boxed = load_image(data)
+    ds.configure(ds.SandboxLimits(enabled=False))
+    here = load_image(data)
+    assert boxed.ok and here.ok and np.array_equal(boxed.array, here.array)
+
+
+def test_a_header_priced_over_the_cap_is_refused_before_any_decode(limits: None) -> None:
+    ds.configure(ds.SandboxLimits(memory=16 * MIB))
+    w, h = 2048, 2048  # 2048 x 2048 x 4 bytes = 16 MiB: the limit itself goes to the sandbox
+    at, past = load_image(tga_rle_claim(w, h)), load_image(tga_rle_claim(w, h + 1))
+    assert at.error is not None and "too large for its format" not in at.error
+    assert past.error is not None and past.error.startswith("image too large for its format: TGA needs 17 MB")  # 2048 x 2049 x 4 = 16.8 MB
+
+
+def test_a_decoder_allocating_past_its_header_stops_at_the_cap(limits: None) -> None:
+    ds.configure(ds.SandboxLimits(memory=8 * MIB, seconds=60))
+    t0 = time.monotonic()
+    r = load_image(blp1_spin(3_000_000))  # claims 1x1 (4 bytes); the decoder builds 12 MB
+    assert r.error == "out of memory while decoding (a BLP decode may use 8 MiB)" and time.monotonic() - t0 < 30
+    assert load_image(_encoded("TIFF")).ok  # the next file still decodes
+
+
+def test_a_decoder_that_spins_is_stopped_at_the_time_limit(limits: None) -> None:
+    ds.configure(ds.SandboxLimits(seconds=0.3))
+    t0 = time.monotonic()
+    r = load_image(blp1_spin(20_000_000))  # a Python loop over 20 M bytes: seconds of work
+    took = time.monotonic() - t0
+    assert r.error == "decoding took longer than 0.3 s; stopped" and took < 5, (r.error, took)
+    assert load_image(_encoded("GIF")).ok  # a fresh child takes the next file
+
+
+def test_a_child_that_dies_costs_one_file(limits: None) -> None:
+    assert load_image(_encoded("TIFF")).ok
+    child = ds._POOL.child
+    assert child is not None
+    child.proc.kill()
+    child.proc.wait()
+    assert load_image(_encoded("TIFF")).ok  # restarted, not blamed on this file
+
+
+def test_forty_hostile_blps_through_four_workers_stay_under_500_mb(tmp_path: Path) -> None:
+    """The issue's case: 40 copies of a 148-byte BLP claiming 1 x 33.5 MP RGBA peaked at 607-645 MB."""
+    for i in range(40):
+        (tmp_path / f"bomb{i:02}.blp").write_bytes(blp2_claim())
+    cmd = [sys.executable, "-m", "cifarbench", "classify", str(tmp_path), "--include", "*.blp", "--model", "baseline-cnn",
+           "--backend", "onnx-int8", "--workers", "4", "-q", "-o", str(tmp_path / "out.csv")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=fresh_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    peak = peak_tree_rss(proc)
+    out, err = proc.communicate(timeout=120)
+    rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
+    assert len(rows) == 40 and all("out of memory" in r or "too large" in r for r in rows), rows[:2]
+    assert peak < 500e6, f"peak {peak / 1e6:.0f} MB"
+    assert proc.returncode in (3, 4), err
