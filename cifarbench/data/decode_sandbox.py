@@ -19,6 +19,7 @@ all decodes of a run allocate together. A header already priced above the cap is
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -74,6 +75,28 @@ def limits() -> SandboxLimits:
     return _limits
 
 
+_local = threading.local()
+# magic numbers of the trusted formats except BMP (whose RLE variants use a Python decoder)
+_TRUSTED_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF")
+
+
+@contextlib.contextmanager
+def deadline(until: float | None) -> Iterator[None]:
+    """Sandboxed decodes in this thread end by ``until`` (``time.monotonic()``): a request's own time limit."""
+    old, _local.deadline = getattr(_local, "deadline", None), until
+    try:
+        yield
+    finally:
+        _local.deadline = old
+
+
+def looks_trusted(data: bytes | bytearray | memoryview) -> bool:
+    """From the first bytes only: JPEG, PNG, PNM or WebP, decoded here without the sandbox (a server
+    keeps its CPU decode slots for these, so hostile uploads queue apart from ordinary ones)."""
+    head = bytes(data[:16])
+    return head.startswith(_TRUSTED_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def wanted(im: Image.Image) -> bool:
     """Whether ``im`` (opened, not loaded) must be decoded in the sandbox."""
     if _in_child or not _limits.enabled:
@@ -88,7 +111,7 @@ def decode(fp: IO[bytes], fmt: str | None, cost: int, size: int, resize: str, ma
            draft: bool) -> np.ndarray:
     """Decode the image in ``fp`` (positioned anywhere) in the sandbox; raises ``DecodeRefused``."""
     lim = _limits
-    if cost > lim.memory:
+    if cost >= lim.memory:
         raise DecodeRefused(f"image too large for its format: {fmt} needs {cost / 1e6:,.0f} MB to decode, over the "
                             f"{lim.memory / MIB:g} MiB a {fmt} decode may use")
     name = getattr(fp, "name", None)
@@ -98,9 +121,13 @@ def decode(fp: IO[bytes], fmt: str | None, cost: int, size: int, resize: str, ma
         fp.seek(0)
         meta, payload = {"path": None}, fp.read()
     meta.update(size=size, resize=resize, max_pixels=max_pixels, draft=draft)
+    until = getattr(_local, "deadline", None)
     with process_budget().hold(lim.memory):
+        seconds = lim.seconds if until is None else min(lim.seconds, until - time.monotonic())
+        if seconds <= 0:
+            raise DecodeRefused("not decoded: the request's time limit had passed")
         try:
-            return _POOL.run(meta, payload, lim)
+            return _POOL.run(meta, payload, SandboxLimits(lim.memory, seconds))
         except DecodeRefused as exc:
             if str(exc) != _OOM:
                 raise
