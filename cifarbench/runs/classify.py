@@ -31,7 +31,9 @@ from cifarbench.data.discover import FileEntry, discover
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.runs.options import ClassifyOptions
-from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
+from cifarbench.runs.pair_commit import recover as recover_pair
+from cifarbench.runs.pair_commit import write_pair
+from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_doc, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.runs.writers import Row, RowWriter, display_text, make_writer
 from cifarbench.data.transform import Transform
 from cifarbench.sysinfo import usable_cores
@@ -215,6 +217,8 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
         if out_path is not None:
             with _writing(out_path):
                 stack.enter_context(OutputLock(out_path))
+            with _writing(out_path):
+                recover_pair(out_path)  # a run that died mid-commit: finish it before the temps are swept
             _remove_stale_temps(out_path)
             excludes = [out_path, state_path_for(out_path), lock_path_for(out_path), Path(os.path.abspath(output))]
         entries = list(discover(paths, recursive=recursive, include=include, exclude=excludes))
@@ -276,11 +280,13 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
             assert stream is not None
             write_rows(stream)
         else:
-            with _writing(out_path), atomic_write(out_path, "w", newline="") as fh:
-                write_rows(fh)
-            if resume:
-                with _writing(state_path_for(out_path)):
-                    write_state(out_path, entries, fingerprint)
+            if resume:  # the output and its state: both new, or (disk full, a crash) both old
+                with _writing(out_path):
+                    write_pair(out_path, state_path_for(out_path), write_rows,
+                               lambda new: state_doc(new, entries, fingerprint))
+            else:
+                with _writing(out_path), atomic_write(out_path, "w", newline="") as fh:
+                    write_rows(fh)
     emit(Event("progress", done=len(entries), total=len(entries)))
     return report
 

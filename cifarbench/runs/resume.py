@@ -1,8 +1,8 @@
 """``classify --resume`` bookkeeping: which rows of an earlier output can be kept.
 
 ``--resume`` keeps rows of an earlier run whose file has the same path, size and mtime. Those three
-facts live in a sidecar ``<output>.state.json``, written after the output and tied to it by the
-output's SHA-256; if the pair does not match, or the model or options changed, every file is
+facts live in a sidecar ``<output>.state.json``, committed together with the output (pair_commit.py:
+after a failure, both old or both new) and tied to it by the output's SHA-256; if the pair does not match, or the model or options changed, every file is
 classified again, so a resumed run always equals a fresh one. Failed rows are always retried.
 Paths are compared as the injective ``display_text`` the output shows, so two names never merge.
 
@@ -153,11 +153,17 @@ def load_previous(output: Path, writer: RowWriter, fingerprint: dict[str, Any]) 
     return PreviousRows(output, writer, fh, index), None
 
 
-def write_state(output: Path, entries: Sequence[FileEntry], fingerprint: dict[str, Any]) -> None:
+def state_doc(output: Path, entries: Sequence[FileEntry], fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The state of ``output`` (the file whose SHA-256 it records: the new output's temp file, when paired)."""
     from cifarbench.models.manifest import sha256_file
 
-    state = {"schema": STATE_SCHEMA, "tool": "cifarbench classify", "fingerprint": fingerprint,
-             "output_sha256": sha256_file(output), "files": [[e.path, e.size, e.mtime_ns] for e in entries]}
+    return {"schema": STATE_SCHEMA, "tool": "cifarbench classify", "fingerprint": fingerprint,
+            "output_sha256": sha256_file(output), "files": [[e.path, e.size, e.mtime_ns] for e in entries]}
+
+
+def write_state(output: Path, entries: Sequence[FileEntry], fingerprint: dict[str, Any]) -> None:
+    """The state alone (the output already in place); ``classify`` commits both with ``pair_commit.write_pair``."""
+    state = state_doc(output, entries, fingerprint)
     with atomic_write(state_path_for(output)) as fh:
         json.dump(state, fh, ensure_ascii=True, separators=(",", ":"))  # ASCII: names with any bytes survive
         fh.write("\n")
