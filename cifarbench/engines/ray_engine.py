@@ -37,7 +37,7 @@ import numpy as np
 
 from cifarbench.data.discover import FileEntry
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
-from cifarbench.engines import EngineOptions
+from cifarbench.engines import EngineOptions, ray_guard
 from cifarbench.engines.ray_tasks import Predictor, _dec, _enc, decode_block
 from cifarbench.errors import BackendUnavailable, CifarbenchError, UsageError, first_line
 from cifarbench.events import Emit, Event, null_emit
@@ -124,6 +124,7 @@ def connect(address: str | None) -> Iterator[Any]:
         yield ray
         return
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    handlers = ray_guard.save_signal_handlers()
     try:
         with warnings.catch_warnings(), _fd2_aside():
             warnings.simplefilter("ignore")
@@ -134,12 +135,18 @@ def connect(address: str | None) -> Iterator[Any]:
     except Exception as exc:  # Ray raises plain Exception too (a node that times out while starting)
         where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
         raise BackendUnavailable(f"cannot {where}: {first_line(exc)}") from None
+    finally:
+        ray_guard.restore_signal_handlers(handlers)  # SIGTERM: exit 130 like Ctrl-C, not ray.init's sys.exit(15)
     _quiet_ray()  # ray.init configures logging again
+    undo = ray_guard.route_driver_messages(ray)  # "(raylet) A worker died ..." to a log file, never stdout
+    reaper = ray_guard.start_reaper(ray) if address is None else None  # kill -9 of this driver leaves nothing
     try:
         yield ray
     finally:
         with _fd2_aside():
             ray.shutdown()
+        undo()
+        ray_guard.stop_reaper(reaper)
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
