@@ -192,7 +192,7 @@ def test_classify_raw_bytes_and_form_top_k(make_client: Any) -> None:
     r = c.post("/v1/classify", files=[("file", ("a.png", png(1)))], data={"top_k": "4"})
     assert len(r.json()["results"][0]["top"]) == 4
     r = c.post("/v1/classify?top_k=99", content=png(1), headers={"Content-Type": "image/png"})
-    assert len(r.json()["results"][0]["top"]) == 10  # clamped to the number of classes
+    assert r.status_code == 400 and "at most 10" in r.json()["error"]  # refused, not clamped (issue 25)
 
 
 @pytest.mark.parametrize("query, fragment", [("top_k=0", ">= 1"), ("top_k=abc", "integer")])

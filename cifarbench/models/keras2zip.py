@@ -25,6 +25,22 @@ WEIGHTS = "model.weights.h5"
 CONFIG = "config.json"
 
 
+def unsafe_member(path: Path) -> str | None:
+    """The first member name that could write outside a folder it is extracted to (``../``, absolute,
+    a drive letter, NUL), with ``\\`` read as ``/``; ``None`` when every name is safe.
+
+    Such an archive is refused rather than copied into a converted model's folder, where a later
+    ``unzip`` by another tool could follow the name out of it.
+    """
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            norm = name.replace("\\", "/")
+            parts = norm.split("/")
+            if norm.startswith("/") or ".." in parts or "\0" in norm or (len(norm) > 1 and norm[1] == ":"):
+                return name
+    return None
+
+
 def needs_fixing(path: Path) -> bool:
     """True for a .keras zip with backslash weight groups or Keras 2 ``batch_input_shape`` keys."""
     with zipfile.ZipFile(path) as z:

@@ -37,9 +37,13 @@ def load_keras_model(path: str | os.PathLike[str], unsafe: bool = False) -> Any:
         if not zipfile.is_zipfile(p):
             raise ModelError(f"{p}: not a readable .keras file (truncated or not a zip archive)")
         try:
-            fix = keras2zip.needs_fixing(p)
+            bad = keras2zip.unsafe_member(p)
+            fix = bad is None and keras2zip.needs_fixing(p)
         except Exception as exc:  # a zip with a broken member or weights file
             raise ModelError(f"{p}: not a readable .keras file ({first_line(exc, 300)})") from None
+        if bad is not None:
+            raise ModelError(f"{p}: refused: the archive has a member named {bad[:120]!r}, which points outside "
+                             "its folder (a .keras file never does)")
         if fix:
             with keras2zip.fixed_copy(p) as fixed:
                 return _load_file(fixed, unsafe, shown=p)

@@ -165,6 +165,7 @@ class _App:
         }
         if not good:
             body["error"] = "no image could be decoded" if len(results) > 1 else f"not a usable image: {results[0]['error']}"
+            body["status"] = 422  # like every other error body: {error, status}
             return JSONResponse(body, status_code=422)
         return JSONResponse(body)
 
@@ -182,9 +183,10 @@ class _App:
             k = int(raw)  # type: ignore[arg-type]
         except ValueError:
             raise HTTPException(400, f"top_k must be an integer, got {str(raw)[:40]!r}") from None
-        if k < 1:
-            raise HTTPException(400, "top_k must be >= 1")
-        return min(k, len(self.classes))
+        if not 1 <= k <= len(self.classes):  # a bigger one is refused, not clamped: the caller learns the range
+            raise HTTPException(400, f"top_k must be >= 1 and at most {len(self.classes)} (the model's classes), "
+                                     f"got {str(raw)[:40]}")
+        return k
 
     def _top(self, p: np.ndarray, k: int) -> dict[str, Any]:
         order = np.argsort(-p, kind="stable")[:k]
