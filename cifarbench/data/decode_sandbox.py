@@ -107,9 +107,11 @@ def wanted(im: Image.Image) -> bool:
     return any(t.codec_name in Image.DECODERS for t in getattr(im, "tile", ()) or ())
 
 
-def decode(fp: IO[bytes], fmt: str | None, cost: int, size: int, resize: str, max_pixels: int | None,
-           draft: bool) -> np.ndarray:
-    """Decode the image in ``fp`` (positioned anywhere) in the sandbox; raises ``DecodeRefused``."""
+def decode(fp: IO[bytes], fmt: str | None, cost: int, **load_args: Any) -> np.ndarray:
+    """Decode the image in ``fp`` (positioned anywhere) in the sandbox; raises ``DecodeRefused``.
+
+    ``load_args``: ``load_image``'s keyword arguments (JSON values; lists come back as tuples).
+    """
     lim = _limits
     if cost >= lim.memory:
         raise DecodeRefused(f"image too large for its format: {fmt} needs {cost / 1e6:,.0f} MB to decode, over the "
@@ -120,7 +122,7 @@ def decode(fp: IO[bytes], fmt: str | None, cost: int, size: int, resize: str, ma
     else:
         fp.seek(0)
         meta, payload = {"path": None}, fp.read()
-    meta.update(size=size, resize=resize, max_pixels=max_pixels, draft=draft)
+    meta["args"] = load_args
     until = getattr(_local, "deadline", None)
     with process_budget().hold(lim.memory):
         seconds = lim.seconds if until is None else min(lim.seconds, until - time.monotonic())
@@ -276,8 +278,8 @@ def _child_main() -> None:
         payload = inp.read(_BODY.unpack(inp.read(_BODY.size))[0])
         src = meta["path"] if meta["path"] is not None else payload
         try:
-            r = load_image(src, size=meta["size"], resize=meta["resize"], max_pixels=meta["max_pixels"],
-                           draft=meta["draft"])
+            args = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["args"].items()}
+            r = load_image(src, **args)
             reply, body = ({"error": r.error}, b"") if r.error else ({"error": None, "shape": r.array.shape[:2]},
                                                                      r.array.tobytes())
         except MemoryError:
