@@ -68,7 +68,8 @@ def gif_claim(w: int = 8192, h: int = 4096) -> bytes:
     return bytes(b)
 
 
-CORPUS = {"blp2-claim-1x33.5MP": blp2_claim, "blp1-spin-1MB": lambda: blp1_spin(1_000_000), "tga-rle-claim": tga_rle_claim,
+CORPUS = {"blp2-claim-1x33.5MP": blp2_claim, "blp1-spin-1MB": lambda: blp1_spin(1_000_000),
+          "tga-rle-claim": tga_rle_claim, "tga-rle-claim-64MiB": lambda: tga_rle_claim(4096, 4095),
           "pcx-claim": pcx_claim, "sgi-claim": sgi_claim, "dds-claim": dds_claim, "gif-claim": gif_claim}
 
 

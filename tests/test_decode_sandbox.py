@@ -99,8 +99,8 @@ def test_forty_hostile_blps_through_four_workers_stay_under_500_mb(tmp_path: Pat
     """The issue's case: 40 copies of a 148-byte BLP claiming 1 x 33.5 MP RGBA peaked at 607-645 MB."""
     for i in range(40):
         (tmp_path / f"bomb{i:02}.blp").write_bytes(blp2_claim())
-    cmd = [sys.executable, "-m", "cifarbench", "classify", str(tmp_path), "--include", "*.blp", "--model", "baseline-cnn",
-           "--backend", "onnx-int8", "--workers", "4", "-q", "-o", str(tmp_path / "out.csv")]
+    cmd = [sys.executable, "-m", "cifarbench", "classify", str(tmp_path), "--include", "*.blp",
+           "--model", "baseline-cnn", "--backend", "onnx-int8", "--workers", "4", "-q", "-o", str(tmp_path / "out.csv")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=fresh_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     peak = peak_tree_rss(proc)

@@ -112,7 +112,7 @@ def tiny_disk(tmp_path: Path) -> Path:
 
 
 def test_resume_on_a_full_disk_keeps_the_old_output_and_state(tiny_disk: Path, tmp_path: Path) -> None:
-    """The issue's case: room for the new output but not for its state (the old code replaced the output, then failed)."""
+    """The issue's case: room for the new output, none for its state (the old code replaced the output, then failed)."""
     root = make_tree(tmp_path / "imgs", per_class=4, splits=("test",), seed=7)
     out = tiny_disk / "out.csv"
     args = ("classify", root, "--model", "baseline-cnn", "--backend", "onnx-int8", "--resume", "-q", "-o")

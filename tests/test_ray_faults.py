@@ -65,7 +65,8 @@ def _children(pid: int) -> dict[int, bytes]:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                kids.setdefault(int(Path(f"/proc/{d}/stat").read_bytes().rsplit(b")", 1)[1].split()[1]), []).append(int(d))
+                ppid = int(Path(f"/proc/{d}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(d))
             except (OSError, ValueError, IndexError):
                 pass
     out: dict[int, bytes] = {}

@@ -41,6 +41,7 @@ TRUSTED_FORMATS = frozenset(("JPEG", "PNG", "WEBP", "PPM", "BMP", "DIB", "AVIF",
 DEFAULT_MEMORY = 128 * MIB  # per sandboxed decode, on top of the child's own start-up size
 DEFAULT_SECONDS = 5.0  # per sandboxed decode
 _OOM = "out of memory while decoding"
+_DIED = "decoder process died (out of memory, or a crash inside an image decoder)"
 _HEAD = struct.Struct("!I")
 _BODY = struct.Struct("!Q")
 
@@ -215,7 +216,7 @@ class _Pool:
             except (EOFError, OSError, ValueError):
                 child.kill()
                 self.child = None
-                raise DecodeRefused("decoder process died (out of memory, or a crash inside an image decoder)") from None
+                raise DecodeRefused(_DIED) from None
 
     def close(self) -> None:
         with self.lock:

@@ -33,7 +33,8 @@ from cifarbench.events import Emit, Event, null_emit
 from cifarbench.runs.options import ClassifyOptions
 from cifarbench.runs.pair_commit import recover as recover_pair
 from cifarbench.runs.pair_commit import write_pair
-from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_doc, state_path_for, write_state  # noqa: F401 (re-exported)
+from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
+from cifarbench.runs.resume import state_doc
 from cifarbench.runs.writers import Row, RowWriter, display_text, make_writer
 from cifarbench.data.transform import Transform
 from cifarbench.sysinfo import usable_cores

@@ -121,8 +121,9 @@ class _App:
                     tq = time.perf_counter()
                     blobs = [b for _, b in uploads]  # formats the sandbox decodes wait apart from ordinary ones
                     trusted = all(decode_sandbox.looks_trusted(b) for b in blobs)
+                    limiter = self.decode_limiter if trusted else self.sandbox_limiter
                     decoded = await anyio.to_thread.run_sync(self._decode_all, blobs, t0 + self.limits.timeout_s,
-                                                             limiter=self.decode_limiter if trusted else self.sandbox_limiter)
+                                                             limiter=limiter)
                     del blobs
                     del uploads[:]  # names only from here on: the bytes go back to the budget
                     meter.release()
