@@ -99,7 +99,7 @@ def _post(port: int, body: bytes, ctype: str, timeout: float = 120) -> int:
         conn.close()
 
 
-def part_serve(src: Path) -> dict[str, Any]:
+def part_serve(src: Path, tmp: Path) -> dict[str, Any]:
     import io
 
     from PIL import Image
@@ -110,11 +110,13 @@ def part_serve(src: Path) -> dict[str, Any]:
     Image.new("RGB", (32, 32), (120, 40, 90)).save(buf, "PNG")
     png = buf.getvalue()
     hostile, ctype = _multipart([blp2_claim()] * 24 + [blp1_spin(1_000_000)])
-    old = os.environ.get("PYTHONPATH")
+    old, here = os.environ.get("PYTHONPATH"), os.getcwd()
     os.environ["PYTHONPATH"] = str(src)
+    os.chdir(tmp)  # `python -m` puts the working folder first on sys.path: never this checkout's for a baseline
     try:
         server = Server("baseline-cnn", "onnx-int8", [])
     finally:
+        os.chdir(here)
         if old is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -193,7 +195,7 @@ def main() -> None:
             if "corpus" in parts:
                 res["corpus"] = part_corpus(src, Path(t), big="big" in parts and label == "this")
             if "serve" in parts:
-                res["serve"] = part_serve(src)
+                res["serve"] = part_serve(src, Path(t))
                 print(json.dumps(res["serve"]), flush=True)
             results[label] = res
     if args.out:

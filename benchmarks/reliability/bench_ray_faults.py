@@ -52,6 +52,21 @@ def _procs(*markers: bytes) -> dict[int, bytes]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a dead process whose parent has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cmd(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _descendants(pid: int) -> set[int]:
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -133,14 +148,19 @@ def kill9(root: Path) -> dict[str, Any]:
     p.communicate()
     t0 = time.monotonic()
     left: dict[int, bytes] = {}
+    at5: list[str] = []
     while time.monotonic() - t0 < 120:
         left = {pid: cmd for pid, cmd in _procs(session).items()} if session else {}
-        left.update({pid: b"" for pid in tree if os.path.exists(f"/proc/{pid}")})
+        left.update({pid: _cmd(pid) for pid in tree if _alive(pid)})
+        left = {pid: cmd for pid, cmd in left.items() if _alive(pid)}
+        if not at5 and time.monotonic() - t0 > 5:
+            at5 = sorted(c.split(b"\0")[0][:40].decode(errors="replace") for c in left.values()) or ["-"]
         if not left:
             break
         time.sleep(0.1)
     return {"worker_seen": bool(hit), "session": session.decode() if session else None,
             "processes_in_tree": len(tree), "seconds_until_none_left": round(time.monotonic() - t0, 2),
+            "left_after_5s": [a for a in at5 if a != "-"],
             "left_after_120s": [c.split(b"\0")[0].decode(errors="replace") for c in left.values()],
             "listening": ports}
 

@@ -37,7 +37,7 @@ def table():
                 with open(f"/proc/{d}/stat", "rb") as fh:
                     f = fh.read().rsplit(b")", 1)[1].split()
                 kids.setdefault(int(f[1]), []).append(int(d))
-                start[int(d)] = f[19]
+                start[int(d)] = None if f[0] == b"Z" else f[19]  # a zombie is dead: nothing to kill
             except (OSError, IndexError):
                 pass
     return kids, start
