@@ -28,6 +28,7 @@ def _fake_ray(session: Path) -> types.SimpleNamespace:
 
 
 def test_raylet_messages_go_to_the_session_log_not_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # as conftest's clusters: read when Ray is first imported
     worker = pytest.importorskip("ray._private.worker")
     (tmp_path / "logs").mkdir()
     undo = ray_guard.route_driver_messages(_fake_ray(tmp_path))
@@ -78,6 +79,29 @@ def _children(pid: int) -> dict[int, bytes]:
             except OSError:
                 continue
             todo.append(k)
+    return out
+
+
+_LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The addresses (hex, as /proc/net/tcp* writes them) that ``pids`` listen on over TCP."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            pass
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # LISTEN
+                out.append(f[1].split(":")[0])
     return out
 
 
@@ -133,10 +157,19 @@ def test_kill_9_of_the_driver_leaves_no_process_of_its_ray(tree: tuple[Path, byt
     time.sleep(1)  # the agents are up
     ours = {pid: cmd for pid, cmd in _children(p.pid).items() if b"import os, select" not in cmd}  # not the reaper
     assert any(cmd.startswith(b"ray::") and b"Agent" in cmd for cmd in ours.values())  # the ones that lingered a minute
+    listening = _listening({p.pid, *ours})
+    assert listening and all(a in _LOOPBACK for a in listening), listening  # a private Ray: 127.0.0.1 only
     p.kill()
     p.communicate()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in ours):
+    while time.monotonic() < deadline and any(_running(pid) for pid in ours):
         time.sleep(0.1)
-    left = [pid for pid in ours if os.path.exists(f"/proc/{pid}")]
-    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:40] for pid in left if os.path.exists(f"/proc/{pid}")]
+    assert not [ours[pid][:40] for pid in ours if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (dead, waiting for init to reap it: it holds no memory and no port)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
