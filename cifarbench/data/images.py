@@ -210,8 +210,9 @@ def _decode_unlocked(fp: IO[bytes], t: Transform, max_pixels: int | None, draft:
     im = _open_checked(fp, max_pixels)
     if decode_sandbox.wanted(im):  # a decoder that can outgrow the header's price: capped, in a child
         try:
-            return decode_sandbox.decode(fp, im.format, decode_cost(im, size, resize), size=size, resize=resize,
-                                         max_pixels=max_pixels, draft=draft)
+            return decode_sandbox.decode(fp, im.format, decode_cost(im, t), size=t.size, resize=t.resize,
+                                         crop_pct=t.crop_pct, interpolation=t.interpolation, max_pixels=max_pixels,
+                                         draft=draft)
         finally:
             im.close()
     try:
