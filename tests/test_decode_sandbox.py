@@ -54,10 +54,12 @@ def test_only_untrusted_formats_and_python_decoders_go_to_the_sandbox() -> None:
 @pytest.mark.parametrize("fmt", ["TIFF", "GIF", "TGA", "PCX"])
 def test_a_sandboxed_decode_gives_the_same_pixels_as_decoding_here(fmt: str, limits: None) -> None:
     data = _encoded(fmt, size=(70, 50))
-    boxed = load_image(data)
-    ds.configure(ds.SandboxLimits(enabled=False))
-    here = load_image(data)
-    assert boxed.ok and here.ok and np.array_equal(boxed.array, here.array)
+    for kw in ({}, {"size": (24, 40), "resize": "pad", "interpolation": "bicubic"}, {"size": 20, "crop_pct": 0.875}):
+        ds.configure(ds.SandboxLimits())
+        boxed = load_image(data, **kw)  # type: ignore[arg-type]
+        ds.configure(ds.SandboxLimits(enabled=False))
+        here = load_image(data, **kw)  # type: ignore[arg-type]
+        assert boxed.ok and here.ok and np.array_equal(boxed.array, here.array), kw
 
 
 def test_a_header_priced_over_the_cap_is_refused_before_any_decode(limits: None) -> None:
