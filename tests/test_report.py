@@ -141,7 +141,7 @@ def test_write_outputs_with_and_without_matplotlib(doc: dict[str, Any], tmp_path
     assert report.load_results(tmp_path / "a" / "results.json")["results"] == json.loads(report.to_json(doc))["results"]
     monkeypatch.setattr(plots, "_pyplot", lambda: None)
     files, notes = report.write_outputs(doc, tmp_path / "b")
-    assert {f.name for f in files} == {"results.json", "results.csv", "report.md"}
+    assert {f.name for f in files} == {"results.json", "results.csv", "report.md", "per_class.csv"}
     assert notes and "matplotlib" in notes[0] and "matplotlib" in (tmp_path / "b" / "report.md").read_text()
 
 

@@ -1,4 +1,4 @@
-"""The labelled images bench measures on, and the decode timing of the source's own encoded files."""
+"""The images bench measures on (labelled, at the model's size, or synthetic), and the decode timing of the source."""
 
 from __future__ import annotations
 
@@ -19,19 +19,32 @@ from cifarbench.errors import CifarbenchError
 
 @dataclass
 class BenchData:
-    """The labelled images every row of one class list is measured on."""
+    """The images every row of one (class list, input size) is measured on; ``labels`` None: synthetic."""
 
     images: np.ndarray
-    labels: np.ndarray
-    subset: str  # "all N images" or "random K of N images (seed S)"
-    dataset: Dataset
+    labels: np.ndarray | None
+    subset: str  # "all N images" or "random K of N images (seed S)" or "N random images at HxW (seed S)"
+    dataset: Dataset | None
     load_s: float
 
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return self.dataset.skipped if self.dataset is not None else []
+
+
+def synthetic(size: Sequence[int], count: int, seed: int) -> BenchData:
+    """Uniform random RGB pixels at the model's input size, no labels (benchmark_app without -i).
+
+    Seeded, so an isolated row's process draws the very images its parent did.
+    """
+    h, w = int(size[0]), int(size[1])
+    images = np.random.default_rng([seed, 0x5F7]).integers(0, 256, (count, h, w, 3), dtype=np.uint8)
+    return BenchData(images, None, f"{count} random images at {h}x{w} (seed {seed}), no labels", None, 0.0)
 
 
 def load_subset(source: str, classes: Sequence[str], limit: int | None, seed: int,
                 transform: Transform | None = None) -> BenchData:
-    """The test split at the model's size, decoded with its transform (``None``: 32x32, the first release's).
+    """The test split (a flat tree: all of it, folders matched to ``classes``) at the model's size, with its transform.
 
     The split is loaded (and cached) at 32x32 first; only the images measured are decoded at the model's size.
     """
@@ -60,7 +73,7 @@ def _encoded_members(source: str, k: int) -> Iterator[bytes]:
 
 
 def measure_decode(source: str, k: int, transform: Transform | None = None) -> dict[str, Any]:
-    """Decode + preprocess time per image through the one loader, on the source's own encoded files."""
+    """Decode + preprocess time per image through the one loader and the model's transform, on the source's files."""
     if k <= 0 or source == "cifar10":
         return {"images": 0, "note": "not measured: the source holds raw pixel arrays, nothing to decode"}
     try:

@@ -30,9 +30,10 @@ def agreement(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def reference(model: str, rows: dict[Any, Row], threads: int | None = None) -> str | None:
+    """keras if measured, else onnx; without labels (--synthetic) a row with speed figures serves for speed-up."""
     for b in REFERENCE_ORDER:
         r = rows.get((model, b, threads))
-        if r is not None and r.status == "ok" and r.quality:
+        if r is not None and r.status == "ok" and (r.quality or r.throughput):
             return b
     return None
 
@@ -51,18 +52,18 @@ def against_reference(manifests: list[Manifest], rows: dict[Any, Row], probs: di
                 for row in mine:
                     flag_int8(row, None, None, _parity_images(m, row.backend))
                 continue
-            ref_row, ref_p = rows[(m.name, ref, threads)], probs[(m.name, ref, threads)]
+            ref_row, ref_p = rows[(m.name, ref, threads)], probs.get((m.name, ref, threads))
             ref_tp = ref_row.throughput[-1]["images_per_s"] if ref_row.throughput else None
             for row in mine:
                 p = probs.get((row.model, row.backend, threads))
-                if p is not None:
+                if p is not None and ref_p is not None:
                     row.agreement = {"reference": ref, **agreement(p, ref_p)}
                 n, ref_n = row.quality.get("support"), ref_row.quality.get("support")
                 lost: tuple[int, int] | None = None
                 if n and n == ref_n:  # the same images: the delta is a whole number of them
                     lost = (images_in(ref_row.quality["accuracy"], n) - images_in(row.quality["accuracy"], n), n)
                     row.accuracy_delta_pp = 0.0 - 100 * lost[0] / n  # 0.0 -: no -0.0
-                else:
+                elif row.quality and ref_row.quality:  # without labels (--synthetic) there is no accuracy
                     row.accuracy_delta_pp = 100 * (row.quality["accuracy"] - ref_row.quality["accuracy"])
                 tp = row.throughput[-1]["images_per_s"] if row.throughput else None
                 row.speedup = tp / ref_tp if tp and ref_tp else None

@@ -39,6 +39,59 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
+def top_k_accuracy(probs: np.ndarray, y_true: np.ndarray, k: int = 5) -> float | None:
+    """Share of images whose true class is among the ``k`` highest scores; None with fewer than ``k`` classes.
+
+    Ties at the k-th score count against the image (a stable sort keeps the lower class index), as a
+    hit must be strictly among the k shown. None when the model has fewer than ``k`` classes: top-k is
+    then trivially 1 and would only mislead.
+    """
+    p = np.asarray(probs)
+    t = np.asarray(y_true, np.int64).ravel()
+    if p.ndim != 2 or p.shape[0] != t.size:
+        raise ValueError(f"probs of shape {p.shape} do not match {t.size} labels")
+    if p.shape[1] < k or t.size == 0:
+        return None
+    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return float((top == t[:, None]).any(axis=1).mean())
+
+
+MOST_CONFUSED = 20  # pairs listed in reports and plotted instead of the matrix for many classes
+DENSE_CONFUSION_MAX = 100  # above this many classes, results.json keeps the non-zero cells only
+
+
+def most_confused(cm: np.ndarray, class_names: Sequence[str], n: int = MOST_CONFUSED) -> list[dict[str, Any]]:
+    """The ``n`` largest off-diagonal cells: what a 1000x1000 matrix hides, as (true, predicted, count) rows.
+
+    Ordered by count, then by true and predicted index (deterministic); ``share`` is the count over the
+    true class's support.
+    """
+    cm = np.asarray(cm, np.int64)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    i, j = np.nonzero(off)
+    counts = off[i, j]
+    order = np.lexsort((j, i, -counts))[:n]
+    support = cm.sum(axis=1)
+    return [{"true": class_names[i[o]], "predicted": class_names[j[o]], "count": int(counts[o]),
+             "share": float(counts[o] / support[i[o]])} for o in order]
+
+
+def sparse_confusion(cm: np.ndarray) -> list[list[int]]:
+    """``[true, predicted, count]`` of every non-zero cell: at most one per image, however many classes."""
+    cm = np.asarray(cm, np.int64)
+    i, j = np.nonzero(cm)
+    return [[int(a), int(b), int(cm[a, b])] for a, b in zip(i, j)]
+
+
+def dense_confusion(sparse: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """The matrix back from ``sparse_confusion``."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for a, b, c in sparse:
+        cm[a, b] = c
+    return cm
+
+
 def classification_report(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Per-class precision/recall/F1/support plus macro and weighted averages.
 

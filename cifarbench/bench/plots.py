@@ -39,20 +39,31 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | os.PathLike[str
     return True
 
 
+MATRIX_MAX_CLASSES = 30  # above this a matrix is unreadable: the most-confused pairs are plotted instead
+ANNOTATE_MAX_CLASSES = 15  # counts written in the cells up to this many classes
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str], title: str = "") -> bool:
+    """The matrix up to MATRIX_MAX_CLASSES classes; beyond, a bar chart of the most-confused pairs."""
     plt = _pyplot()
     if plt is None:
         return False
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    n = len(class_names)
+    if n > MATRIX_MAX_CLASSES:
+        from cifarbench.bench.metrics import most_confused
+
+        return plot_confused_pairs(most_confused(cm, class_names), path, title, n)
+    side = max(7.0, 0.3 * n + 2)
+    fig, ax = plt.subplots(figsize=(side, side * 6 / 7))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(n), class_names, rotation=45 if n <= ANNOTATE_MAX_CLASSES else 90, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     if title:
         ax.set_title(title)
     thresh = cm.max() / 2 if cm.size else 0
-    for i in range(cm.shape[0]):
+    for i in range(cm.shape[0] if n <= ANNOTATE_MAX_CLASSES else 0):
         for j in range(cm.shape[1]):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cm[i, j] > thresh else "black")
     fig.tight_layout()
@@ -127,6 +138,28 @@ def place_labels(fig: Any, ax: Any, labels: Sequence[tuple[str, float, float]], 
         placed.append(best[1])
         out.append(best[0])
     return out
+
+
+def plot_confused_pairs(pairs: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "",
+                        num_classes: int | None = None) -> bool:
+    """Horizontal bars: the most-confused (true -> predicted) pairs and their counts, largest on top."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(pairs), 1) + 1.8))
+    y = np.arange(len(pairs))
+    ax.barh(y, [p["count"] for p in pairs], color="tab:blue")
+    ax.set_yticks(y, [f"{p['true']} -> {p['predicted']}" for p in pairs], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images"), ax.grid(alpha=0.3, axis="x")
+    what = f"{len(pairs)} most-confused pairs" + (f" of {num_classes} classes" if num_classes else "")
+    ax.set_title(f"{title}\n{what}" if title else what, fontsize=9)
+    if not pairs:
+        ax.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def scatter_figure(points: Sequence[dict[str, Any]], x: str, y: str, label: str, xlabel: str, ylabel: str,

@@ -14,9 +14,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cifarbench.atomic import atomic_write
 from cifarbench.bench import plots
 from cifarbench.bench.derive import REFERENCE_TEXT
+from cifarbench.bench.metrics import dense_confusion
 from cifarbench.errors import DataError
 from cifarbench.bench.results_schema import RESULTS_SCHEMA, load_results, row_schema, upgrade, validate  # noqa: F401 (re-exported)
 
@@ -37,7 +40,8 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         call = {t["batch_size"]: t.get("latency") or {} for t in r["throughput"]}
         row: dict[str, Any] = {
             "model": r["model"], "backend": r["backend"], "threads": r.get("threads"), "status": r["status"],
-            "reason": r["reason"], "accuracy": q.get("accuracy"), "accuracy_delta_pp": r.get("accuracy_delta_pp"),
+            "reason": r["reason"], "accuracy": q.get("accuracy"), "top5_accuracy": q.get("top5"),
+            "accuracy_delta_pp": r.get("accuracy_delta_pp"),
             "int8_loss_pp": r.get("int8_loss_pp"), "flags": "; ".join(r.get("flags") or []) or None,
             "macro_f1": q.get("macro", {}).get("f1"), "weighted_f1": q.get("weighted", {}).get("f1"),
             "macro_precision": q.get("macro", {}).get("precision"), "macro_recall": q.get("macro", {}).get("recall"),
@@ -74,6 +78,39 @@ def _server_columns(server: dict[str, Any]) -> dict[str, Any]:
             "server_max_rate_p99_ms": best.get("p99_ms"), "server_target_rate": at.get("target_rate"),
             "server_achieved_rate": at.get("achieved_rate"), "server_p50_ms": at.get("p50_ms"),
             "server_p90_ms": at.get("p90_ms"), "server_p99_ms": at.get("p99_ms")}
+
+
+NOT_MEASURED = "not measured"
+PER_CLASS_MAX = 30  # above this many classes report.md lists the weakest classes, per_class.csv has them all
+WEAKEST = 15
+
+
+def synthetic(doc: dict[str, Any]) -> bool:
+    """Was the run on random pixels (no labels, so no accuracy)?"""
+    return bool(doc["data"].get("synthetic"))
+
+
+def accuracy_text(r: dict[str, Any], spec: str = ".4f") -> str:
+    """A summary row's accuracy, or "not measured" (never 0 or NaN) when the row had no labelled data."""
+    return NOT_MEASURED if r.get("accuracy") is None and r["status"] == "ok" else _f(r.get("accuracy"), spec)
+
+
+def confusion(quality: dict[str, Any]) -> np.ndarray | None:
+    """The row's confusion matrix, dense, whether results.json kept it dense or as non-zero cells."""
+    if quality.get("confusion") is not None:
+        return np.asarray(quality["confusion"], np.int64)
+    if quality.get("confusion_sparse") is not None:
+        return dense_confusion(quality["confusion_sparse"], len(quality.get("per_class") or {}))
+    return None
+
+
+def per_class_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, backend, class): the per_class.csv file, readable at any class count."""
+    out = []
+    for r in doc["results"]:
+        for c, v in ((r.get("quality") or {}).get("per_class") or {}).items():
+            out.append({"model": r["model"], "backend": label(r), "class": c, **v})
+    return out
 
 
 def label(r: dict[str, Any]) -> str:
@@ -120,7 +157,10 @@ def to_json(doc: dict[str, Any]) -> str:
 
 
 def to_csv(doc: dict[str, Any]) -> str:
-    rows = summary_rows(doc)
+    return _csv(summary_rows(doc))
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -159,9 +199,14 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
     lines += ["", "## Summary", "",
               f"Speed-up: images/s at batch {big} over the reference backend's ({REFERENCE_TEXT})."
               " Δ acc: accuracy minus the reference's, in percentage points.", ""]
-    lines += _table(["model", "backend", "accuracy", "Δ acc (pp)", "macro F1", "top-1 agree", "max Δp", "p50 ms",
+    top5 = any(r.get("top5_accuracy") is not None for r in ok)
+    if synthetic(doc):
+        lines += [f"Accuracy: {NOT_MEASURED} (synthetic pixels at each model's input size, no labels).", ""]
+    lines += _table(["model", "backend", "accuracy"] + (["top-5"] if top5 else []) + [
+                     "Δ acc (pp)", "macro F1", "top-1 agree", "max Δp", "p50 ms",
                      "p99 ms", f"img/s @{big}", "speed-up", "size MB"],
-                    [[r["model"], label(r), _f(r["accuracy"], ".4f"), _f(r["accuracy_delta_pp"], "+.2f"),
+                    [[r["model"], label(r), accuracy_text(r)] + ([_f(r["top5_accuracy"], ".4f")] if top5 else []) +
+                     [_f(r["accuracy_delta_pp"], "+.2f"),
                       _f(r["macro_f1"], ".4f"), _f(r["agreement_top1"], ".4f"), _f(r["max_abs_dprob"], ".2e"),
                       _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r.get(f"img_per_s_b{big}"), ",.0f"), _x(r["speedup"]),
                       _f(r["size_mb"], ".2f")] for r in ok])
@@ -218,19 +263,38 @@ def to_markdown(doc: dict[str, Any], plot_files: list[str] | None = None, notes:
                     [[r["model"], label(r), _f(r["size_mb"], ".2f"), _f(r["load_s"]), _f(r["rss_delta_mb"], ".0f"),
                       _f(r["peak_rss_mb"], ".0f")] for r in ok])
     for model in doc["models"]:
-        res = [x for x in doc["results"] if x["model"] == model and x["status"] == "ok"]
+        res = [x for x in doc["results"] if x["model"] == model and x["status"] == "ok" and x["quality"]]
         if not res:
             continue
-        classes = list(res[0]["quality"]["per_class"])
-        lines += ["", f"## Per-class F1: {model}", ""]
-        lines += _table(["class", "support"] + [x["backend"] for x in res],
-                        [[c, str(res[0]["quality"]["per_class"][c]["support"])] +
-                         [_f(x["quality"]["per_class"][c]["f1"], ".4f") for x in res] for c in classes])
+        lines += _per_class_lines(model, res)
     lines += ["", "## Environment", ""] + _environment_lines(doc)
     if plot_files or notes:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plot_files or []] + [f"- {n}" for n in notes or []]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}." for k, v in doc["definitions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _per_class_lines(model: str, res: list[dict[str, Any]]) -> list[str]:
+    """Per-class F1 by backend (the weakest classes only, beyond PER_CLASS_MAX) and the most-confused pairs."""
+    per = res[0]["quality"]["per_class"]
+    classes = list(per)
+    title = f"## Per-class F1: {model}"
+    if len(classes) > PER_CLASS_MAX:  # 1,000 rows would bury the report: the weakest classes, all in per_class.csv
+        classes = sorted(classes, key=lambda c: (per[c]["f1"], c))[:WEAKEST]
+        title += (f" (the {WEAKEST} lowest by {res[0]['backend']} of {len(per)} classes; every class in "
+                  "per_class.csv)")
+    lines = ["", title, ""] + _table(["class", "support"] + [label(x) for x in res],
+                                     [[c, str(per[c]["support"])] +
+                                      [_f(x["quality"]["per_class"][c]["f1"], ".4f") for x in res] for c in classes])
+    pairs = res[0]["quality"].get("most_confused")
+    if pairs is None:  # results written before most_confused existed
+        return lines
+    lines += ["", f"Most-confused pairs ({res[0]['backend']}; share = count / the true class's images):", ""]
+    if not pairs:
+        return lines + ["none: every image was classified correctly."]
+    return lines + _table(["true", "predicted as", "images", "share"],
+                          [[p["true"], p["predicted"], str(p["count"]), _f(100 * p["share"], ".1f") + " %"]
+                           for p in pairs])
 
 
 def _repeat_lines(ok: list[dict[str, Any]]) -> list[str]:
@@ -300,14 +364,18 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> tuple[list[str], list[str
     written = []
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     for r in ok:
+        cm = confusion(r["quality"])
+        if cm is None:  # no labels (--synthetic)
+            continue
         name = f"confusion_{_slug(r['model'])}_{_slug(r['backend'])}.png"
         classes = list(r["quality"]["per_class"])
-        if plots.plot_confusion(r["quality"]["confusion"], classes, out_dir / name,
+        if plots.plot_confusion(cm, classes, out_dir / name,
                                 title=f"{r['model']} / {r['backend']}: accuracy {r['quality']['accuracy']:.4f}"):
             written.append(name)
     one_model = len({r["model"] for r in ok}) == 1  # then the title names it and each label is the backend alone
     points = [{"label": label(r) if one_model else f"{r['model']}/{label(r)}", "tp": r["throughput"][-1]["images_per_s"],
-               "acc": 100 * r["quality"]["accuracy"]} for r in ok if r["throughput"] and r["throughput"][-1]["images_per_s"]]
+               "acc": 100 * r["quality"]["accuracy"]} for r in ok
+              if r["quality"] and r["throughput"] and r["throughput"][-1]["images_per_s"]]
     big = batch_sizes(doc)[-1] if ok else None
     title = f"{ok[0]['model']}: " if one_model and ok else ""
     if plots.plot_scatter(points, "tp", "acc", "label", out_dir / "throughput_vs_accuracy.png",
@@ -333,6 +401,9 @@ def write_outputs(doc: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple
         raise ValueError(f"results do not match their schema: {errs[:3]}")
     plot_files, notes = write_plots(doc, out)
     files = {"results.json": to_json(doc), "results.csv": to_csv(doc), "report.md": to_markdown(doc, plot_files, notes)}
+    per_class = per_class_rows(doc)
+    if per_class:
+        files["per_class.csv"] = _csv(per_class)
     for name, text in files.items():
         with atomic_write(out / name) as fh:
             fh.write(text)

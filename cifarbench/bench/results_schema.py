@@ -32,7 +32,9 @@ _DETAIL: dict[str, Any] = {  # sub-schemas of the fields whose inner shape the v
         "accuracy": {"type": "number"}, "support": {"type": "integer"},
         "macro": {"type": "object", "required": ["precision", "recall", "f1"]},
         "weighted": {"type": "object", "required": ["precision", "recall", "f1"]},
-        "per_class": {"type": "object"}, "confusion": {"type": "array", "items": {"type": "array"}}}},
+        "top5": _NUM, "per_class": {"type": "object"}, "confusion": {"type": "array", "items": {"type": "array"}},
+        "confusion_sparse": {"type": "array", "items": {"type": "array"}},  # [true, predicted, count] beyond 100 classes
+        "most_confused": {"type": "array", "items": {"type": "object", "required": ["true", "predicted", "count"]}}}},
     "agreement": {"type": "object", "properties": {"reference": {"type": "string"}, "top1": {"type": "number"},
                                                     "max_abs_dprob": {"type": "number"}}},
     "warnings": {"type": "array", "items": {"type": "string"}},

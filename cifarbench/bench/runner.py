@@ -27,7 +27,7 @@ import numpy as np
 from cifarbench import __version__, backends
 from cifarbench.backends.options import RuntimeOptions
 from cifarbench.backends.tta import check_mode as check_tta
-from cifarbench.bench.data import BenchData, load_subset, measure_decode
+from cifarbench.bench.data import BenchData, load_subset, measure_decode, synthetic
 from cifarbench.bench.derive import (INT8_FLAG_PP, against_reference, busy_cpu_warnings, flag_parity, reference,
                                      spread_warnings)
 from cifarbench.bench.repeats import combine as combine_repeats
@@ -53,8 +53,11 @@ DEFINITIONS = {
     "server": "server scenario: queries arrive as a Poisson process at a target rate; one inference thread takes "
     "whatever has queued, up to the maximum batch; a query's latency runs from its arrival to its batch's end. "
     "max_rate is the highest target rate whose p99 stayed within the bound (doubling, then bisection)",
-    "decode": "load_image on encoded files of the data source (decode + EXIF transpose + resize to the first model's size with its transform), "
-    "timed apart from inference",
+    "decode": "load_image on encoded files of the data source (decode + EXIF transpose + resize to the model's input "
+    "size, RGB), timed apart from inference",
+    "synthetic": "--synthetic: uniform random uint8 pixels at each model's input size, no labels; speed, latency and "
+    "memory are measured as usual, accuracy is not (shown as not measured)",
+    "top5": "share of images whose true class is among the 5 highest scores (models with 5 classes or more)",
     "load": "wall time of load_backend: checksum verification plus runtime session/interpreter creation "
     "(isolated rows: a keras row's load includes importing TensorFlow; rows sharing a process time that import "
     "separately as tensorflow_import_s)",
@@ -103,6 +106,12 @@ class BenchConfig:
     interpolation: str | None = None
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # --ov-hint, --ort-opt-level...: every row
     profile_dir: str | None = None  # --profile: each row's per-op profile (an extra pass after the timed ones)
+    synthetic: bool = False  # random pixels at each model's size, no labels: speed, latency, memory; no accuracy
+
+    @property
+    def synthetic_count(self) -> int:
+        """Random images per model: one largest batch of distinct images, at least 64."""
+        return max(64, *self.batch_sizes) if self.synthetic else 0
 
     def thread_list(self) -> list[int | None]:
         t = self.threads
@@ -117,6 +126,8 @@ class BenchConfig:
             raise UsageError("--threads must be positive integers")
         check_tta(self.tta)
         Transform((1, 1), self.resize or "center-crop", self.crop_pct, self.interpolation or "lanczos")  # UsageError
+        if self.synthetic and self.tta != "none":
+            raise UsageError("--tta measures accuracy, which --synthetic data (no labels) cannot give")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError("--max-pixels must be >= 1")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
@@ -223,7 +234,7 @@ def _job(config: BenchConfig, m: Manifest, backend: str, threads: int | None, fi
                max_pixels=config.max_pixels, resize=config.resize, crop_pct=config.crop_pct,
                interpolation=config.interpolation,
                runtime_options=config.runtime.as_dict(),
-               profile_dir=config.profile_dir if first else None,
+               profile_dir=config.profile_dir if first else None, synthetic=config.synthetic_count,
                pin=_cpus(threads) if config.isolate else None)
 
 
@@ -247,7 +258,7 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
         emit_model_notes(m, emit)
     batch_sizes = sorted(set(int(b) for b in config.batch_sizes))
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    data_cache: dict[tuple[tuple[str, ...], Any], BenchData] = {}
+    data_cache: dict[tuple[Any, ...], BenchData] = {}
     started = time.time()
     rows: dict[tuple[str, str, int | None], Row] = {}
     probs: dict[tuple[str, str, int | None], np.ndarray] = {}
@@ -261,10 +272,14 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
             row.status, row.reason = "skipped", reason
             emit(Event("row", f"{label}: skipped ({reason})"))
             continue
-        data_key = (tuple(m.classes), m.input.transform)  # each model's own classes, size and transform
+        data_key = (m.input.size if config.synthetic else m.input.transform, *([] if config.synthetic else m.classes))
         if data_key not in data_cache:
-            with default_max_pixels(config.max_pixels):
-                data_cache[data_key] = load_subset(config.data, m.classes, config.limit, config.seed, m.input.transform)
+            if config.synthetic:
+                data_cache[data_key] = synthetic(m.input.size, config.synthetic_count, config.seed)
+            else:
+                with default_max_pixels(config.max_pixels):
+                    data_cache[data_key] = load_subset(config.data, m.classes, config.limit, config.seed,
+                                                      m.input.transform)
         data = data_cache[data_key]
         if backend == "keras" and not config.isolate and "tensorflow" not in sys.modules:
             emit(Event("status", "importing TensorFlow for the keras backend"))
@@ -297,16 +312,22 @@ def run_bench(config: BenchConfig, events: Emit | None = None, plan: Plan | None
                tensorflow_import_s=tf_import_s, isolated=config.isolate,
                transform={m.name: m.input.transform.describe() for m in plan.manifests})  # this run's, overrides in
     first = next(iter(data_cache.values()), None)
-    left_out = [f"{name}: {why}" for name, why in first.dataset.skipped] if first else []
+    left_out = [f"{name}: {why}" for name, why in first.skipped] if first else []
     ran = any(r.status == "ok" for r in rows.values())  # a busy CPU cannot have disturbed a run of skips
     warnings = (busy_cpu_warnings(env) if ran else []) + compare_notes + spread_warnings(rows) + (
         [f"{len(left_out)} data image(s) could not be used and were left out, e.g. {left_out[0]}"] if left_out else [])
-    data_doc = {"source": config.data, "split": "test", "images": int(len(first.images)) if first else None,
-                "subset": first.subset if first else None, "fingerprint": first.dataset.fingerprint if first else None,
-                "load_s": first.load_s if first else None, "left_out": len(left_out), "left_out_examples": left_out[:5]}
-    with default_max_pixels(config.max_pixels):
-        first_transform = next(iter(data_cache), ((), None))[1]
-        data_doc["decode"] = measure_decode(config.data, config.decode_sample if first else 0, first_transform)
+    data_doc = {"source": "synthetic" if config.synthetic else config.data, "split": "test",
+                "images": int(len(first.images)) if first else None, "subset": first.subset if first else None,
+                "fingerprint": first.dataset.fingerprint if first and first.dataset else None,
+                "load_s": first.load_s if first else None, "left_out": len(left_out), "left_out_examples": left_out[:5],
+                "synthetic": config.synthetic,
+                "sizes": sorted({"x".join(map(str, m.input.size)) for m in plan.manifests})}
+    if config.synthetic:
+        data_doc["decode"] = {"images": 0, "note": "not measured: synthetic pixels, nothing to decode"}
+    else:
+        with default_max_pixels(config.max_pixels):
+            data_doc["decode"] = measure_decode(config.data, config.decode_sample if first else 0,
+                                                plan.manifests[0].input.transform)
     cfg = asdict(config)
     cfg["batch_sizes"] = batch_sizes
     order = {b: i for i, b in enumerate(backends.BACKENDS)}
@@ -349,7 +370,9 @@ def _one_line(row: Row, label: str) -> str:
     if row.status != "ok":
         return f"{label}: {row.status} ({row.reason})"
     tp = row.throughput[-1] if row.throughput else {}
-    parts = [f"accuracy {row.quality['accuracy']:.4f}"] if row.quality else []
+    parts = [f"accuracy {row.quality['accuracy']:.4f}"] if row.quality else ["accuracy not measured"]
+    if (row.quality or {}).get("top5") is not None:
+        parts.append(f"top-5 {row.quality['top5']:.4f}")
     if row.tta:
         parts.append(f"{row.tta['mode']} TTA {row.tta['accuracy']:.4f} at {row.tta['cost_x'] or 0:.1f}x the time")
     if row.latency:

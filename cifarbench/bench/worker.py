@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.bench.metrics import classification_report, confusion_matrix
+from cifarbench.bench.metrics import (DENSE_CONFUSION_MAX, classification_report, confusion_matrix, most_confused,
+                                      sparse_confusion, top_k_accuracy)
 from cifarbench.bench.scenarios import find_max_rate, measure_latency, measure_throughput, predict_all, run_server
+from cifarbench.data.batching import images_per_batch
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import CifarbenchError, first_line
 from cifarbench.models.manifest import Manifest
@@ -58,6 +60,7 @@ class Job:
     interpolation: str | None = None
     runtime_options: dict[str, Any] = field(default_factory=dict)  # RuntimeOptions.as_dict(): tuning (--ov-hint...)
     profile_dir: str | None = None  # --profile: each runtime's per-op profile goes here (an extra, untimed pass)
+    synthetic: int = 0  # > 0: that many random images at the model's size, no labels (no accuracy pass)
 
 
 def peak_rss_mb() -> float:
@@ -86,8 +89,26 @@ def current_rss_mb() -> float | None:
         return None
 
 
-def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Row fields measured for ``job`` (see bench.Row) and the probabilities of the accuracy pass."""
+def quality(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, top-5 (5 classes or more), P/R/F1, the most-confused pairs and the confusion matrix.
+
+    Beyond DENSE_CONFUSION_MAX classes the matrix is kept as its non-zero cells (``confusion_sparse``):
+    a dense 1000x1000 matrix would be millions of zeros per row in results.json.
+    """
+    cm = confusion_matrix(labels, probs.argmax(1), len(classes))
+    q = classification_report(cm, classes)
+    q["top5"] = top_k_accuracy(probs, labels, 5)
+    q["most_confused"] = most_confused(cm, classes)
+    if len(classes) <= DENSE_CONFUSION_MAX:
+        q["confusion"] = cm.tolist()
+    else:
+        q["confusion_sparse"] = sparse_confusion(cm)
+    return q
+
+
+def measure(job: Job, manifest: Manifest, images: np.ndarray,
+            labels: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Row fields measured for ``job`` (see bench.Row) and the probabilities of the accuracy pass (none without labels)."""
     from cifarbench import backends
     from cifarbench.backends.options import RuntimeOptions
 
@@ -107,15 +128,14 @@ def measure(job: Job, manifest: Manifest, images: np.ndarray, labels: np.ndarray
     be.predict(images[:1])
     out["first_call_ms"] = 1000 * (time.perf_counter() - t0)
     probs = None
-    if job.quality:
-        probs, seconds = predict_all(be.predict, images, sizes[-1], len(manifest.classes))
-        out["eval"] = {"batch_size": sizes[-1], "images": int(len(images)), "seconds": seconds,
+    if job.quality and labels is not None:
+        eval_batch = images_per_batch(images.shape[1:3], sizes[-1])  # 256 images of 224x224 need gigabytes
+        probs, seconds = predict_all(be.predict, images, eval_batch, len(manifest.classes))
+        out["eval"] = {"batch_size": eval_batch, "images": int(len(images)), "seconds": seconds,
                        "images_per_s": len(images) / seconds if seconds else None}
-        cm = confusion_matrix(labels, probs.argmax(1), len(manifest.classes))
-        out["quality"] = classification_report(cm, manifest.classes)
-        out["quality"]["confusion"] = cm.tolist()
+        out["quality"] = quality(probs, labels, list(manifest.classes))
         if job.tta != "none":
-            out["tta"] = _tta(be.predict, images, labels, job.tta, sizes[-1], len(manifest.classes), seconds)
+            out["tta"] = _tta(be.predict, images, labels, job.tta, eval_batch, len(manifest.classes), seconds)
     tp: list[dict[str, Any]] = []
     if "single-stream" in job.scenarios:
         lat, out["warnings"] = measure_latency(be.predict, images, job.warmup, job.min_iters, job.min_time)
@@ -223,7 +243,7 @@ def _pin(cpus: list[int] | None) -> list[int] | None:
 
 
 def _main() -> int:
-    from cifarbench.bench.data import load_subset
+    from cifarbench.bench.data import load_subset, synthetic
     from cifarbench.data.images import default_max_pixels
     from cifarbench.models.model_ref import resolve_model
 
@@ -233,8 +253,11 @@ def _main() -> int:
         pinned = _pin(job.pin)
         manifest = resolve_model(job.model)
         manifest.input = manifest.input.with_transform(job.resize, job.crop_pct, job.interpolation)
-        with default_max_pixels(job.max_pixels):  # the same images as the parent's rows, and its cache entry
-            data = load_subset(job.data, manifest.classes, job.limit, job.seed, manifest.input.transform)
+        if job.synthetic:
+            data = synthetic(manifest.input.size, job.synthetic, job.seed)
+        else:
+            with default_max_pixels(job.max_pixels):  # the same images as the parent's rows, and its cache entry
+                data = load_subset(job.data, manifest.classes, job.limit, job.seed, manifest.input.transform)
         row, probs = measure(job, manifest, data.images, data.labels)
         row["pinned_cpus"] = pinned
         if probs is not None:

@@ -63,11 +63,15 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--backend", "-b", "backend_names", multiple=True, type=BackendChoice(),
               help="Backend to bench (repeatable); auto: the one classify and serve pick here (measured, cached).")
 @click.option("--data", default="bundled", show_default=True,
-              help="Labelled data source: bundled (10,000-image test split), cifar10, a folder tree or an archive.")
+              help="Labelled data source: bundled (10,000-image test split), cifar10, an image-folder tree <root>/<class>/* "
+                   "(folders matched to the model's classes; a test/ split if it has one) or an archive.")
 @click.option("--limit", type=click.IntRange(1), help="Use a seeded random subset of N images.")
+@click.option("--synthetic", is_flag=True,
+              help="Random pixels at each model's input size, no labels (like benchmark_app without -i): speed, "
+                   "latency and memory; accuracy is not measured.")
 @click.option("--batch-sizes", default="1,32,256", show_default=True, callback=_batch_sizes,
-              help="Comma-separated batch sizes for throughput; the largest also runs the accuracy pass and bounds "
-                   "the server scenario's dynamic batches.")
+              help="Comma-separated batch sizes for throughput; the largest also runs the accuracy pass (capped at "
+                   "64x64 pixels' worth of 256 images: 20 at 224x224) and bounds the server scenario's dynamic batches.")
 @click.option("--threads", callback=_threads, metavar="N[,N...]",
               help="Intra-op threads per backend; a list (1,2) measures one row per count (default: each runtime's own).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -122,7 +126,7 @@ def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success (results still go to --output-dir).")
 @click.pass_context
 def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, backend_names: tuple[str, ...], data: str,
-            limit: int | None, batch_sizes: tuple[int, ...], threads: tuple[int, ...] | None, device: str,
+            limit: int | None, synthetic: bool, batch_sizes: tuple[int, ...], threads: tuple[int, ...] | None, device: str,
             scenarios: tuple[str, ...], repeat: int, isolate: bool, server_rate: float | None, p99_bound_ms: float,
             server_time: float, warmup: int, min_time: float, min_iters: int, output_dir: Path | None,
             fmt: str | None, max_pixels: int, resize: str | None, crop_pct: float | None, interpolation: str | None,
@@ -151,6 +155,11 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
     out = output_dir or _default_output_dir()
     tuning = RuntimeOptions(ov_hint=ov_hint, ov_streams=ov_streams, ort_opt_level=ort_opt_level,
                             ort_providers=ort_providers, xnnpack=xnnpack)
+    if synthetic:
+        given = [o for o, v in (("--data", ctx.get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE),
+                                ("--limit", limit is not None), ("--tta", tta != "none")) if v]
+        if given:
+            raise click.UsageError(f"--synthetic measures random pixels without labels; it excludes {', '.join(given)}")
     config = bench.BenchConfig(
         models=models, backends=list(backend_names) or None, data=data, limit=limit, batch_sizes=batch_sizes,
         threads=list(threads) if threads else None, device=device, warmup=warmup, min_time=min_time,
@@ -158,7 +167,8 @@ def command(ctx: click.Context, models: tuple[str, ...], all_backends: bool, bac
         scenarios=tuple(scenarios) or ("single-stream", "offline"), repeat=repeat, isolate=isolate,
         server_rate=server_rate, p99_bound_ms=p99_bound_ms, server_time=server_time, tta=tta, max_pixels=max_pixels,
         resize=resize, crop_pct=crop_pct, interpolation=interpolation,
-        runtime=tuning, profile_dir=str((out / "profiles").resolve()) if profile else None)
+        runtime=tuning, profile_dir=str((out / "profiles").resolve()) if profile else None,
+        synthetic=synthetic)
     plan = bench.resolve_plan(config)
     err = stderr_console()
     for model, sel in plan.chosen.items():
@@ -232,24 +242,29 @@ def _print_table(doc: dict[str, Any]) -> None:
 
     from cifarbench.cli.ui import stdout_console
     from cifarbench.bench.derive import REFERENCE_TEXT
-    from cifarbench.bench.report import batch_sizes, label, summary_rows
+    from cifarbench.bench.report import accuracy_text, batch_sizes, label, summary_rows
 
     sizes = batch_sizes(doc) or sorted(doc["config"]["batch_sizes"])
     big = sizes[-1]
+    rows = summary_rows(doc)
+    top5 = any(r.get("top5_accuracy") is not None for r in rows)
     t = Table(title=f"cifarbench bench: {doc['data']['source']}, {doc['data']['subset'] or str(doc['data']['images']) + ' images'}")
-    for name in ("model", "backend", "accuracy", "macro F1", "p50 ms", "p99 ms", f"img/s @{big}", "speed-up", "size MB"):
+    for name in ("model", "backend", "accuracy", *(["top-5"] if top5 else []), "macro F1", "p50 ms", "p99 ms",
+                 f"img/s @{big}", "speed-up", "size MB", "RSS MB"):
         t.add_column(name, justify="left" if name in ("model", "backend") else "right")
     f = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     skipped = []
-    for r in summary_rows(doc):
+    for r in rows:
         if r["status"] != "ok":
-            t.add_row(r["model"], label(r), f"[yellow]{r['status']}[/yellow]", *[""] * 6)
+            t.add_row(r["model"], label(r), f"[yellow]{r['status']}[/yellow]", *[""] * (8 + top5))
             skipped.append(r)
             continue
         ref = r["reference"] == r["backend"]
-        t.add_row(r["model"], label(r), f(r["accuracy"], ".4f") + (" [red]![/red]" if r["flags"] else ""), f(r["macro_f1"], ".4f"), f(r["p50_ms"], ".3f"),
+        t.add_row(r["model"], label(r), accuracy_text(r) + (" [red]![/red]" if r["flags"] else ""),
+                  *([f(r["top5_accuracy"], ".4f")] if top5 else []), f(r["macro_f1"], ".4f"), f(r["p50_ms"], ".3f"),
                   f(r["p99_ms"], ".3f"), f(r.get(f"img_per_s_b{big}"), ",.0f"),
-                  "ref" if ref else (f(r["speedup"], ".2f") + "×" if r["speedup"] else "–"), f(r["size_mb"], ".2f"))
+                  "ref" if ref else (f(r["speedup"], ".2f") + "×" if r["speedup"] else "–"), f(r["size_mb"], ".2f"),
+                  f(r["peak_rss_mb"], ",.0f"))
     con = stdout_console()
     if not con.is_terminal:  # a pipe or file: no 80-column truncation of the data
         con.width = 200

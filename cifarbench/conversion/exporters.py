@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from cifarbench.atomic import atomic_write
+from cifarbench.data.batching import images_per_batch
 from cifarbench.models.manifest import FORMAT_FILES, InputContract
 
 
@@ -124,7 +125,8 @@ def _onnx_int8(ctx: ExportContext, path: Path) -> dict[str, Any]:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{name: cal_x[i : i + 50]} for i in range(0, len(cal_x), 50)])
+            n = images_per_batch(cal_x.shape[1:3], 50)
+            self.batches = iter([{name: cal_x[i : i + n]} for i in range(0, len(cal_x), n)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)

@@ -88,7 +88,10 @@ def check_parity(m: Manifest, source: Source, formats: Sequence[str], data: Samp
 
 
 def _predict(backend: Any, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([backend.predict(x[i : i + 256]) for i in range(0, len(x), 256)])
+    from cifarbench.data.batching import images_per_batch
+
+    n = images_per_batch(x.shape[1:3], 256)
+    return np.concatenate([backend.predict(x[i : i + n]) for i in range(0, len(x), n)])
 
 
 def _parity(got: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""The data layer: any CIFAR-10 source -> (images uint8 [N,H,W,3], labels int64 [N], class names).
+"""The data layer: any labelled image source -> (images uint8 [N,H,W,3], labels int64 [N], class names).
+
+A tree's class folders are matched to the model's classes by name (``matched_classes``): an ImageNet-style
+``<root>/<class>/*`` tree may hold any subset of them.
 
 Images come at 32x32 unless a ``transform`` (a model's input contract) asks for another size: files
 decode straight to it, CIFAR-10's raw 32x32 arrays are resampled by the same loader code.
@@ -195,9 +198,75 @@ def _resampled(ds: Dataset, t: Transform) -> Dataset:
     return ds
 
 
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
+
+
+def matched_classes(folders: Sequence[str], classes: Sequence[str]) -> dict[str, int]:
+    """Folder name -> index in ``classes``: exact names first, then ignoring case, ``_``/``-``/space.
+
+    An ImageNet-style tree may hold any subset of the model's classes. A folder that matches none, or
+    two folders that match the same class, is a DataError naming them: a silently dropped or merged
+    class would skew every figure.
+    """
+    exact = {c: i for i, c in enumerate(classes)}
+    loose: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        loose.setdefault(_norm(c), i)
+    out: dict[str, int] = {}
+    unknown: list[str] = []
+    for f in folders:
+        i = exact.get(f, loose.get(_norm(f)))
+        if i is None:
+            unknown.append(f)
+        else:
+            out[f] = i
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        ex = ", ".join(list(classes)[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DataError(f"{len(unknown)} of {len(folders)} class folders match none of the model's {len(classes)} "
+                        f"classes ({ex}): {shown}; rename them, or give the model this data's class list "
+                        "(convert --classes FILE)")
+    seen: dict[int, str] = {}
+    for f, i in out.items():
+        if i in seen:
+            raise DataError(f"class folders {seen[i]!r} and {f!r} both match class {classes[i]!r}")
+        seen[i] = f
+    return out
+
+
+def tree_classes(source: str | os.PathLike[str], split: str = "train") -> tuple[str, ...] | None:
+    """The class folder names of an image-folder tree or archive (sorted), or None for other sources.
+
+    ``train`` takes a model's classes from its data this way; CIFAR-10's folders sort into CIFAR-10's order.
+    """
+    src = os.fspath(source) if source is not None else "bundled"
+    if src in ("", "bundled", "cifar10"):
+        return None
+    path = Path(src).expanduser()
+    if not path.exists() or (path.is_dir() and _find_batches_dir(path) is not None):
+        return None
+    folders: set[str] = set()
+    split_folders: set[str] = set()
+    try:
+        with members_of(path) as members:
+            for name, _ in members:
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if len(parts) < 2 or Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
+                    if parts and parts[-1] in ("data_batch_1", "test_batch"):
+                        return None
+                    continue
+                folders.add(parts[-2])
+                if len(parts) >= 3 and parts[-3] == split:
+                    split_folders.add(parts[-2])
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
+        return None
+    return tuple(sorted(split_folders or folders)) or None
+
+
 def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, classes: tuple[str, ...],
                t: Transform = Transform()) -> Dataset:
-    """Members named ``.../<split>/<class>/<file>`` or ``.../<class>/<file>``."""
+    """Members named ``.../<split>/<class>/<file>`` or ``.../<class>/<file>``, folders matched to ``classes``."""
     rows = []
     for name, read in members:
         parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -207,14 +276,7 @@ def _from_tree(members: Iterable[tuple[str, Callable[[], bytes]]], split: str, c
     has_splits = any(len(p) >= 3 and p[-3] in SPLITS for p, _, _ in rows)
     if has_splits:
         rows = [r for r in rows if len(r[0]) >= 3 and r[0][-3] == split]
-    folders = sorted({p[-2] for p, _, _ in rows})
-    unknown = [f for f in folders if f not in classes]
-    if unknown:
-        raise DataError(
-            f"class folders {', '.join(unknown[:5])} are not in the class list "
-            f"({', '.join(classes)}); pass the dataset's own classes"
-        )
-    index = {c: i for i, c in enumerate(classes)}
+    index = matched_classes(sorted({p[-2] for p, _, _ in rows}), classes)
     images, labels, paths, skipped = [], [], [], []
     for parts, name, read in rows:
         try:

@@ -118,13 +118,14 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "start": self.start, "end": self.end}
 
 
-def build_train(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), l2: float = L2) -> Any:
+def build_train(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), l2: float = L2,
+                image_size: tuple[int, int] = (32, 32)) -> Any:
     """The flagship's training graph (see the module docstring); ``to_plain`` gives the shipped model."""
     from cifarbench.models.zoo import stem
 
     L = keras.layers
     reg = keras.regularizers.L2(l2) if l2 else None
-    inputs, x = stem(keras)
+    inputs, x = stem(keras, image_size)
     x = L.Conv2D(24, 2, padding="valid", use_bias=False, trainable=False, name="whiten")(x)
     x = GatedBias(l2=l2, name="whiten_bias")(x)
     x = L.ReLU()(x)
@@ -164,7 +165,7 @@ def to_plain(train_model: Any, num_classes: int = 10) -> Any:
     """Fold the training graph into the standard-layer flagship (same outputs, no custom objects)."""
     from cifarbench.models.zoo import build_flagship
 
-    plain = build_flagship(num_classes)
+    plain = build_flagship(num_classes, image_size=tuple(train_model.input_shape[1:3]))
     src = {layer.name: layer for layer in train_model.layers}
     w = lambda name: [keras.ops.convert_to_numpy(v) for v in src[name].weights]  # noqa: E731
     kernel = w("whiten")[0]

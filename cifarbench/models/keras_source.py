@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarbench.data.batching import images_per_batch
 from cifarbench.errors import ModelError, UsageError
 from cifarbench.models.kerasio import apply_preprocess, load_keras_model, model_input_shape
 from cifarbench.models.manifest import InputContract
@@ -63,13 +64,15 @@ class KerasSource:
         return self.tf.nn.softmax(y) if self.contract.softmax_added else y
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(self.probs(self.tf.constant(x[i : i + 500], self.tf.float32)))
-                               for i in range(0, len(x), 500)])
+        n = images_per_batch(x.shape[1:3], 500)
+        return np.concatenate([np.asarray(self.probs(self.tf.constant(x[i : i + n], self.tf.float32)))
+                               for i in range(0, len(x), n)])
 
     def scores_with(self, x: np.ndarray, steps: Any) -> np.ndarray:
         """The model's raw scores on ``x`` under other preprocessing steps (convert's preset check)."""
-        return np.concatenate([np.asarray(self._forward(self.tf.constant(x[i : i + 256], self.tf.float32), steps),
-                                          dtype=np.float32) for i in range(0, len(x), 256)])
+        n = images_per_batch(x.shape[1:3], 256)
+        return np.concatenate([np.asarray(self._forward(self.tf.constant(x[i : i + n], self.tf.float32), steps),
+                                          dtype=np.float32) for i in range(0, len(x), n)])
 
     # ------------------------------------------------------------------ exports
     def tflite(self, mode: str | None, cal_x: np.ndarray) -> bytes:

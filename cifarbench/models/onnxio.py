@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarbench.data.batching import images_per_batch
 from cifarbench.errors import ModelError, UsageError, first_line
 from cifarbench.models.manifest import InputContract, Step
 
@@ -83,8 +84,9 @@ class OnnxSource:
 
     def reference(self, pixels: np.ndarray) -> np.ndarray:
         outs = []
-        for i in range(0, len(pixels), 256):
-            y = self._raw(pixels[i : i + 256]).astype(np.float64)
+        n = images_per_batch(pixels.shape[1:3], 256)
+        for i in range(0, len(pixels), n):
+            y = self._raw(pixels[i : i + n]).astype(np.float64)
             if self.contract.softmax_added:
                 y = np.exp(y - y.max(1, keepdims=True))
                 y /= y.sum(1, keepdims=True)
@@ -93,7 +95,8 @@ class OnnxSource:
 
     def scores_with(self, pixels: np.ndarray, steps: Any) -> np.ndarray:
         """The original model's raw scores under other preprocessing steps (convert's preset check)."""
-        return np.concatenate([self._raw(pixels[i : i + 256], steps) for i in range(0, len(pixels), 256)])
+        n = images_per_batch(pixels.shape[1:3], 256)
+        return np.concatenate([self._raw(pixels[i : i + n], steps) for i in range(0, len(pixels), n)])
 
     # ------------------------------------------------------------------ export
     def onnx(self, opset: int) -> tuple[bytes, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 Every model takes raw RGB pixels in [0, 255] (float32 NHWC) and normalises inside the
 graph, so every exported artifact can take uint8 pixels as they come from the loader.
+Builders take ``image_size`` (H, W): 32x32 by default, any size for ``train --image-size``.
 Keras is imported inside the builders: importing this module stays cheap.
 """
 
@@ -73,9 +74,12 @@ def get_arch(name: str) -> Arch:
         raise UsageError(f"unknown architecture {name!r}; choose from {', '.join(sorted(ZOO))}") from None
 
 
-def stem(keras: Any) -> tuple[Any, Any]:
-    """Raw pixels in, normalised inside the graph (so artifacts take uint8 as loaded)."""
-    inputs = keras.Input((32, 32, 3), name="pixels", dtype="float32")
+ImageSize = tuple[int, int]
+
+
+def stem(keras: Any, image_size: ImageSize = (32, 32)) -> tuple[Any, Any]:
+    """Raw pixels in at (H, W), normalised inside the graph (so artifacts take uint8 as loaded)."""
+    inputs = keras.Input((int(image_size[0]), int(image_size[1]), 3), name="pixels", dtype="float32")
     mean = np.asarray(CIFAR10_MEAN, np.float32)
     std = np.asarray(CIFAR10_STD, np.float32)
     x = keras.layers.Normalization(mean=mean, variance=std**2, name="normalize")(inputs)
@@ -87,11 +91,11 @@ def _head(keras: Any, x: Any) -> Any:
     return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
 
 
-def build_baseline_cnn(num_classes: int = 10) -> Any:
+def build_baseline_cnn(num_classes: int = 10, image_size: ImageSize = (32, 32)) -> Any:
     import keras
     from keras import layers as L
 
-    inputs, x = stem(keras)
+    inputs, x = stem(keras, image_size)
     for width in (32, 64, 128):
         x = L.Conv2D(width, 3, padding="same", activation="relu")(x)
         x = L.Conv2D(width, 3, padding="same", activation="relu")(x)
@@ -106,11 +110,11 @@ def build_baseline_cnn(num_classes: int = 10) -> Any:
     return keras.Model(inputs, _head(keras, x), name="baseline_cnn")
 
 
-def build_vgg_bn(num_classes: int = 10) -> Any:
+def build_vgg_bn(num_classes: int = 10, image_size: ImageSize = (32, 32)) -> Any:
     import keras
     from keras import layers as L
 
-    inputs, x = stem(keras)
+    inputs, x = stem(keras, image_size)
     for width in (64, 128, 256):
         for _ in range(2):
             x = L.Conv2D(width, 3, padding="same", use_bias=False)(x)
@@ -124,11 +128,11 @@ def build_vgg_bn(num_classes: int = 10) -> Any:
     return keras.Model(inputs, _head(keras, x), name="vgg_bn")
 
 
-def build_benchmark_cnn(num_classes: int = 10) -> Any:
+def build_benchmark_cnn(num_classes: int = 10, image_size: ImageSize = (32, 32)) -> Any:
     import keras
     from keras import layers as L
 
-    inputs, x = stem(keras)
+    inputs, x = stem(keras, image_size)
     for width, drop in ((32, 0.3), (64, 0.5), (128, 0.5)):
         for _ in range(2):
             x = L.Conv2D(width, 3, padding="valid", activation="relu")(x)
@@ -142,7 +146,8 @@ def build_benchmark_cnn(num_classes: int = 10) -> Any:
     return keras.Model(inputs, _head(keras, x), name="benchmark_cnn")
 
 
-def build_flagship(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256)) -> Any:
+def build_flagship(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
+                   image_size: ImageSize = (32, 32)) -> Any:
     """airbench94's net: frozen 2x2 whitening conv, three conv groups with BN after pooling.
 
     This is the shipped (inference) graph; training uses ``airbench.build_train`` and folds back
@@ -151,7 +156,7 @@ def build_flagship(num_classes: int = 10, widths: tuple[int, int, int] = (64, 25
     import keras
     from keras import layers as L
 
-    inputs, x = stem(keras)
+    inputs, x = stem(keras, image_size)
     x = L.Conv2D(24, 2, padding="valid", use_bias=True, name="whiten")(x)
     x = L.ReLU()(x)
     for i, width in enumerate(widths):
@@ -167,12 +172,12 @@ def build_flagship(num_classes: int = 10, widths: tuple[int, int, int] = (64, 25
     return keras.Model(inputs, _head(keras, x), name="flagship")
 
 
-def build_tiny_cnn(num_classes: int = 10) -> Any:
+def build_tiny_cnn(num_classes: int = 10, image_size: ImageSize = (32, 32)) -> Any:
     """Seconds to train: for smoke tests, demos and CI, not for accuracy."""
     import keras
     from keras import layers as L
 
-    inputs, x = stem(keras)
+    inputs, x = stem(keras, image_size)
     for width in (8, 16):
         x = L.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = L.BatchNormalization()(x)
@@ -238,10 +243,10 @@ def _flagship_recipe() -> Recipe:
     )
 
 
-def _airbench_train(num_classes: int = 10) -> Any:
+def _airbench_train(num_classes: int = 10, image_size: ImageSize = (32, 32)) -> Any:
     from cifarbench.models import airbench
 
-    return airbench.build_train(num_classes)
+    return airbench.build_train(num_classes, image_size=image_size)
 
 
 def _airbench_plain(model: Any, num_classes: int = 10) -> Any:

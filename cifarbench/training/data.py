@@ -37,13 +37,14 @@ def augment(images: np.ndarray, ops: tuple[str, ...], rng: np.random.Generator,
     """
     x = images
     if "translate2" in ops:
+        h, w = x.shape[1:3]
         pad = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
         dy, dx = rng.integers(0, 5, len(x)), rng.integers(0, 5, len(x))
         out = np.empty_like(x)
         for oy in range(5):
             for ox in range(5):
                 sel = np.flatnonzero((dy == oy) & (dx == ox))
-                out[sel] = pad[sel, oy : oy + 32, ox : ox + 32]
+                out[sel] = pad[sel, oy : oy + h, ox : ox + w]
         x = out
     flip = None
     if "flip" in ops:

@@ -24,10 +24,11 @@ import numpy as np
 
 from cifarbench.atomic import atomic_write
 from cifarbench.bench.metrics import classification_report, confusion_matrix, format_report
-from cifarbench.data.sources import Dataset, load_dataset, train_val_split
+from cifarbench.data.sources import Dataset, load_dataset, train_val_split, tree_classes
+from cifarbench.data.transform import parse_size
 from cifarbench.errors import UsageError
 from cifarbench.events import Emit, Event, null_emit
-from cifarbench.models.manifest import Manifest
+from cifarbench.models.manifest import InputContract, Manifest
 from cifarbench.models.tfquiet import quiet_tensorflow
 from cifarbench.models.zoo import count_macs, get_arch, init_whitening
 from cifarbench.sysinfo import cpu_info, has_fast_bf16, nvidia_gpus
@@ -39,6 +40,7 @@ __all__ = ["train", "TrainOptions", "resolve_precision", "tta_accuracy", "augmen
            "PRECISIONS", "JIT_CHOICES", "CHECKPOINT_DIR"]
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+MIN_IMAGE_SIZE = 8  # three 2x poolings leave at least one pixel
 _compile, _lr_schedule = compile_recipe, lr_schedule  # the names benchmarks/train/bench_train.py imports
 
 
@@ -84,6 +86,7 @@ class TrainOptions:
     jit: str = "auto"  # compiled step: see resolve_jit
     test_data: str | None = None
     command: str | None = None
+    image_size: tuple[int, int] | None = None  # (H, W) the zoo net takes; None: 32x32 (CIFAR-10)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and not self.epochs > 0:
@@ -92,6 +95,12 @@ class TrainOptions:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise UsageError(f"--micro-batch must be >= 1, got {self.micro_batch}")
+        if self.image_size is not None:
+            h, w = parse_size(self.image_size)
+            if min(h, w) < MIN_IMAGE_SIZE:
+                raise UsageError(f"--image-size must be at least {MIN_IMAGE_SIZE} pixels a side (the zoo nets pool "
+                                 f"three times), got {h},{w}")
+            object.__setattr__(self, "image_size", (h, w))
         if self.val_size < 0:
             raise UsageError(f"--val-size must be >= 0, got {self.val_size}")
         if self.jit not in JIT_CHOICES:
@@ -201,7 +210,10 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     started = time.time()
 
     # 1. Data: the train split, and a stratified validation slice held out of it (none with --val-size 0).
-    full = load_dataset(o.data, "train")
+    #    A tree's classes are its folder names (sorted: CIFAR-10's folders sort into CIFAR-10's order).
+    size = o.image_size or (32, 32)
+    classes = tree_classes(o.data, "train")
+    full = load_dataset(o.data, "train", classes=classes, transform=size)
     refuse_flat_tree(full, o.data, o.test_data)
     train_ds, val_ds = train_val_split(full, o.val_size, o.seed) if o.val_size else (full, None)
     num_classes = len(full.class_names)
@@ -231,7 +243,7 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
             import cifarbench.models.airbench  # noqa: F401  registers the training graph's layers
         model, state = ckpt.load(keras, bool(recipe.weight_decay), lookahead)
     else:
-        model = (arch.build_train or arch.build)(num_classes)
+        model = (arch.build_train or arch.build)(num_classes, image_size=size)
         spread_bn_momentum(model, micro)
         if arch.needs_whitening:
             init_whitening(model, train_ds.images, seed=o.seed)
@@ -289,13 +301,13 @@ def train(arch_name: str, out: str | os.PathLike[str], options: TrainOptions | N
     if val_ds is not None:
         _, val_loss = _evaluate(best, val_ds)
         val_metrics = {"accuracy": state["best_val_acc"], "loss": val_loss, "size": len(val_ds)}
-    test_ds = load_dataset(o.test_data or o.data, "test")
+    test_ds = load_dataset(o.test_data or o.data, "test", classes=full.class_names, transform=size)
     probs, test_loss = _evaluate(best, test_ds)
     cm = confusion_matrix(test_ds.labels, probs.argmax(1), num_classes)
     report = classification_report(cm, full.class_names)
 
     # 6. Outputs.
-    manifest = Manifest(name=out.name, arch=arch.name, classes=list(full.class_names))
+    manifest = Manifest(name=out.name, arch=arch.name, classes=list(full.class_names), input=InputContract(size=size))
     manifest.directory = out
     manifest.params = int(best.count_params())
     manifest.macs = count_macs(best)
