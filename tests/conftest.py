@@ -230,3 +230,68 @@ def ray_local() -> Iterator[str]:
 def ray_two_nodes() -> Iterator[str]:
     """Two Ray nodes with one CPU each on this machine: a real multi-node cluster, started once."""
     yield from _ray_cluster(2, 1)
+
+
+class ServeProcess:
+    """``cifarbench serve`` in a child process on 127.0.0.1; its stderr lines collected by a reader thread.
+
+    Ready once uvicorn says its application started, so a test's first request never races the bind.
+    """
+
+    def __init__(self, model: Path, backend: str, *extra: str, port: int = 0) -> None:
+        import re
+        import subprocess
+        import sys
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cifarbench", "serve", "--model", str(model), "--backend", backend,
+             "--host", "127.0.0.1", "--port", str(port), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=fresh_env(), cwd=REPO)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        line = self.wait_for(lambda ln: "serving " in ln and " on http://" in ln, 120)
+        self.url = re.search(r"(http://127\.0\.0\.1:\d+/)", line).group(1)  # type: ignore[union-attr]
+        self.wait_for(lambda ln: "Application startup complete" in ln, 60)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, cond: Callable[[str], bool], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hit = next((ln for ln in list(self.lines) if cond(ln)), None)
+            if hit is not None:
+                return hit
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met; stderr so far: {self.lines[-20:]}")
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=10)
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Callable[..., ServeProcess]]:
+    """Start ``ServeProcess``es (same arguments); every one started is stopped after the test."""
+    started: list[ServeProcess] = []
+
+    def start(*args: Any, **kwargs: Any) -> ServeProcess:
+        started.append(ServeProcess(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()

@@ -4,80 +4,25 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, fresh_env
+from conftest import REPO
 
 pytest.importorskip("uvicorn")
 MODEL = REPO / "trained" / "baseline-cnn"
 LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\d{3}) (\S+) (\S+) images=(\S+) (\d+\.\d) ms$")
 
 
-class Server:
-    """``cifarbench serve`` in a child process; its stderr lines collected by a reader thread."""
-
-    def __init__(self, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cifarbench", "serve", "--model", str(MODEL), "--backend", "onnx-int8",
-             "--host", "127.0.0.1", "--port", "0", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=fresh_env(), cwd=REPO)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        url = self.wait_for(lambda ln: "serving " in ln and " on http://" in ln, 120)
-        self.url = re.search(r"(http://127\.0\.0\.1:\d+/)", url).group(1)  # type: ignore[union-attr]
-        self.wait_for(lambda ln: "Application startup complete" in ln, 60)  # uvicorn listens from here on
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, cond, timeout: float) -> str:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            hit = next((ln for ln in list(self.lines) if cond(ln)), None)
-            if hit is not None:
-                return hit
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"condition not met; stderr so far: {self.lines[-20:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout=10)
-
-
 @pytest.fixture
-def server_factory() -> Iterator:  # type: ignore[type-arg]
-    started: list[Server] = []
-
-    def start(*extra: str) -> Server:
-        s = Server(*extra)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def server_factory(serve_process):  # type: ignore[no-untyped-def]
+    return lambda *extra: serve_process(MODEL, "onnx-int8", *extra)
 
 
 def _png(seed: int) -> bytes:

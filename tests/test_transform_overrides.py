@@ -9,11 +9,6 @@ what the centre crop shows scores 1.0 with the stored center-crop and 0.0 with `
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,7 +20,7 @@ from PIL import Image
 from cifarbench.bench.results_schema import load_results
 from cifarbench.errors import ExitStatus
 from cifarbench.models.manifest import InputContract, Manifest
-from conftest import REPO, fresh_env, run_cli
+from conftest import ServeProcess, run_cli
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -168,36 +163,11 @@ def test_bench_override_reaches_isolated_rows_and_crop_pct_1_is_allowed(flip: tu
 # ---------------------------------------------------------------------------------------------- serve
 
 
-class Server:
-    """``cifarbench serve`` in a child process on 127.0.0.1; its stderr lines collected by a reader thread."""
+class Server(ServeProcess):
+    """The serve child on the flip model's onnx artifact, with the two requests these tests make."""
 
     def __init__(self, model: Path, *extra: str, port: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cifarbench", "serve", "--model", str(model), "--backend", "onnx",
-             "--host", "127.0.0.1", "--port", str(port), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=fresh_env(), cwd=REPO)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        line = self.wait_for(lambda ln: "serving " in ln and " on http://" in ln, 120)
-        self.url = re.search(r"(http://127\.0\.0\.1:\d+/)", line).group(1)  # type: ignore[union-attr]
-        self.wait_for(lambda ln: "Application startup complete" in ln, 60)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, cond: Callable[[str], bool], timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            hit = next((ln for ln in list(self.lines) if cond(ln)), None)
-            if hit is not None:
-                return hit
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"condition not met; stderr so far: {self.lines[-20:]}")
+        super().__init__(model, "onnx", *extra, port=port)
 
     def classify(self, blob: bytes) -> str:
         req = urllib.request.Request(self.url + "v1/classify?top_k=1", data=blob, headers={"Content-Type": "image/png"})
@@ -207,15 +177,6 @@ class Server:
     def model_info(self) -> dict:
         with urllib.request.urlopen(self.url + "v1/model", timeout=30) as r:
             return json.loads(r.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout=10)
 
 
 @pytest.fixture
