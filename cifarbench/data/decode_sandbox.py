@@ -142,8 +142,8 @@ class _Child:
     def __init__(self, lim: SandboxLimits) -> None:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    CIFARBENCH_SANDBOX_MEMORY=str(lim.memory))
-        self.proc = subprocess.Popen([sys.executable, "-c", "from cifarbench.data.decode_sandbox import _child_main;"
-                                      " _child_main()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", "from cifarbench.data.sandbox_child import main; main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, env=env, close_fds=True)
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.rfd, self.w = self.proc.stdout.fileno(), self.proc.stdin
@@ -227,67 +227,3 @@ class _Pool:
 
 _POOL = _Pool()
 atexit.register(_POOL.close)
-
-
-# --------------------------------------------------------------------------- child side
-def _vm_size() -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _watch_parent(ppid: int) -> None:
-    while os.getppid() == ppid:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def _child_main() -> None:
-    """The sandbox: read requests on stdin, answer on a private copy of stdout; C libraries print nowhere."""
-    global _in_child
-    _in_child = True
-    import resource
-
-    from cifarbench.data.images import load_image
-
-    out = os.fdopen(os.dup(1), "wb")
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
-    inp = sys.stdin.buffer
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    memory = int(os.environ.get("CIFARBENCH_SANDBOX_MEMORY", DEFAULT_MEMORY))
-    base = _vm_size()
-    if base:
-        try:
-            resource.setrlimit(resource.RLIMIT_AS, (base + memory, resource.getrlimit(resource.RLIMIT_AS)[1]))
-        except (ValueError, OSError):
-            pass  # a hard limit already below: it holds anyway
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    out.write(b"\x01")
-    out.flush()
-    while True:
-        raw = inp.read(_HEAD.size)
-        if len(raw) < _HEAD.size:
-            return
-        meta = json.loads(inp.read(_HEAD.unpack(raw)[0]))
-        payload = inp.read(_BODY.unpack(inp.read(_BODY.size))[0])
-        src = meta["path"] if meta["path"] is not None else payload
-        try:
-            args = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["args"].items()}
-            r = load_image(src, **args)
-            reply, body = ({"error": r.error}, b"") if r.error else ({"error": None, "shape": r.array.shape[:2]},
-                                                                     r.array.tobytes())
-        except MemoryError:
-            reply, body = {"error": _OOM}, b""
-        except Exception as exc:  # a usage error cannot happen here: the parent validated the options
-            reply, body = {"error": f"corrupt or unsupported image ({type(exc).__name__})"}, b""
-        del src, payload
-        head = json.dumps(reply).encode()
-        out.write(_HEAD.pack(len(head)) + head + body)
-        out.flush()
