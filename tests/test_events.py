@@ -59,12 +59,13 @@ def test_convert_emits_one_step_per_stage_in_order(tmp_path: Path, synthetic_tre
             calibration_size=10, parity_size=10, events=rec)
     assert set(rec.kinds) == {"step"}
     assert [e.message.split(" ")[0] for e in rec.events] == ["loading", "loading", "loading", "exporting", "exporting",
-                                                             "parity"]
+                                                             "parity", "checking"]
     assert rec.events[0].message == f"loading {src}"
     assert rec.events[1].message.startswith("loading calibration/parity data from")
     assert rec.events[2].message.startswith("loading test split from")
     assert [e.message for e in rec.events[3:5]] == ["exporting onnx", "exporting onnx-int8"]
     assert rec.events[5].message == "parity check on 10 images"
+    assert rec.events[6].message == "checking the preprocessing presets on the parity images"  # a foreign model
 
 
 @pytest.mark.slow
