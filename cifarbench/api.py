@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from cifarbench.errors import UsageError
+from cifarbench.errors import BatchError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,8 +66,9 @@ class Model:
     def predict(self, images: "np.ndarray") -> "np.ndarray":
         """Probabilities, float32 (N, classes), for RGB uint8 pixels (N, H, W, 3) or one image (H, W, 3).
 
-        Anything else (floats in 0-1, another size, grey images) is a UsageError saying what was expected:
-        a model answers confidently on pixels it was never meant to see.
+        Anything else (floats in 0-1, another size, grey images) is a BatchError (a UsageError and a ValueError,
+        as from every backend's predict) saying what was expected: a model answers confidently on pixels it was
+        never meant to see.
         """
         import numpy as np
 
@@ -76,10 +77,10 @@ class Model:
             a = a[None]
         h, w = self.input_size
         if a.dtype != np.uint8:
-            raise UsageError(f"predict takes RGB uint8 pixels (0-255), got dtype {a.dtype}; "
+            raise BatchError(f"predict takes RGB uint8 pixels (0-255), got dtype {a.dtype}; "
                              "for 0-1 floats use (x * 255).round().astype('uint8')")
         if a.ndim != 4 or a.shape[1:] != (h, w, 3):
-            raise UsageError(f"predict takes RGB pixels of shape (N, {h}, {w}, 3) or ({h}, {w}, 3) for model "
+            raise BatchError(f"predict takes RGB pixels of shape (N, {h}, {w}, 3) or ({h}, {w}, 3) for model "
                              f"{self.name!r}, got {tuple(np.shape(images))}; cifarbench.load_image(path, "
                              f"({h}, {w})) decodes a file to it")
         from cifarbench.runs.classify import probs_of

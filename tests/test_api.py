@@ -50,6 +50,9 @@ def test_predict_checks_dtype_and_shape(tmp_path: Path) -> None:
         m.predict(x.astype(np.float32) / 255)
     with pytest.raises(UsageError, match=r"\(N, 10, 14, 3\)"):
         m.predict(np.zeros((3, 14, 10, 3), np.uint8))
+    for bad in (x.astype(np.float32) / 255, np.zeros((3, 14, 10, 3), np.uint8), x.tolist()):  # as every backend's
+        with pytest.raises(ValueError):  # predict: a BatchError, so `except ValueError` catches it (README)
+            m.predict(bad)
     with pytest.raises(UsageError, match=r"\(N, 10, 14, 3\)"):
         m.predict(np.zeros((3, 10, 14), np.uint8))  # grey: 3-D, read as one (10, 14) image without channels
     with pytest.raises(ModelError):
