@@ -187,7 +187,7 @@ def test_onnx_input_errors(tmp_path: Path, synthetic_tree: Path) -> None:
     src = build_onnx(tmp_path / "m.onnx")
     common = ("--calibration-data", synthetic_tree, "--out", tmp_path / "o", "--parity-size", "10", "--calibration-size", "10")
     r = run_cli("convert", src, "--formats", "tflite", *common)
-    assert r.exit_code == ExitStatus.USAGE and "onnx, onnx-int8" in r.stderr
+    assert r.exit_code == ExitStatus.USAGE and "an ONNX model converts to onnx, onnx-int8, not tflite" in r.stderr
     fixed = build_onnx(tmp_path / "fixed.onnx", batch=1)
     r = run_cli("convert", fixed, *common)
     assert r.exit_code == ExitStatus.DATA and "dynamic batch" in r.stderr

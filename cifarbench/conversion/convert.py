@@ -212,7 +212,8 @@ def _formats_for(source: Source, opts: ConvertOptions) -> tuple[str, ...]:
         return tuple(f for f in EXPORT_FORMATS if f in source.formats)
     bad = [f for f in opts.formats if f not in source.formats]
     if bad:
-        raise UsageError(f"--formats: a {source.kind} model converts to {', '.join(source.formats)}, not {', '.join(bad)}")
+        kind = {"onnx": "an ONNX", "keras": "a Keras"}.get(source.kind, f"a {source.kind}")
+        raise UsageError(f"--formats: {kind} model converts to {', '.join(source.formats)}, not {', '.join(bad)}")
     return tuple(opts.formats)
 
 
