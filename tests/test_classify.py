@@ -123,7 +123,7 @@ def test_all_good_is_exit_0_and_quiet_is_silent(tiny_model: Path, tmp_path: Path
     assert r.exit_code == ExitStatus.OK and r.stderr == ""
     assert len(_csv(r.stdout)) == 4
     r = run_cli("classify", tmp_path / "0.png", "-m", tiny_model, "-b", "onnx-int8", "--resize", "pad")
-    assert r.exit_code == 0 and r.stderr.count("\n") == 1 and "1 files, 0 failed" in r.stderr  # no progress bar off a TTY
+    assert r.exit_code == 0 and r.stderr.count("\n") == 1 and "1 file, 0 failed" in r.stderr  # no progress bar off a TTY
 
 
 @pytest.mark.parametrize("args, code, message", [

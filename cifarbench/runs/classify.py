@@ -162,7 +162,7 @@ class ClassifyReport:
         return names + (f" and {more} more" if more > 0 else "")
 
     def summary(self) -> str:
-        parts = [f"{self.files} files", f"{self.failed} failed" + (f" ({self.failed_text()})" if self.failed else "")]
+        parts = [f"{self.files} file" + ("" if self.files == 1 else "s"), f"{self.failed} failed" + (f" ({self.failed_text()})" if self.failed else "")]
         if self.reused:
             parts.append(f"{self.reused} reused")
         rate = self.images_per_second
