@@ -404,6 +404,24 @@ def test_own_model_keeps_the_validation_slice(tiny_model: Path) -> None:
     assert f"parity on {par['images']} held-out train images" in cap.get()  # cifarbench's own: known unseen
 
 
+def test_parity_title_says_why_a_foreign_model_has_no_test_accuracy() -> None:
+    from cifarbench.cli.convert import parity_table
+    from cifarbench.cli.ui import stdout_console
+
+    m = Manifest(name="mynet", arch="foreign")
+    m.metrics = {"parity": {"images": 105, "held_out": False, "split": "train (validation slice)",
+                            "test_split": {"note": "not measured: the model's classes are not CIFAR-10's"}}}
+    con = stdout_console()
+    with con.capture() as cap:
+        con.print(parity_table(m))
+    title = " ".join(cap.get().split())  # rich may wrap the title
+    assert "test-split accuracy not measured: the model's classes are not CIFAR-10's (--test-data DIR)" in title
+    m.metrics["parity"]["test_split"] = {"images": 70}
+    with con.capture() as cap:
+        con.print(parity_table(m))
+    assert "not measured" not in cap.get() and "accuracy also on 70 test-split images" in " ".join(cap.get().split())
+
+
 def test_folder_without_a_keras_artifact_is_a_clear_error(tmp_path: Path) -> None:
     from cifarbench.models.model_ref import resolve_model
 

@@ -111,7 +111,10 @@ def parity_table(manifest: Manifest) -> Any:
     on_test = par.get("split") == "test"  # no int8 format asked and no calibration data: parity on test images
     seen = "test-split images" if on_test else seen
     t = Table(title=f"{manifest.name}: parity on {par.get('images', 0)} {seen}"
-                    + (f"; accuracy also on {test['images']} test-split images" if has_test else ""))
+                    + (f"; accuracy also on {test['images']} test-split images" if has_test else "")
+                    # a foreign model whose test split was skipped: say why, or the column just vanishes
+                    + (f"; test-split accuracy {test['note']} (--test-data DIR)"
+                       if not has_test and str(test.get("note", "")).startswith("not measured") else ""))
     cols = ["artifact", "file", "MB", "top-1 agree", "max |dp|", "accuracy (test split)" if on_test else "accuracy (train val)"]
     cols += ["accuracy (test split)"] if has_test else []
     for col in cols + ["acc drop pp", "status"]:
