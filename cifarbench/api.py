@@ -175,7 +175,9 @@ class BenchResults:
         for r in self.rows:
             if r["model"] == model and r["backend"] == backend:
                 return r
-        raise KeyError(f"no row for {model}/{backend}")
+        have = ", ".join(sorted({f"({r['model']!r}, {r['backend']!r})" for r in self.rows}))
+        raise KeyError(f"no row for model {model!r}, backend {backend!r}; rows are named by the model's "
+                       f"name, not its path: {have or 'none'}")
 
     def to_markdown(self) -> str:
         from cifarbench.bench.report import to_markdown

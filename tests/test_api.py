@@ -86,6 +86,8 @@ def test_bench_returns_the_results_document_and_is_callable_whatever_was_importe
     res = cifarbench.bench(model, "onnx", synthetic=True, batch_sizes=(1, 4), min_time=0, min_iters=5, warmup=1)
     row = res.row("nearest", "onnx")
     assert row["status"] == "ok" and row["accuracy"] is None and row["p50_ms"] > 0 and row["img_per_s_b4"] > 0
+    with pytest.raises(KeyError, match=r"not its path: \('nearest', 'onnx'\)"):  # a path is not a row's name
+        res.row(str(model), "onnx")
     assert res["schema"] == "cifarbench.bench" and res["data"]["source"] == "synthetic"
     files = res.save(tmp_path / "out")
     assert {"results.json", "results.csv", "report.md"} <= {f.name for f in files}
