@@ -55,6 +55,15 @@ class LazyGroup(click.Group):
                 raise
             click.echo("interrupted", err=True)
             ctx.exit(int(ExitStatus.INTERRUPTED))
+        except _NO_ARGS_IS_HELP:  # shows the help, as asked for
+            raise
+        except click.exceptions.UsageError as exc:  # one line like every other error, not click's three
+            if ctx.find_root().params.get("traceback"):
+                raise
+            msg = first_line(exc.format_message())
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None and "--help" not in msg else ""
+            click.echo(f"error: {msg}{where}", err=True)
+            ctx.exit(exc.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:  # disk full, permission denied on an output path, ...
@@ -71,6 +80,10 @@ class LazyGroup(click.Group):
 
 
 import importlib.util  # noqa: E402  (used by LazyGroup.list_commands)
+
+
+# click >= 8.2 raises this (a UsageError) for a command with no_args_is_help; older clicks print the help themselves.
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _envvars_from_flags(command: click.Command, name: str) -> None:
