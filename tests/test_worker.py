@@ -138,3 +138,309 @@ def test_pin_to_usable_cpus_and_refusals() -> None:
         assert worker._pin([10**6]) is None  # a CPU that does not exist: not pinned, no error
     finally:
         os.sched_setaffinity(0, before)
+
+
+# --------------------------------------------------------------------------- row fields on the fake clock
+
+
+def test_load_first_call_eval_and_rss_fields_from_the_fake_clock(recorded: tuple[Recording, Manifest],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every timed field recomputed from the fake clock: load 0.25 s, first call 5 ms, eval 20 images in 3 calls."""
+    import types
+
+    be, m = recorded
+    clock = be.clock
+    fake_time = types.SimpleNamespace(perf_counter=clock)
+    monkeypatch.setattr(worker, "time", fake_time)
+    monkeypatch.setattr(scenarios, "time", fake_time)
+
+    def slow_load(*a: Any, **k: Any) -> Recording:
+        clock.t += 0.25
+        return be
+
+    monkeypatch.setattr(backends, "load_backend", slow_load)
+    rss = iter([100.0, 130.5])
+    monkeypatch.setattr(worker, "current_rss_mb", lambda: next(rss))
+    monkeypatch.setattr(worker, "peak_rss_mb", lambda: 321.0)
+    clock.t = 1000.0  # an absolute clock far from 0: a sum instead of a difference shows
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[8], scenarios=["single-stream"], warmup=0, min_iters=3,
+                     min_time=0.0)
+    out, _ = worker.measure(job, m, images, np.full(20, 3))
+    assert out["load_s"] == pytest.approx(0.25)
+    assert out["first_call_ms"] == pytest.approx(1000 * (OVERHEAD + PER_IMAGE))
+    assert out["runtime"] == {"runtime": "fake", "tuning": "defaults"}
+    eval_s = 2 * (OVERHEAD + 8 * PER_IMAGE) + (OVERHEAD + 4 * PER_IMAGE)  # batches 8, 8, 4
+    assert out["eval"] == {"batch_size": 8, "images": 20, "seconds": pytest.approx(eval_s),
+                           "images_per_s": pytest.approx(20 / eval_s)}
+    assert out["rss_delta_mb"] == pytest.approx(30.5) and out["peak_rss_mb"] == 321.0
+    assert len(out["warnings"]) == 1 and out["warnings"][0].startswith("p99 rests on only 3 latency samples")
+    assert "server" not in out and out["throughput"] == []
+
+
+def test_batch_1_row_keeps_the_latency_figures_without_total(recorded: tuple[Recording, Manifest]) -> None:
+    be, m = recorded
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[1], scenarios=["single-stream"], warmup=0, min_iters=4,
+                     min_time=0.0, quality=False)
+    out, _ = worker.measure(job, m, np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, int))
+    (one,) = out["throughput"]
+    lat = out["latency"]
+    assert one["latency"] == {k: v for k, v in lat.items() if k != "total_s"} and "total_s" not in one["latency"]
+    assert one["latency"]["n"] == 4 and one["latency"]["p50_ms"] == pytest.approx(5.0)
+
+
+def test_rss_delta_is_none_when_either_reading_is_missing(recorded: tuple[Recording, Manifest],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    be, m = recorded
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[1], scenarios=[], quality=False)
+    for readings in ([None, 50.0], [50.0, None], [None, None]):
+        it = iter(readings)
+        monkeypatch.setattr(worker, "current_rss_mb", lambda: next(it))
+        out, _ = worker.measure(job, m, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, int))
+        assert out["rss_delta_mb"] is None, readings
+
+
+def test_server_scenario_row_passes_the_job_and_the_best_throughput(recorded: tuple[Recording, Manifest],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    be, m = recorded
+    calls: list[tuple] = []
+    monkeypatch.setattr(worker, "run_server", lambda *a: calls.append(("at", *a)) or {"rate": a[2]})
+    monkeypatch.setattr(worker, "find_max_rate", lambda *a: calls.append(("search", *a)) or {"best": a[3]})
+    images = np.zeros((16, 32, 32, 3), np.uint8)
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[1, 4], scenarios=["offline", "server"], warmup=0,
+                     min_time=0.0, min_calls=3, quality=False, server_rate=50.0, p99_bound_ms=20.0, server_time=0.5)
+    out, _ = worker.measure(job, m, images, np.zeros(16, int))
+    best = 4 / (OVERHEAD + 4 * PER_IMAGE)  # batch 4's images/s beats batch 1's 200
+    assert out["server"] == {"max_batch": 4, "seconds_per_trial": 0.5, "at_rate": {"rate": 50.0},
+                             "search": {"best": pytest.approx(best / 2)}}
+    (at, search) = calls
+    assert at[0] == "at" and at[1] == be.predict and at[2] is images and at[3:] == (50.0, 0.5, 4)
+    assert search[0] == "search" and search[1] == be.predict and search[2] is images
+    assert search[3:] == (20.0, pytest.approx(best / 2), 0.5, 4)
+
+
+@pytest.mark.parametrize("tp, guess", [([], 100.0), ([{"images_per_s": None}], 100.0),
+                                       ([{"images_per_s": None}, {"images_per_s": 30.0}], 30.0),
+                                       ([{"images_per_s": 0}], 100.0)])
+def test_server_search_starts_at_half_the_best_rate_or_at_50(monkeypatch: pytest.MonkeyPatch, tp: list,
+                                                             guess: float) -> None:
+    seen: list[tuple] = []
+    monkeypatch.setattr(worker, "run_server", lambda *a: pytest.fail("no rate asked"))
+    monkeypatch.setattr(worker, "find_max_rate", lambda *a: seen.append(a) or "s")
+    job = worker.Job(model="m", backend="x", batch_sizes=[2, 16], server_max_batch=None, server_rate=None)
+    res = worker._server(job, len, np.zeros(1), tp)
+    assert res == {"max_batch": 16, "seconds_per_trial": 2.0, "search": "s"}
+    assert seen[0][2:] == (10.0, guess / 2, 2.0, 16)
+
+
+def test_server_without_rate_or_bound_runs_nothing_and_max_batch_is_the_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "run_server", lambda *a: pytest.fail("no rate asked"))
+    monkeypatch.setattr(worker, "find_max_rate", lambda *a: pytest.fail("no bound asked"))
+    job = worker.Job(model="m", backend="x", batch_sizes=[2, 16], server_max_batch=3, server_rate=0.0,
+                     p99_bound_ms=None, server_time=1.5)
+    assert worker._server(job, len, np.zeros(1), []) == {"max_batch": 3, "seconds_per_trial": 1.5}
+
+
+def test_tta_figures_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarbench.backends import tta as tta_mod
+
+    modes: list[str] = []
+
+    def fake_tta(predict: Any, batch: np.ndarray, mode: str) -> np.ndarray:
+        modes.append(mode)
+        return predict(batch)
+
+    monkeypatch.setattr(tta_mod, "predict_tta", fake_tta)
+    seconds = iter([0.0, 0.5])  # one batch: 0.5 s
+    monkeypatch.setattr(scenarios, "time", __import__("types").SimpleNamespace(perf_counter=lambda: next(seconds)))
+    probs = np.zeros((4, 3), np.float32)
+    probs[[0, 1, 2, 3], [2, 2, 0, 1]] = 1
+    res = worker._tta(lambda b: probs[: len(b)], np.zeros((4, 1)), np.array([2, 0, 0, 1]), "flip", 4, 3, 0.25)
+    assert modes == ["flip"]
+    assert res == {"mode": "flip", "views": 2, "accuracy": 0.75, "images_per_s": 8.0, "cost_x": 2.0}
+
+
+def test_tta_zero_seconds_gives_no_rates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scenarios, "time", __import__("types").SimpleNamespace(perf_counter=lambda: 7.0))
+    res = worker._tta(lambda b: np.ones((len(b), 2)), np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2, int), "flip", 2, 2,
+                      0.0)
+    assert res["images_per_s"] is None and res["cost_x"] is None
+
+
+# --------------------------------------------------------------------------- peak RSS from /proc or getrusage
+
+
+def test_peak_rss_reads_vmhwm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    opened: list[tuple] = []
+
+    def fake_open(path: str, *a: Any, **k: Any) -> io.StringIO:
+        opened.append((path, a, k))
+        return io.StringIO("Name:\tx\nVmPeak:\t  9999 kB\nVmHWM:\t    3072 kB\nVmRSS:\t 100 kB\n")
+
+    monkeypatch.setattr(worker, "open", fake_open, raising=False)
+    assert worker.peak_rss_mb() == 3.0
+    assert opened == [("/proc/self/status", (), {"encoding": "ascii"})]
+
+
+@pytest.mark.parametrize("content", [None, "Name:\tx\n", "VmHWM:\n", "VmHWM:\tlots kB\n"])
+@pytest.mark.parametrize("platform, maxrss, mb", [("linux", 2048 * 3, 6.0), ("darwin", 5 * 2**20, 5.0)])
+def test_peak_rss_falls_back_to_getrusage(monkeypatch: pytest.MonkeyPatch, content: str | None, platform: str,
+                                          maxrss: int, mb: float) -> None:
+    """No /proc, no VmHWM line, or an unreadable one: ru_maxrss, in KiB on Linux and bytes on macOS."""
+    import io
+    import types
+
+    def fake_open(path: str, *a: Any, **k: Any) -> io.StringIO:
+        if content is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(content)
+
+    monkeypatch.setattr(worker, "open", fake_open, raising=False)
+    who: list[int] = []
+    monkeypatch.setattr(worker.resource, "getrusage", lambda w: who.append(w) or types.SimpleNamespace(ru_maxrss=maxrss))
+    monkeypatch.setattr(worker.sys, "platform", platform)
+    assert worker.peak_rss_mb() == mb
+    assert who == [worker.resource.RUSAGE_SELF]
+
+
+def test_current_rss_reads_statm_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+
+    opened: list[tuple] = []
+    monkeypatch.setattr(worker, "open", lambda p, *a, **k: opened.append((p, a, k)) or io.StringIO("900 256 10 1 0 5 0\n"),
+                        raising=False)
+    assert worker.current_rss_mb() == 256 * os.sysconf("SC_PAGE_SIZE") / 2**20
+    assert opened == [("/proc/self/statm", (), {"encoding": "ascii"})]
+    monkeypatch.setattr(worker, "open", lambda *a, **k: io.StringIO("900\n"), raising=False)
+    assert worker.current_rss_mb() is None
+
+
+# --------------------------------------------------------------------------- the isolation protocol, in-process
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """run_isolated's child replaced by _main run in this process on the same stdin/stdout; measure faked."""
+    import io
+    import subprocess
+    import sys
+    import types
+
+    from cifarbench.bench import data as bench_data
+    from cifarbench.data import images as images_mod
+    from cifarbench.models import model_ref
+
+    state: dict[str, Any] = {"runs": [], "subset": [], "measured": []}
+    m = Manifest(name="m", arch="fake", directory=tmp_path, classes=["a", "b", "c"])
+
+    def fake_resolve(spec: str) -> Manifest:
+        state["model"] = spec
+        return m
+
+    def fake_subset(source: str, classes: Any, limit: Any, seed: int, transform: Any) -> Any:
+        state["subset"].append((source, list(classes), limit, seed, transform, images_mod._default_max_pixels))
+        return types.SimpleNamespace(images=np.zeros((3, 2, 2, 3), np.uint8), labels=np.array([0, 1, 2]))
+
+    def fake_measure(job: Any, manifest: Manifest, images: np.ndarray, labels: np.ndarray) -> tuple:
+        state["measured"].append((job, manifest, images.shape, labels.tolist()))
+        if "raise" in state:
+            raise state["raise"]
+        return {"x": 1.5}, state.get("probs")
+
+    def fake_run(cmd: list[str], **kw: Any) -> Any:
+        state["runs"].append((cmd, kw))
+        if "stdout" in state:
+            return types.SimpleNamespace(stdout=state["stdout"], stderr=state.get("stderr", ""),
+                                         returncode=state.get("rc", 1))
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(kw["input"]))
+        monkeypatch.setattr(sys, "stdout", out)
+        rc = worker._main()
+        return types.SimpleNamespace(stdout="some runtime chatter\n" + out.getvalue(), stderr="", returncode=rc)
+
+    monkeypatch.setattr(model_ref, "resolve_model", fake_resolve)
+    monkeypatch.setattr(bench_data, "load_subset", fake_subset)
+    monkeypatch.setattr(worker, "measure", fake_measure)
+    monkeypatch.setattr(worker.subprocess, "run", fake_run)
+    monkeypatch.setattr(worker, "_pin", lambda cpus: state.setdefault("pinned", []).append(cpus) or [0])
+    state["manifest"] = m
+    assert subprocess.run is fake_run  # the worker calls subprocess.run through the module
+    return state
+
+
+def test_isolated_row_crosses_the_process_boundary(in_process: dict[str, Any]) -> None:
+    import sys
+
+    in_process["probs"] = np.arange(6, dtype=np.float32).reshape(3, 2)
+    job = worker.Job(model="some/dir", backend="onnx", data="cifar10", limit=3, seed=7, max_pixels=12345,
+                     resize="squash", pin=[0], batch_sizes=[2])
+    row, probs = worker.run_isolated(job, timeout=42.0)
+    assert row == {"x": 1.5, "pinned_cpus": [0]}
+    assert probs is not None and probs.tolist() == in_process["probs"].tolist()
+    (cmd, kw), = in_process["runs"]
+    assert cmd == [sys.executable, "-m", "cifarbench.bench.worker"]
+    assert kw["timeout"] == 42.0 and kw["capture_output"] is True and kw["text"] is True
+    assert kw["env"]["PYTHONUNBUFFERED"] == "1" and kw["env"]["PATH"] == __import__("os").environ["PATH"]
+    (sent_job, manifest, shape, labels), = in_process["measured"]
+    assert sent_job == job and manifest is in_process["manifest"] and shape == (3, 2, 2, 3) and labels == [0, 1, 2]
+    assert in_process["model"] == "some/dir" and in_process["pinned"] == [[0]]
+    (source, classes, limit, seed, transform, max_pixels), = in_process["subset"]
+    assert (source, classes, limit, seed, max_pixels) == ("cifar10", ["a", "b", "c"], 3, 7, 12345)
+    assert transform.resize == "squash" and manifest.input.resize == "squash"
+    from cifarbench.data import images as images_mod
+
+    assert images_mod._default_max_pixels != 12345  # restored after the row
+
+
+def test_isolated_row_without_probabilities(in_process: dict[str, Any]) -> None:
+    row, probs = worker.run_isolated(worker.Job(model="m", backend="onnx"))
+    assert probs is None and row["x"] == 1.5 and in_process["runs"][0][1]["timeout"] is None
+
+
+def test_isolated_error_keeps_its_first_line_and_kind(in_process: dict[str, Any]) -> None:
+    from cifarbench.errors import BackendUnavailable, CifarbenchError
+
+    in_process["raise"] = BackendUnavailable("backend onnx unavailable: gone\nsecond line")
+    with pytest.raises(CifarbenchError) as err:
+        worker.run_isolated(worker.Job(model="m", backend="onnx"))
+    assert str(err.value) == "backend onnx unavailable: gone" and err.value.kind == "BackendUnavailable"
+    assert type(err.value) is CifarbenchError
+
+
+@pytest.mark.parametrize("stdout, stderr, rc, message", [
+    ("", "Traceback\nMemoryError\n", -9, "the isolated row process died: MemoryError"),
+    ("", "", -9, "the isolated row process died: exit status -9"),
+    ("{\"row\": 1}\nnot json\n", "boom\n", 1, "the isolated row process died: boom"),
+    ("[1, 2]\n", "", 3, "the isolated row process died: exit status 3"),
+    ("\n  \n", "  \n", 2, "the isolated row process died: exit status 2"),
+])
+def test_isolated_child_that_dies_is_one_error_line(in_process: dict[str, Any], stdout: str, stderr: str, rc: int,
+                                                    message: str) -> None:
+    from cifarbench.errors import CifarbenchError
+
+    in_process.update(stdout=stdout, stderr=stderr, rc=rc)
+    with pytest.raises(CifarbenchError) as err:
+        worker.run_isolated(worker.Job(model="m", backend="onnx"))
+    assert str(err.value) == message
+
+
+def test_main_answers_on_the_last_line_after_a_blank_one(in_process: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    import io
+    import json
+    import sys
+    from dataclasses import asdict
+
+    out = io.StringIO()
+    job = worker.Job(model="m", backend="onnx")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"job": asdict(job), "probs": str(tmp_path / "p.npy")})))
+    monkeypatch.setattr(sys, "stdout", out)
+    in_process["probs"] = np.ones((3, 2), np.float32)
+    assert worker._main() == 0
+    text = out.getvalue()
+    assert text.startswith("\n") and text.endswith("\n") and json.loads(text.splitlines()[-1]) == {
+        "row": {"x": 1.5, "pinned_cpus": [0]}}
+    assert np.load(tmp_path / "p.npy").tolist() == [[1.0, 1.0]] * 3
