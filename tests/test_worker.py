@@ -133,7 +133,7 @@ def test_pin_to_usable_cpus_and_refusals() -> None:
         pytest.skip("no CPU affinity on this OS")
     before = os.sched_getaffinity(0)
     try:
-        first = min(before)
+        first = max(before)  # not CPU 0: on some hosts PID 1 runs on CPU 0 alone, like a process pinned there
         assert worker._pin([first]) == [first] and os.sched_getaffinity(0) == {first}
         assert worker._pin([10**6]) is None  # a CPU that does not exist: not pinned, no error
     finally:
@@ -198,6 +198,7 @@ def test_rss_delta_is_none_when_either_reading_is_missing(recorded: tuple[Record
         monkeypatch.setattr(worker, "current_rss_mb", lambda: next(it))
         out, _ = worker.measure(job, m, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, int))
         assert out["rss_delta_mb"] is None, readings
+        assert out["warnings"] == [] and out["throughput"] == [] and "latency" not in out
 
 
 def test_server_scenario_row_passes_the_job_and_the_best_throughput(recorded: tuple[Recording, Manifest],
@@ -348,10 +349,11 @@ def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any
         state["measured"].append((job, manifest, images.shape, labels.tolist()))
         if "raise" in state:
             raise state["raise"]
-        return {"x": 1.5}, state.get("probs")
+        return {"x": 1.5, **state.get("extra", {})}, state.get("probs")
 
     def fake_run(cmd: list[str], **kw: Any) -> Any:
         state["runs"].append((cmd, kw))
+        state["probs_path"] = Path(__import__("json").loads(kw["input"])["probs"])
         if "stdout" in state:
             return types.SimpleNamespace(stdout=state["stdout"], stderr=state.get("stderr", ""),
                                          returncode=state.get("rc", 1))
@@ -367,6 +369,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any
     monkeypatch.setattr(worker.subprocess, "run", fake_run)
     monkeypatch.setattr(worker, "_pin", lambda cpus: state.setdefault("pinned", []).append(cpus) or [0])
     state["manifest"] = m
+    monkeypatch.setenv("PYTHONUNBUFFERED", "0")
     assert subprocess.run is fake_run  # the worker calls subprocess.run through the module
     return state
 
@@ -375,10 +378,13 @@ def test_isolated_row_crosses_the_process_boundary(in_process: dict[str, Any]) -
     import sys
 
     in_process["probs"] = np.arange(6, dtype=np.float32).reshape(3, 2)
+    in_process["extra"] = {"where": Path("/a/b")}  # not JSON: sent as its str
     job = worker.Job(model="some/dir", backend="onnx", data="cifar10", limit=3, seed=7, max_pixels=12345,
-                     resize="squash", pin=[0], batch_sizes=[2])
+                     resize="squash", crop_pct=0.5, interpolation="bicubic", pin=[0], batch_sizes=[2])
     row, probs = worker.run_isolated(job, timeout=42.0)
-    assert row == {"x": 1.5, "pinned_cpus": [0]}
+    assert row == {"x": 1.5, "where": "/a/b", "pinned_cpus": [0]}
+    p = in_process["probs_path"]
+    assert p.name == "probs.npy" and p.parent.name.startswith("cifarbench-row-") and not p.parent.exists()
     assert probs is not None and probs.tolist() == in_process["probs"].tolist()
     (cmd, kw), = in_process["runs"]
     assert cmd == [sys.executable, "-m", "cifarbench.bench.worker"]
@@ -389,7 +395,8 @@ def test_isolated_row_crosses_the_process_boundary(in_process: dict[str, Any]) -
     assert in_process["model"] == "some/dir" and in_process["pinned"] == [[0]]
     (source, classes, limit, seed, transform, max_pixels), = in_process["subset"]
     assert (source, classes, limit, seed, max_pixels) == ("cifar10", ["a", "b", "c"], 3, 7, 12345)
-    assert transform.resize == "squash" and manifest.input.resize == "squash"
+    assert (transform.resize, transform.crop_pct, transform.interpolation) == ("squash", 0.5, "bicubic")
+    assert (manifest.input.resize, manifest.input.crop_pct, manifest.input.interpolation) == ("squash", 0.5, "bicubic")
     from cifarbench.data import images as images_mod
 
     assert images_mod._default_max_pixels != 12345  # restored after the row
@@ -416,6 +423,7 @@ def test_isolated_error_keeps_its_first_line_and_kind(in_process: dict[str, Any]
     ("{\"row\": 1}\nnot json\n", "boom\n", 1, "the isolated row process died: boom"),
     ("[1, 2]\n", "", 3, "the isolated row process died: exit status 3"),
     ("\n  \n", "  \n", 2, "the isolated row process died: exit status 2"),
+    ('x\n{"error": "bad thing"}\n', "", 0, "bad thing"),
 ])
 def test_isolated_child_that_dies_is_one_error_line(in_process: dict[str, Any], stdout: str, stderr: str, rc: int,
                                                     message: str) -> None:
@@ -425,6 +433,7 @@ def test_isolated_child_that_dies_is_one_error_line(in_process: dict[str, Any], 
     with pytest.raises(CifarbenchError) as err:
         worker.run_isolated(worker.Job(model="m", backend="onnx"))
     assert str(err.value) == message
+    assert getattr(err.value, "kind", "") == ""  # an answer without a kind: the empty one
 
 
 def test_main_answers_on_the_last_line_after_a_blank_one(in_process: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
@@ -444,3 +453,88 @@ def test_main_answers_on_the_last_line_after_a_blank_one(in_process: dict[str, A
     assert text.startswith("\n") and text.endswith("\n") and json.loads(text.splitlines()[-1]) == {
         "row": {"x": 1.5, "pinned_cpus": [0]}}
     assert np.load(tmp_path / "p.npy").tolist() == [[1.0, 1.0]] * 3
+
+
+def test_a_clock_that_does_not_move_gives_no_rates(recorded: tuple[Recording, Manifest],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zero seconds measured (a coarse clock): images/s is None, never a division by zero."""
+    import types
+
+    be, m = recorded
+    be.clock = Clock()  # predict advances its own clock; the one measure reads stands still
+    still = types.SimpleNamespace(perf_counter=lambda: 5.0)
+    monkeypatch.setattr(worker, "time", still)
+    monkeypatch.setattr(scenarios, "time", still)
+    monkeypatch.setattr(worker, "measure_latency", functools.partial(scenarios.measure_latency, clock=still.perf_counter))
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[1, 2], scenarios=["single-stream"], warmup=0,
+                     min_iters=2, min_time=0.0)
+    out, _ = worker.measure(job, m, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, int))
+    assert out["eval"]["seconds"] == 0 and out["eval"]["images_per_s"] is None
+    assert out["latency"]["total_s"] == 0 and out["throughput"][0]["images_per_s"] is None
+    assert out["load_s"] == 0 and out["first_call_ms"] == 0
+
+
+def test_runtime_options_reach_the_backend_and_the_row(recorded: tuple[Recording, Manifest],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarbench.backends.options import RuntimeOptions
+
+    be, m = recorded
+    loads: list[tuple] = []
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: loads.append((a, k)) or be)
+    monkeypatch.setattr(be, "describe", lambda: {"runtime": "openvino", "threads": 2})
+    job = worker.Job(model="m", backend="onnx", threads=3, batch_sizes=[1], scenarios=[], quality=False,
+                     runtime_options={"ov_hint": "throughput"})
+    out, _ = worker.measure(job, m, np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, int))
+    assert loads == [(("onnx", m, "cpu", 3), {"options": RuntimeOptions(ov_hint="throughput")})]
+    assert out["runtime"] == {"runtime": "openvino", "threads": 2, "tuning": {"ov_hint": "throughput"}}
+    monkeypatch.setattr(be, "describe", lambda: {"threads": 2})  # no runtime named: no field applies
+    out, _ = worker.measure(job, m, np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, int))
+    assert out["runtime"]["tuning"] == "defaults"
+
+
+class Profiled(Recording):
+    def profile(self) -> dict[str, Any]:
+        return {"runtime": "fake", "file": "/p/x.json", "unavailable": None, "ops": [{"op": i} for i in range(30)]}
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_profile_pass_after_the_timed_figures(recorded: tuple[Recording, Manifest], monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path, hook: bool) -> None:
+    from cifarbench.backends import profiling
+    from cifarbench.backends.options import RuntimeOptions
+
+    be, m = recorded
+    prof = (Profiled if hook else Recording)(be.clock)
+    loads: list[tuple] = []
+
+    def load(*a: Any, **k: Any) -> Recording:
+        loads.append((a, k))
+        return be if len(loads) == 1 else prof
+
+    monkeypatch.setattr(backends, "load_backend", load)
+    monkeypatch.setattr(profiling, "top", lambda ops: ops[:2])
+    images = np.zeros((9, 32, 32, 3), np.uint8)
+    job = worker.Job(model="m", backend="onnx", device="cpu", threads=2, batch_sizes=[4, 2], scenarios=[],
+                     quality=False, profile_dir=str(tmp_path / "prof"), runtime_options={"ov_hint": "latency"})
+    out, _ = worker.measure(job, m, images, np.zeros(9, int))
+    assert len(loads) == 2
+    assert loads[1] == (("onnx", m, "cpu", 2), {"options": RuntimeOptions(
+        ov_hint="latency", profile_dir=str(tmp_path / "prof" / m.directory.name))})
+    if hook:
+        assert out["profile"] == {"runtime": "fake", "file": "/p/x.json", "calls": 3, "batch_sizes": [1, 4],
+                                  "unavailable": None, "top_ops": [{"op": 0}, {"op": 1}]}
+        assert prof.calls == [1, 4] * worker.PROFILE_CALLS
+    else:
+        assert out["profile"] == {"unavailable": "backend onnx has no profiler hook", "top_ops": []}
+        assert prof.calls == []
+
+
+def test_profile_dir_named_after_the_model_when_its_directory_has_no_name(recorded: tuple[Recording, Manifest],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    be, m = recorded
+    seen: list[Any] = []
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: seen.append(k["options"].profile_dir) or be)
+    m.directory = Path("/")
+    worker._profile(worker.Job(model="m", backend="onnx", profile_dir="/out"), m, np.zeros((2, 1)),
+                    __import__("cifarbench.backends.options", fromlist=["x"]).RuntimeOptions())
+    assert seen == ["/out/m"]

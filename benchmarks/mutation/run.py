@@ -48,9 +48,9 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/data/images.py": ["tests/test_images.py"],
     "cifarbench/bench/worker.py": ["tests/test_worker.py"],
     "cifarbench/serve/admission.py": ["tests/test_serve.py::test_admission_queue_at_its_size_and_one_past"],
-    "cifarbench/serve/uploads.py": ["tests/test_serve.py"],
-    "cifarbench/serve/protocol.py": ["tests/test_serve_hardening.py"],
-    "cifarbench/backends/__init__.py": ["tests/test_select.py"],
+    "cifarbench/serve/uploads.py": ["tests/test_serve.py", "tests/test_serve_uploads.py"],
+    "cifarbench/serve/protocol.py": ["tests/test_serve_protocol.py"],
+    "cifarbench/backends/__init__.py": ["tests/test_backends_registry.py"],
 }
 
 # Runs stopped before the end, with what they had checked (summary() shows these instead of "not run").
