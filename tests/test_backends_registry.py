@@ -26,6 +26,8 @@ def reg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
 
     def unavailable(spec: BackendSpec, manifest: Manifest | None, device: str) -> str | None:
         state["checked"].append((spec.name, device))
+        if manifest is not state["manifest"]:  # the double knows its model: another (or none) is an error to see
+            return f"asked about {manifest!r}"
         return state["why"].get((spec.name, device))
 
     def load(spec: BackendSpec, manifest: Manifest, device: str, threads: int | None, options: Any = None) -> Any:
@@ -89,7 +91,7 @@ def test_unavailable_reasons_in_order(reg: dict[str, Any]) -> None:
     m = reg["manifest"]
     spec("noart", fmt="tflite")
     assert backends.unavailable_reason("noart", m) == "model 'tiny' has no tflite artifact"
-    assert backends.unavailable_reason("noart", None) is None  # no manifest: no artifact check
+    assert backends.unavailable_reason("noart", None) == "asked about None"  # no manifest: no artifact check
     spec("tf", requires="cifarbench_no_such_pkg_tf")
     spec("tf2", requires="tensorflow")
     spec("ov", requires="openvino")
@@ -236,8 +238,8 @@ def test_no_candidate_says_why_per_artifact(reg: dict[str, Any]) -> None:
     with pytest.raises(BackendUnavailable) as err:
         backends.auto_candidates(m, "gpu")
     assert str(err.value) == "no backend can run model 'tiny' on device gpu here (artifacts: none)"
-    m.artifacts = {"keras": m.artifacts.get("keras")}  # an artifact no registered backend reads
-    with pytest.raises(BackendUnavailable, match=r"\(artifacts: keras\)$"):
+    m.artifacts = {"keras": None, "tflite-fp16": None}  # artifacts no registered backend reads
+    with pytest.raises(BackendUnavailable, match=r"\(artifacts: keras, tflite-fp16\)$"):
         backends.auto_candidates(m)
 
 
@@ -256,7 +258,10 @@ def test_load_backend_resolves_checks_and_passes_options(reg: dict[str, Any]) ->
     tuned = RuntimeOptions.from_dict({"ov_hint": "latency"})
     backends.load_backend("a", m, "cpu", 2, options=tuned)
     assert reg["loads"][-1] == ("a", m, "cpu", 2, {"options": tuned})
-    assert backends.Selection("a", "gpu", "named").load(m, 5) == "loaded" and reg["loads"][-1][2:4] == ("gpu", 5)
+    assert backends.Selection("a", "gpu", "named").load(m, 5) == "loaded" and reg["loads"][-1][1:4] == (m, "gpu", 5)
+    reg["why"][("a", "gpu")] = "no GPU driver"
+    with pytest.raises(BackendUnavailable, match="^backend a unavailable: no GPU driver$"):
+        backends.load_backend("a", m, "gpu")
     reg["why"][("a", "cpu")] = "gone"
     with pytest.raises(BackendUnavailable) as err:
         backends.load_backend("a", m, "cpu")
@@ -274,9 +279,28 @@ def test_plug_in_without_options_refuses_tuning(reg: dict[str, Any]) -> None:
     try:
         spec("old", module=old.__name__)
         assert backends.load_backend("old", reg["manifest"], options=RuntimeOptions()) == "old"
-        tuned = RuntimeOptions.from_dict({"ov_hint": "latency"})
+        tuned = RuntimeOptions.from_dict({"ov_hint": "latency", "ov_streams": 2})
         with pytest.raises(UsageError) as err:
             backends.load_backend("old", reg["manifest"], options=tuned)
-        assert str(err.value) == f"backend old takes no runtime options (asked: {', '.join(tuned.as_dict())})"
+        assert str(err.value) == "backend old takes no runtime options (asked: ov_hint, ov_streams)"
     finally:
         del sys.modules[old.__name__]
+
+
+def test_candidates_on_the_gpu_are_checked_on_the_gpu(reg: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarbench.backends import autoselect
+
+    m = reg["manifest"]
+    spec("c", fmt="onnx-int8")  # CPU only
+    spec("g", fmt="onnx-int8", gpu=True)
+    reg["why"][("g", "cpu")] = "this double runs on its GPU only"
+    assert backends.auto_candidates(m, "gpu") == {"g": "gpu"}
+    assert backends.auto_candidates(m, "auto") == {"c": "cpu", "g": "gpu"}
+    assert backends.default_backend(m, "gpu") == "g"
+    monkeypatch.setattr(autoselect, "choose", lambda m, cands, *a: backends.Selection(sorted(cands)[0], "cpu", "x"))
+    assert backends.default_backend(m) == "c"
+    reg["why"][("g", "gpu")] = "GPU busy"
+    with pytest.raises(BackendUnavailable) as err:
+        backends.auto_candidates(m, "gpu")
+    assert str(err.value) == ("no backend can run model 'tiny' on device gpu here "
+                              "(c: c runs on the CPU only (its runtime has no GPU support here); g: GPU busy)")

@@ -494,7 +494,8 @@ def test_runtime_options_reach_the_backend_and_the_row(recorded: tuple[Recording
 
 class Profiled(Recording):
     def profile(self) -> dict[str, Any]:
-        return {"runtime": "fake", "file": "/p/x.json", "unavailable": None, "ops": [{"op": i} for i in range(30)]}
+        return {"runtime": "fake", "file": "/p/x.json", "unavailable": "no op times for 2 ops",
+                "ops": [{"op": i} for i in range(30)]}
 
 
 @pytest.mark.parametrize("hook", [True, False])
@@ -522,7 +523,7 @@ def test_profile_pass_after_the_timed_figures(recorded: tuple[Recording, Manifes
         ov_hint="latency", profile_dir=str(tmp_path / "prof" / m.directory.name))})
     if hook:
         assert out["profile"] == {"runtime": "fake", "file": "/p/x.json", "calls": 3, "batch_sizes": [1, 4],
-                                  "unavailable": None, "top_ops": [{"op": 0}, {"op": 1}]}
+                                  "unavailable": "no op times for 2 ops", "top_ops": [{"op": 0}, {"op": 1}]}
         assert prof.calls == [1, 4] * worker.PROFILE_CALLS
     else:
         assert out["profile"] == {"unavailable": "backend onnx has no profiler hook", "top_ops": []}
@@ -538,3 +539,14 @@ def test_profile_dir_named_after_the_model_when_its_directory_has_no_name(record
     worker._profile(worker.Job(model="m", backend="onnx", profile_dir="/out"), m, np.zeros((2, 1)),
                     __import__("cifarbench.backends.options", fromlist=["x"]).RuntimeOptions())
     assert seen == ["/out/m"]
+
+
+def test_pin_asks_about_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PID 0 (this process) for both calls; an independent double, since PID 1 may share this host's CPU set."""
+    calls: list[tuple] = []
+    monkeypatch.setattr(worker.os, "sched_setaffinity", lambda pid, cpus: calls.append(("set", pid, list(cpus))),
+                        raising=False)
+    monkeypatch.setattr(worker.os, "sched_getaffinity", lambda pid: calls.append(("get", pid)) or {3, 1},
+                        raising=False)
+    assert worker._pin([3, 1]) == [1, 3]
+    assert calls == [("set", 0, [3, 1]), ("get", 0)]
