@@ -89,7 +89,9 @@ class Base:
         self.calls.append(("complete",))
 
 
-Guarded = protocol._guarded(Base, "Guarded")
+def guarded() -> type:
+    """Built per test, not at import: mutation testing swaps _guarded's code after this module is imported."""
+    return protocol._guarded(Base, "Guarded")
 
 
 class Config:
@@ -100,7 +102,7 @@ class Config:
 
 def make(limits: ConnectionLimits | None = None, open_connections: int = 0, eof: bool = True) -> tuple[Any, Transport]:
     loop = Loop()
-    p = Guarded(Config(limits), set(range(open_connections)), loop)
+    p = guarded()(config=Config(limits), connections=set(range(open_connections)), loop=loop)  # uvicorn: keywords
     t = Transport(eof)
     p.connection_made(t)
     return p, t
@@ -228,6 +230,18 @@ def test_body_sent_with_the_head_is_not_counted() -> None:
     assert t.out == [] and p._head_bytes == 100
 
 
+def test_the_head_ends_at_the_first_blank_line_even_if_the_body_has_more() -> None:
+    p, t = make(ConnectionLimits(max_header_bytes=100))
+    p.data_received(head_of(100) + b"B" * 50 + b"\r\n\r\n" + b"C" * 50)
+    assert t.out == [] and p._head_bytes == 100
+
+
+def test_answer_and_close_can_carry_retry_after() -> None:
+    p, t = make(ConnectionLimits())
+    p._answer_and_close(503, "busy", 9)
+    assert parse(t.out[0])[1]["retry-after"] == "9" and t.closing
+
+
 @pytest.mark.parametrize("split", [1, 2, 3])
 def test_head_end_straddling_two_reads_is_found(split: int) -> None:
     """The blank line cut after ``split`` of its 4 bytes: the body after it still does not count."""
@@ -331,6 +345,7 @@ def test_malformed_request_is_400_json_and_closed() -> None:
 
 
 def test_guarded_classes_and_the_choice() -> None:
+    Guarded = guarded()
     assert Guarded.__name__ == Guarded.__qualname__ == "Guarded" and Guarded.__module__ == protocol.__name__
     assert Guarded.__mro__[1:3] == (protocol._GuardMixin, Base)
     h11 = protocol.GuardedH11Protocol
@@ -350,6 +365,7 @@ def test_choice_without_httptools_and_without_h11(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(protocol, "GuardedHttpToolsProtocol", None)
     assert protocol.guarded_protocol("auto") is protocol.GuardedH11Protocol
     assert protocol.guarded_protocol("httptools") is protocol.GuardedH11Protocol
+    Guarded = guarded()
     monkeypatch.setattr(protocol, "GuardedHttpToolsProtocol", Guarded)
     assert protocol.guarded_protocol("h11") is protocol.GuardedH11Protocol
     monkeypatch.setattr(protocol, "GuardedH11Protocol", None)
