@@ -219,3 +219,114 @@ def test_measured_at_is_utc(machine: Manifest, monkeypatch: pytest.MonkeyPatch) 
     assert sel.note.endswith("(onnx-int8 2 img/s)")  # cached: nothing appended
     (e,) = autoselect.cached_entries()
     assert e["measured_at"] == "1971-01-01T00:00:00Z"
+
+
+def test_warm_up_failures_keep_their_first_line() -> None:
+    clock = Clock()
+
+    class Broken(Timed):
+        def predict(self, x: Any) -> Any:
+            raise RuntimeError("out of memory\nat kernel 3")
+
+    lim = ProbeLimits(budget_s=100, min_time_s=0, min_calls=1, warmup=1, contender_calls=1)
+    fig, failed = probe(lambda n: Broken(clock, 1.0) if n == "b" else Timed(clock, 0.5), ["a", "b"], (2, 2, 3), 2,
+                        lim, clock)
+    assert list(fig) == ["a"] and failed == {"b": "out of memory"}
+
+
+# --------------------------------------------------------------------------- the bf16 row's guard in choose
+
+
+def test_guard_text() -> None:
+    from cifarbench.backends.bf16guard import BF16_BACKEND
+
+    assert autoselect._guard_text(None, BF16_BACKEND) == "" and autoselect._guard_text({}, BF16_BACKEND) == ""
+    ok = {"ok": True, "why": "agrees on 999 of 1000"}
+    assert autoselect._guard_text(ok, BF16_BACKEND) == "; agrees on 999 of 1000"
+    assert autoselect._guard_text(ok, "onnx-int8") == ""
+    bad = {"ok": False, "why": "differs on 4 of 1000"}
+    assert autoselect._guard_text(bad, "onnx-int8") == f"; {BF16_BACKEND} (bf16) left out: differs on 4 of 1000"
+    assert autoselect._guard_text({"why": "x"}, BF16_BACKEND) == f"; {BF16_BACKEND} (bf16) left out: x"
+
+
+def test_bf16_guard_checks_against_the_available_references(machine: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarbench import backends
+    from cifarbench.backends import bf16guard
+
+    monkeypatch.setattr(backends, "unavailable_reason",
+                        lambda n, m, d: None if (n, m, d) == ("onnx", machine, "cpu") else "no")
+    loads: list[tuple] = []
+    monkeypatch.setattr(backends, "load_backend", lambda *a: loads.append(a) or "be")
+    monkeypatch.setattr(bf16guard, "held_out_images", lambda size: ("images", size))
+    seen: list[tuple] = []
+
+    def check(load: Any, available: list[str], images: Any) -> dict[str, Any]:
+        seen.append((load("openvino"), available, images))
+        return {"ok": True, "why": "fine"}
+
+    monkeypatch.setattr(bf16guard, "check", check)
+    assert autoselect._bf16_guard(machine, {"openvino": "cpu"}, 3, (24, 40)) == {"ok": True, "why": "fine"}
+    assert seen == [("be", ["onnx"], ("images", (24, 40)))] and loads == [("openvino", machine, "cpu", 3)]
+
+    def broken(*a: Any) -> Any:
+        raise ValueError("no bundled split\nsecond line")
+
+    monkeypatch.setattr(bf16guard, "check", broken)
+    assert autoselect._bf16_guard(machine, {}, None, (32, 32)) == {
+        "ok": False, "why": f"bf16 {bf16guard.BF16_BACKEND} not checked (no bundled split)"}
+
+
+@pytest.fixture
+def guarded_choose(machine: Manifest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """choose with the probe and the guard replaced by recorders; the bf16 row wins every probe it is in."""
+    from cifarbench import backends
+    from cifarbench.backends.bf16guard import BF16_BACKEND
+
+    st: dict[str, Any] = {"guards": [], "probed": [], "guard": {"ok": True, "why": "agrees on 1000 of 1000"}}
+    monkeypatch.delenv(autoselect.ENV_PROBE, raising=False)
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: None)
+    monkeypatch.setattr(autoselect, "_bf16_guard", lambda *a: st["guards"].append(a) or st["guard"])
+
+    def fake_probe(load: Any, names: list[str], shape: Any, batch: int = 0) -> tuple[dict, dict]:
+        st["probed"].append(list(names))
+        return {n: {"images_per_s": 900.0 if n == BF16_BACKEND else 100.0} for n in names}, {}
+
+    monkeypatch.setattr(autoselect, "probe", fake_probe)
+    machine.artifacts["onnx"] = machine.artifacts["onnx-int8"]
+    st["m"], st["bf16"] = machine, BF16_BACKEND
+    return st
+
+
+def test_a_passing_guard_lets_the_bf16_row_race_and_is_cached(guarded_choose: dict[str, Any]) -> None:
+    st = guarded_choose
+    m, bf16 = st["m"], st["bf16"]
+    cands = {"onnx-int8": "cpu", bf16: "cpu"}
+    sel = autoselect.choose(m, cands, 3, batch=4)
+    assert st["guards"] == [(m, cands, 3, tuple(m.input.size))] and st["probed"] == [["onnx-int8", bf16]]
+    assert sel.name == bf16 and sel.how == "measured" and sel.note.endswith("; agrees on 1000 of 1000")
+    (entry,) = autoselect.cached_entries()
+    assert entry["bf16_guard"] == st["guard"]
+    hit = autoselect.choose(m, cands, 3, batch=4)
+    assert hit.how == "cached" and hit.note.endswith("; agrees on 1000 of 1000") and len(st["guards"]) == 1
+
+
+def test_a_failing_guard_leaves_the_bf16_row_out(guarded_choose: dict[str, Any]) -> None:
+    st = guarded_choose
+    m, bf16 = st["m"], st["bf16"]
+    st["guard"] = {"ok": False, "why": "differs on 4 of 1000"}
+    cands = {"onnx-int8": "cpu", "tflite-int8": "cpu", bf16: "cpu"}
+    sel = autoselect.choose(m, cands, None, batch=4)
+    assert st["probed"] == [["onnx-int8", "tflite-int8"]] and sel.name != bf16
+    assert sel.note.endswith(f"; {bf16} (bf16) left out: differs on 4 of 1000")
+    hit = autoselect.choose(m, cands, None, batch=4)
+    assert hit.how == "cached" and hit.note.endswith(f"; {bf16} (bf16) left out: differs on 4 of 1000")
+
+
+def test_no_guard_without_the_bf16_row_or_when_it_is_alone(guarded_choose: dict[str, Any]) -> None:
+    st = guarded_choose
+    m, bf16 = st["m"], st["bf16"]
+    autoselect.choose(m, {"onnx-int8": "cpu", "tflite-int8": "cpu"}, None, batch=4)
+    (entry,) = autoselect.cached_entries()
+    assert "bf16_guard" not in entry
+    autoselect.choose(m, {bf16: "cpu"}, None, batch=4)
+    assert st["guards"] == [] and st["probed"][-1] == [bf16]
