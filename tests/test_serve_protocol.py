@@ -372,3 +372,9 @@ def test_choice_without_httptools_and_without_h11(monkeypatch: pytest.MonkeyPatc
     assert protocol.guarded_protocol("auto") is Guarded
     with pytest.raises(ImportError, match="^uvicorn's HTTP protocols are not importable$"):
         protocol.guarded_protocol("h11")
+
+
+def test_the_guard_passes_positional_and_keyword_arguments_through() -> None:
+    loop = Loop()
+    p = guarded()(Config(None), {1}, loop=loop)
+    assert (p.connections, p.loop, p._limits) == ({1}, loop, ConnectionLimits())
