@@ -72,7 +72,7 @@ def test_rows_read_forward_in_one_pass(tmp_path: Path, monkeypatch: pytest.Monke
     seeks: list[int] = []
     real_seek = prev._fh.seek
     monkeypatch.setattr(prev._fh, "seek", lambda *a: seeks.append(a[0]) or real_seek(*a))
-    assert [prev.text(n, f"{n}.png") for n in (0, 2, 4)] == [w.format(rows[n]) for n in (0, 2, 4)]
+    assert [prev.text(n, f"{n}.png") for n in (0, 1, 3, 4)] == [w.format(rows[n]) for n in (0, 1, 3, 4)]
     assert seeks == [0]  # forward: one pass
     seeks.clear()
     assert prev.text(1, "1.png") == w.format(rows[1]) and seeks == [0]  # an earlier row: back to the start
@@ -188,3 +188,23 @@ def test_a_large_output_is_hashed_whole(tmp_path: Path) -> None:
     data[-10] = ord("9") if data[-10] != ord("9") else ord("8")
     out.write_bytes(bytes(data))
     assert load_previous(out, w, FP)[1] == "out.csv changed since out.csv.state.json was written: classifying every file"
+
+
+def test_a_name_with_a_carriage_return_is_kept_as_written(tmp_path: Path) -> None:
+    """The output is read with newline='': a CR inside a quoted name is not turned into a line feed."""
+    rows = [ok("a\rb.png"), ok("c\r\nd.png")]
+    out, w = earlier(tmp_path, rows)
+    prev, note = load_previous(out, w, FP)
+    assert note is None
+    kept = KeptRows([FileEntry("a\rb.png", 10, 0), FileEntry("c\r\nd.png", 11, 1)], prev)
+    assert kept.todo() == [] and [kept.text(i) for i in (0, 1)] == [w.format(r) for r in rows]
+
+
+def test_asking_for_a_row_that_is_not_kept_is_a_programming_error(tmp_path: Path) -> None:
+    out, w = earlier(tmp_path, [ok("a.png")])
+    prev, _ = load_previous(out, w, FP)
+    kept = KeptRows([FileEntry("a.png", 10, 0), FileEntry("new.png", 1, 1)], prev)
+    with pytest.raises(AssertionError):
+        kept.text(1)
+    with pytest.raises(AssertionError):
+        KeptRows([FileEntry("a.png", 10, 0)], None).text(0)
