@@ -346,7 +346,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any
         return types.SimpleNamespace(images=np.zeros((3, 2, 2, 3), np.uint8), labels=np.array([0, 1, 2]))
 
     def fake_measure(job: Any, manifest: Manifest, images: np.ndarray, labels: np.ndarray) -> tuple:
-        state["measured"].append((job, manifest, images.shape, labels.tolist()))
+        state["measured"].append((job, manifest, images.shape, None if labels is None else labels.tolist()))
         if "raise" in state:
             raise state["raise"]
         return {"x": 1.5, **state.get("extra", {})}, state.get("probs")
@@ -550,3 +550,75 @@ def test_pin_asks_about_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
                         raising=False)
     assert worker._pin([3, 1]) == [1, 3]
     assert calls == [("set", 0, [3, 1]), ("get", 0)]
+
+
+# --------------------------------------------------------------------------- quality, synthetic data, large images
+
+
+def _probs(pred: list[int], classes: int) -> np.ndarray:
+    p = np.full((len(pred), classes), 0.01, np.float32)
+    for r, c in enumerate(pred):
+        p[r, c] = 0.9
+        p[r, (c + 1) % classes] = 0.05  # second choice: the next class
+    return p
+
+
+@pytest.mark.parametrize("dense_max, dense", [(6, True), (5, False)])
+def test_quality_hand_counted_dense_at_the_limit_sparse_past_it(monkeypatch: pytest.MonkeyPatch, dense_max: int,
+                                                                dense: bool) -> None:
+    monkeypatch.setattr(worker, "DENSE_CONFUSION_MAX", dense_max)
+    classes = [f"c{i}" for i in range(6)]
+    labels = np.array([0, 0, 1, 2, 3, 5])
+    pred = [0, 1, 1, 1, 3, 4]  # right: 0, 1, 3 -> 3 of 6; (0->1) once, (2->1) once, (5->4) once
+    q = worker.quality(_probs(pred, 6), labels, classes)
+    assert q["accuracy"] == 0.5
+    assert q["top5"] == 1.0  # every true class is among the five highest (the sixth is the lowest, never the truth)
+    assert [(m["true"], m["predicted"], m["count"]) for m in q["most_confused"]] == [
+        ("c0", "c1", 1), ("c2", "c1", 1), ("c5", "c4", 1)]
+    cells = [[0, 0, 1], [0, 1, 1], [1, 1, 1], [2, 1, 1], [3, 3, 1], [5, 4, 1]]
+    if dense:
+        assert "confusion_sparse" not in q and q["confusion"][0][:2] == [1, 1] and q["confusion"][5][4] == 1
+        assert sum(map(sum, q["confusion"])) == 6 and len(q["confusion"]) == 6
+    else:
+        assert "confusion" not in q and q["confusion_sparse"] == cells
+
+
+def test_quality_top5_is_none_below_five_classes() -> None:
+    q = worker.quality(_probs([0, 1], 4), np.array([0, 0]), ["a", "b", "c", "d"])
+    assert q["top5"] is None and q["accuracy"] == 0.5
+
+
+def test_no_labels_no_accuracy_pass(recorded: tuple[Recording, Manifest]) -> None:
+    be, m = recorded
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[4], scenarios=[], quality=True)
+    out, probs = worker.measure(job, m, np.zeros((4, 32, 32, 3), np.uint8), None)
+    assert probs is None and "eval" not in out and "quality" not in out and be.calls == [1]
+
+
+def test_large_images_evaluate_in_smaller_batches(recorded: tuple[Recording, Manifest]) -> None:
+    """The accuracy pass at 224x224 uses images_per_batch's batch, not the largest asked (an independent count)."""
+    from cifarbench.data.batching import PIXELS_PER_BATCH
+
+    be, m = recorded
+    n = 45
+    images = np.zeros((n, 224, 224, 3), np.uint8)
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[256], scenarios=[], tta="flip")
+    out, _ = worker.measure(job, m, images, np.full(n, 3))
+    per = max(1, min(256, PIXELS_PER_BATCH // (224 * 224)))
+    assert per < n and out["eval"]["batch_size"] == per
+    assert be.calls[1:1 + -(-n // per)] == [min(per, n - i) for i in range(0, n, per)]
+    assert out["tta"]["mode"] == "flip" and max(be.calls[1:]) <= 2 * per  # flip: two views of each batch
+
+
+def test_synthetic_rows_draw_their_own_images(in_process: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from cifarbench.bench import data as bench_data
+
+    drawn: list[tuple] = []
+    monkeypatch.setattr(bench_data, "synthetic", lambda size, n, seed: drawn.append((tuple(size), n, seed)) or
+                        types.SimpleNamespace(images=np.zeros((n, 2, 2, 3), np.uint8), labels=None))
+    row, probs = worker.run_isolated(worker.Job(model="m", backend="onnx", synthetic=5, seed=9))
+    assert drawn == [(tuple(in_process["manifest"].input.size), 5, 9)] and in_process["subset"] == []
+    (_, _, shape, labels), = in_process["measured"]
+    assert shape == (5, 2, 2, 3) and labels is None and row["x"] == 1.5 and probs is None
