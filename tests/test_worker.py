@@ -570,9 +570,11 @@ def test_quality_hand_counted_dense_at_the_limit_sparse_past_it(monkeypatch: pyt
     classes = [f"c{i}" for i in range(6)]
     labels = np.array([0, 0, 1, 2, 3, 5])
     pred = [0, 1, 1, 1, 3, 4]  # right: 0, 1, 3 -> 3 of 6; (0->1) once, (2->1) once, (5->4) once
-    q = worker.quality(_probs(pred, 6), labels, classes)
+    probs = _probs(pred, 6)
+    probs[5] = [0.02, 0.03, 0.04, 0.05, 0.85, 0.01]  # the last image's true class (c5) scores lowest: a top-5 miss
+    q = worker.quality(probs, labels, classes)
     assert q["accuracy"] == 0.5
-    assert q["top5"] == 1.0  # every true class is among the five highest (the sixth is the lowest, never the truth)
+    assert q["top5"] == 5 / 6  # every other true class is among its image's five highest
     assert [(m["true"], m["predicted"], m["count"]) for m in q["most_confused"]] == [
         ("c0", "c1", 1), ("c2", "c1", 1), ("c5", "c4", 1)]
     cells = [[0, 0, 1], [0, 1, 1], [1, 1, 1], [2, 1, 1], [3, 3, 1], [5, 4, 1]]
