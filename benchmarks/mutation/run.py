@@ -56,11 +56,7 @@ MODULES: dict[str, list[str]] = {
 }
 
 # Modules not run, or stopped before the end, and why (summary() shows this line instead of "not run").
-NOT_COMPLETED: dict[str, str] = {
-    "cifarbench/data/images.py": "not run: every test in tests/test_images.py decodes through load_image, so each "
-                                 "mutant re-runs nearly the whole file (95 tests, 10.9 s on the shared 2-core host): "
-                                 "hours for the module; it needs a fast per-function test selection first",
-}
+NOT_COMPLETED: dict[str, str] = {}
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
           36: "timeout", 37: "caught by type check", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
