@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--only", default="corpus,big,serve")
     args = ap.parse_args()
     parts = args.only.split(",")
-    results: dict[str, Any] = {"cpu": _cpu()}
+    results: dict[str, Any] = {"cpu": _cpu_line()}
     runs = [("this", REPO)] + ([("baseline", args.baseline)] if args.baseline else [])
     with tempfile.TemporaryDirectory(prefix="cifarbench-hostile-") as t:
         for label, src in runs:
@@ -202,11 +202,12 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    return "?"
+
+def _cpu_line() -> str:
+    from cifarbench.sysinfo import cpu_info
+
+    cpu = cpu_info()
+    return f"{cpu['model']}, {cpu['cores']} CPUs, flags {' '.join(f for f, on in cpu['flags'].items() if on)}"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
+from bench_hostile import _cpu_line  # noqa: E402  (this folder's scripts write one CPU line)
 MODEL = ["--model", "baseline-cnn", "--backend", "onnx-int8"]
 
 
@@ -68,20 +69,10 @@ def _cmd(pid: int) -> bytes:
 
 
 def _descendants(pid: int) -> set[int]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{d}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
-                kids.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    out, todo = set(), [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.add(k)
-            todo.append(k)
-    return out
+    """The process tree below ``pid``, read the way the Ray fault test reads it."""
+    from test_ray_faults import _children
+
+    return set(_children(pid))
 
 
 def _wait_worker(proc: subprocess.Popen, marker: bytes, timeout: float = 180) -> int | None:
@@ -166,25 +157,12 @@ def kill9(root: Path) -> dict[str, Any]:
 
 
 def _listening(driver: int) -> dict[str, Any]:
-    """TCP listening sockets of the driver's process tree (inode match through /proc/net/tcp{,6})."""
-    pids = {driver} | _descendants(driver)
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            pass
-    addrs = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            f = line.split()
-            if f[3] == "0A" and f[9] in inodes:  # LISTEN
-                addrs.append(f[1])
-    loop = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::1, ::ffff:127.0.0.1
-    return {"count": len(addrs), "all_loopback": all(a.split(":")[0] in loop for a in addrs), "addresses": sorted(addrs)}
+    """TCP listening sockets of the driver's process tree (the Ray fault test's reader of /proc/net/tcp{,6})."""
+    from test_ray_faults import _LOOPBACK
+    from test_ray_faults import _listening as listening
+
+    addrs = listening({driver} | _descendants(driver))
+    return {"count": len(addrs), "all_loopback": all(a in _LOOPBACK for a in addrs), "addresses": sorted(addrs)}
 
 
 def main() -> None:
@@ -202,7 +180,7 @@ def main() -> None:
         root = make_tree(tmp / "tree", per_class=max(1, args.files // 10), splits=("test",), seed=3)
         local = subprocess.run([sys.executable, "-m", "cifarbench", "classify", str(root), *MODEL, "-q", "-o", "-"],
                                capture_output=True, env=_env(), cwd=REPO, check=True).stdout
-        results: dict[str, Any] = {"files": args.files, "cpu": _cpu()}
+        results: dict[str, Any] = {"files": args.files, "cpu": _cpu_line()}
         results["worker_kill"] = worker_kill(root, local) if "kill" in parts else None
         print("worker_kill", results["worker_kill"], flush=True)
         results["sigint"] = interrupt(root, local, signal.SIGINT, tmp) if "sigint" in parts else None
@@ -215,11 +193,6 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    return "?"
 
 
 if __name__ == "__main__":
