@@ -42,14 +42,8 @@ class KerasSource:
         self.contract = dataclasses.replace(contract, size=self.size, model_input_size=None)
         probe = np.asarray(self._forward(tf.constant(
             np.random.default_rng(0).integers(0, 256, (4, *self.size, 3)), tf.float32)))
-        if probe.ndim != 2:
-            raise ModelError(f"{path}: model output shape {probe.shape[1:]} is not one score per class")
-        self.n_outputs = int(probe.shape[1])
-        if n_classes is not None and self.n_outputs != n_classes:
-            raise ModelError(f"{path}: the model has {self.n_outputs} outputs but {n_classes} class names; "
-                             "pass --classes FILE with one name per output")
-        softmax = not (np.all(probe >= 0) and np.allclose(probe.sum(1), 1.0, atol=1e-3))
-        self.contract = dataclasses.replace(self.contract, softmax_added=bool(softmax))
+        self.n_outputs, softmax = read_probe(path, probe, n_classes)
+        self.contract = dataclasses.replace(self.contract, softmax_added=softmax)
         try:
             self.params: int | None = int(self.model.count_params())
         except Exception:  # a SavedModel wrapper has no count
@@ -129,6 +123,21 @@ def _rename_io(proto: Any, inp: str, out: str) -> None:
     for node in proto.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
+
+
+def read_probe(path: Path, probe: np.ndarray, n_classes: int | None) -> tuple[int, bool]:
+    """Outputs of a probe forward pass -> (output width, whether convert must add a softmax).
+
+    One score per class, as many as class names when they are given (ModelError otherwise); outputs that are
+    already non-negative rows summing to 1 are probabilities, anything else gets a softmax appended.
+    """
+    if probe.ndim != 2:
+        raise ModelError(f"{path}: model output shape {probe.shape[1:]} is not one score per class")
+    width = int(probe.shape[1])
+    if n_classes is not None and width != n_classes:
+        raise ModelError(f"{path}: the model has {width} outputs but {n_classes} class names; "
+                         "pass --classes FILE with one name per output")
+    return width, not bool(np.all(probe >= 0) and np.allclose(probe.sum(1), 1.0, atol=1e-3))
 
 
 def native_size(path: Path, spatial: Any, input_size: tuple[int, int] | None,

@@ -31,7 +31,7 @@ class OnnxSource:
         """Read the model, its layout, size and outputs; ``contract`` gains size, model_layout, softmax_added."""
         import onnx
 
-        from cifarbench.models.keras_source import native_size
+        from cifarbench.models.keras_source import native_size, read_probe
 
         self.path = path
         try:
@@ -58,14 +58,8 @@ class OnnxSource:
         self.contract = dataclasses.replace(contract, size=size, model_layout=layout, model_input_size=None)
         self._session = _session(self.original.SerializeToString(), path)
         probe = self._raw(np.random.default_rng(0).integers(0, 256, (4, *size, 3)).astype(np.uint8))
-        if probe.ndim != 2:
-            raise ModelError(f"{path}: output shape {probe.shape[1:]} is not one score per class")
-        self.n_outputs = int(probe.shape[1])
-        if n_classes is not None and self.n_outputs != n_classes:
-            raise ModelError(f"{path}: the model has {self.n_outputs} outputs but {n_classes} class names; "
-                             "pass --classes FILE with one name per output")
-        softmax = not (np.all(probe >= 0) and np.allclose(probe.sum(1), 1.0, atol=1e-3))
-        self.contract = dataclasses.replace(self.contract, softmax_added=bool(softmax))
+        self.n_outputs, softmax = read_probe(path, probe, n_classes)
+        self.contract = dataclasses.replace(self.contract, softmax_added=softmax)
         self.params = int(sum(np.prod(i.dims) for i in graph.initializer))
 
     # ------------------------------------------------------------------ reference
