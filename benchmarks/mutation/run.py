@@ -35,6 +35,7 @@ NOTES = HERE / "notes.json"
 # module -> the test files that exercise it (fast ones: nothing here trains or converts a model).
 MODULES: dict[str, list[str]] = {
     "cifarbench/atomic.py": ["tests/test_atomic.py"],
+    "cifarbench/cli/__init__.py": ["tests/test_cli_errors.py", "tests/test_cli_info.py"],
     "cifarbench/bench/metrics.py": ["tests/test_metrics.py"],
     "cifarbench/bench/derive.py": ["tests/test_derive.py"],
     "cifarbench/bench/compare.py": ["tests/test_compare.py"],
