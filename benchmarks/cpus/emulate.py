@@ -3,10 +3,12 @@
 Why: the suite must pass on every CPU the project meets, but a session gets one host. Every decision cifarbench
 makes from the CPU (autoselect's candidates and cache key, the bf16 guard, ``info``, train's precision) reads
 ``/proc/cpuinfo`` through ``sysinfo.cpu_info``; this script bind-mounts a rewritten copy over it in a private
-mount namespace (``unshare -m``), so the tests and every process they start see the other CPU's flags. For
-``zen3`` it also sets ``ONEDNN_MAX_CPU_ISA=AVX2`` so TensorFlow's oneDNN kernels stay on AVX2. What it cannot
-change: onnxruntime's MLAS, XNNPACK and OpenVINO read CPUID themselves and still use the host's instructions,
-so this checks the tests' and our code's assumptions, not the runtimes' AVX2 kernels. Needs root (the mount);
+mount namespace (``unshare -m``), so the tests and every process they start see the other CPU's flags. What it
+cannot change: TensorFlow, onnxruntime, XNNPACK and OpenVINO read CPUID themselves and still use the host's
+instructions, so this checks the tests' and our code's assumptions, not the runtimes' AVX2 kernels. Capping
+oneDNN with ``ONEDNN_MAX_CPU_ISA=AVX2`` was tried and dropped: on an AVX512_BF16 host OpenVINO still picks bf16
+from CPUID, then finds no capped kernel for it (compile_model: "Supported primitive descriptors list is empty
+for node ... MaxPool2d"; a segfault in inference inside the suite). Needs root (the mount);
 ``--user nobody`` drops to that user inside the namespace, so "as root and not" runs under either profile.
 
     python benchmarks/cpus/emulate.py --cpu zen3 -- -q                 # whole suite, AVX2-only flags, as root
@@ -83,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     fake.write_text(rewrite_cpuinfo(Path("/proc/cpuinfo").read_text(), args.cpu))
     os.chmod(fake, 0o644)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    if args.cpu == "zen3":
-        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     pytest = [sys.executable, "-m", "pytest", *(args.pytest_args or ["-q"])]
     drop: list[str] = []
     if args.user != "root":

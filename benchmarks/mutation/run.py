@@ -48,7 +48,7 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/conversion/parity.py": ["tests/test_parity.py"],
     "cifarbench/backends/autoselect.py": ["tests/test_autoselect.py", "tests/test_autoselect_cache.py",
                                           "tests/test_autoselect_units.py"],
-    "cifarbench/data/images.py": ["tests/test_images.py"],
+    "cifarbench/data/images.py": ["tests/test_images.py", "tests/test_images_units.py"],
     "cifarbench/bench/worker.py": ["tests/test_worker.py"],
     "cifarbench/serve/admission.py": ["tests/test_serve.py::test_admission_queue_at_its_size_and_one_past"],
     "cifarbench/serve/uploads.py": ["tests/test_serve.py", "tests/test_serve_uploads.py"],
