@@ -257,14 +257,15 @@ def test_sandboxed_decode_gets_the_whole_transform_and_every_option(monkeypatch:
 
     monkeypatch.setattr(decode_sandbox, "wanted", lambda im: True)
     monkeypatch.setattr(decode_sandbox, "decode", fake_decode)
-    data = encode(noise(50, 70), "PNG")
-    t = Transform((24, 40), "pad", 0.875, "bicubic")
-    res = load_image(data, t, max_pixels=12_345, draft=False)
+    data = encode(noise(700, 900).convert("RGBA"), "PNG")
+    t = Transform((300, 400), "pad", 0.875, "bicubic")  # big: no strips to price, unlike the default 32x32
+    res = load_image(data, t, max_pixels=1_234_567, draft=False)
     assert res.ok and res.array.shape == (24, 40, 3)
     with Image.open(io.BytesIO(data)) as im:
         cost = image_reduce.decode_cost(im, t)
-    assert calls == [("PNG", cost, {"size": (24, 40), "resize": "pad", "crop_pct": 0.875, "interpolation": "bicubic",
-                                    "max_pixels": 12_345, "draft": False})]
+        assert cost != image_reduce.decode_cost(im)
+    assert calls == [("PNG", cost, {"size": (300, 400), "resize": "pad", "crop_pct": 0.875,
+                                    "interpolation": "bicubic", "max_pixels": 1_234_567, "draft": False})]
     calls.clear()
     assert load_image(data, t, max_pixels=None).ok
     assert calls[0][2]["max_pixels"] is None and calls[0][2]["draft"] is True

@@ -54,6 +54,12 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/serve/uploads.py": ["tests/test_serve.py", "tests/test_serve_uploads.py"],
     "cifarbench/serve/protocol.py": ["tests/test_serve_protocol.py"],
     "cifarbench/backends/__init__.py": ["tests/test_backends_registry.py"],
+    "cifarbench/backends/bf16guard.py": ["tests/test_bf16_auto.py"],
+    "cifarbench/runs/pair_commit.py": ["tests/test_pair_commit.py"],
+    "cifarbench/serve/batching.py": ["tests/test_serve.py::test_batcher_splits_large_requests_and_keeps_order",
+                                     "tests/test_serve.py::test_batcher_merges_concurrent_requests_without_concurrent_predict",
+                                     "tests/test_serve.py::test_batcher_error_reaches_every_waiter_and_close_refuses_new_work",
+                                     "tests/test_serve.py::test_batcher_close_finishes_queued_work"],
 }
 
 # Modules not run, or stopped before the end, and why (summary() shows this line instead of "not run").
