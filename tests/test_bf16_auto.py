@@ -25,7 +25,7 @@ def _fake_cpu(monkeypatch: pytest.MonkeyPatch, **on: bool) -> None:
 
 
 @pytest.mark.parametrize("k,n", [(0, 1000), (3, 1000), (4, 1000), (1, 333), (1, 334), (2, 667), (0, 0), (30, 10000),
-                                 (31, 10000)])
+                                 (31, 10000), (0, 1), (1, 1)])
 def test_guard_rule_on_counts_at_the_limit_and_one_past(k: int, n: int) -> None:
     expected = n > 0 and Fraction(100 * k, n) <= Fraction(3, 10)  # accuracy change bound in pp, exact
     assert bf16guard.within(k, n) is expected
@@ -65,6 +65,57 @@ def test_check_counts_disagreements_against_the_preferred_reference(differ: int)
     assert got["ok"] is (differ <= 3) and got["disagreements"] == differ and got["images"] == 1000
     assert ("does not keep" in got["why"]) is (differ > 3) and f"{differ} of 1000" in got["why"]
     assert bf16guard.check(load, [], np.zeros((4, 2, 2, 3), np.uint8))["ok"] is False
+
+
+class Recording(Fixed):
+    def __init__(self, labels: np.ndarray) -> None:
+        super().__init__(labels)
+        self.calls: list[int] = []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(len(x))
+        return super().predict(x)
+
+
+@pytest.mark.parametrize("n, calls", [(260, [250, 10]), (250, [250]), (1, [1]), (1000, [250, 250, 250, 250])])
+def test_check_classifies_every_image_once_in_batches_of_at_most_250(n: int, calls: list[int]) -> None:
+    ref = np.arange(n) % 10
+    bf16 = ref.copy()
+    bf16[-1] = (bf16[-1] + 1) % 10  # the last image differs: it must be reached
+    made: dict[str, Recording] = {}
+
+    def load(name: str) -> Recording:
+        made[name] = Recording(bf16 if name == "openvino" else ref)
+        return made[name]
+
+    got = bf16guard.check(load, ["onnx"], np.zeros((n, 2, 2, 3), np.uint8))
+    assert made["openvino"].calls == calls and made["onnx"].calls == calls
+    ok = 1000 <= 3 * n
+    assert got == {"ok": ok, "reference": "onnx", "disagreements": 1, "images": n, "max_loss_permille": 3,
+                   "why": f"bf16 openvino {'keeps' if ok else 'does not keep'} accuracy within 0.3 pp: top-1 differs "
+                          f"from onnx on 1 of {n} held-out images"}
+
+
+def test_check_without_a_reference_says_so() -> None:
+    assert bf16guard.check(lambda name: None, ["openvino", "tflite"], np.zeros((4, 2, 2, 3), np.uint8)) == {
+        "ok": False, "why": "no float32 reference (openvino-f32 or onnx) to check bf16 against"}
+
+
+def test_held_out_images_are_a_fixed_sample_of_the_bundled_test_split() -> None:
+    from PIL import Image
+
+    from cifarbench.data.sources import load_dataset
+
+    split = load_dataset("bundled", "test").images
+    want = np.sort(np.random.default_rng(0).permutation(len(split))[:1000])  # the sample, drawn here again
+    x = bf16guard.held_out_images((32, 32))
+    assert x.shape == (1000, 32, 32, 3) and x.dtype == np.uint8 and x.flags.c_contiguous
+    assert np.array_equal(x, split[want])
+    few = bf16guard.held_out_images((24, 40), n=3, seed=7)
+    idx = np.sort(np.random.default_rng(7).permutation(len(split))[:3])
+    assert few.shape == (3, 24, 40, 3)
+    for got, i in zip(few, idx):
+        assert np.array_equal(got, np.asarray(Image.fromarray(split[i]).resize((40, 24), Image.BILINEAR)))
 
 
 

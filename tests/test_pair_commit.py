@@ -131,3 +131,104 @@ def test_resume_on_a_full_disk_keeps_the_old_output_and_state(tiny_disk: Path, t
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler", "out.csv", "out.csv.state.json"]
     (tiny_disk / "filler").unlink()
     assert run_cli(*args, out).exit_code == 0 and _consistent(tiny_disk) == (tmp_path / "ref.csv").read_bytes()
+
+
+# ----------------------------------------------------------------------------- the parts, one at a time
+
+
+def test_a_new_pair_gets_the_umask_mode_and_a_replaced_one_keeps_its_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path, "a\n")
+        assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644  # 0o666 less the umask, like open()
+        assert (tmp_path / "out.csv.state.json").stat().st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "out.csv", 0o600)  # the user tightened it
+        os.chmod(tmp_path / "out.csv.state.json", 0o640)
+        _write(tmp_path, "b\n")
+        assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "out.csv.state.json").stat().st_mode & 0o777 == 0o640
+        assert os.umask(0o022) == 0o022  # put back
+    finally:
+        os.umask(old)
+
+
+def test_a_folder_that_refuses_chmod_and_fsync_still_gets_the_pair(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """vfat and some network mounts refuse chmod; some refuse fsync on a directory: the data still lands."""
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    def chmod(*_: object, **__: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "chmod", chmod)
+    _write(tmp_path, "x\n")
+    _write(tmp_path, "y\n")
+    assert _consistent(tmp_path) == b"y\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.csv.state.json"]
+
+
+def test_the_output_folder_is_made_with_its_parents(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    _write(folder, "z\n")
+    assert _consistent(folder) == b"z\n"
+
+
+def test_state_is_compact_ascii_json_and_the_output_keeps_its_bytes(tmp_path: Path) -> None:
+    write_pair(tmp_path / "out.csv", tmp_path / "s.json", lambda fh: fh.write("café,1\r\n"),
+               lambda new: {"file": "café.jpg", "n": 1})
+    assert (tmp_path / "s.json").read_bytes() == b'{"file":"caf\\u00e9.jpg","n":1}\n'
+    assert (tmp_path / "out.csv").read_bytes() == "café,1\r\n".encode("utf-8")  # csv's \r\n kept, UTF-8
+
+
+def test_recover_without_a_marker_or_with_a_broken_one(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    assert recover(out) is False
+    marker_path(out).write_text("{not json")
+    assert recover(out) is False and not marker_path(out).exists()  # not ours: removed
+    marker_path(out).mkdir()  # unreadable and not removable as a file
+    assert recover(out) is False
+
+
+def test_recover_skips_a_bad_pair_and_finishes_the_others(tmp_path: Path) -> None:
+    _write(tmp_path, "old\n")
+    (tmp_path / ".new.tmp").write_text("renamed")
+    marker_path(tmp_path / "out.csv").write_text(json.dumps({"pairs": [["../x", "out.csv"], [".new.tmp", "other"]]}))
+    assert recover(tmp_path / "out.csv") is True
+    assert (tmp_path / "other").read_text() == "renamed" and _consistent(tmp_path) == b"old\n"
+    assert not marker_path(tmp_path / "out.csv").exists()
+
+
+def test_cleanup_after_a_failure_tolerates_a_temp_already_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, "old\n")
+
+    def fail(name: str) -> None:
+        if name == "state-written":
+            for p in tmp_path.glob(".out.csv.*.tmp"):
+                p.unlink()  # another cleaner got there first
+            raise Fault(name)
+
+    monkeypatch.setattr(pair_commit, "_step", fail)
+    with pytest.raises(Fault):
+        _write(tmp_path, "new\n")
+    assert _consistent(tmp_path) == b"old\n"
+
+
+def test_the_output_is_utf8_even_under_an_ascii_locale(tmp_path: Path) -> None:
+    """A cron job's minimal environment (C locale, UTF-8 mode off) must not change the output's encoding."""
+    import sys
+
+    code = ("import sys; from pathlib import Path; from cifarbench.runs.pair_commit import write_pair; "
+            "p = Path(sys.argv[1]); write_pair(p / 'out.csv', p / 's.json', lambda fh: fh.write('caf\\u00e9\\n'), "
+            "lambda new: {'n': 1})")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.csv").read_bytes() == "café\n".encode("utf-8")
