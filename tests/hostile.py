@@ -30,6 +30,25 @@ def blp1_spin(data_bytes: int = 3_000_000) -> bytes:
     return head + offsets + lengths + bytes(1024) + bytes(data_bytes)
 
 
+def ico_png(w: int, h: int, entry: tuple[int, int] = (16, 16)) -> bytes:
+    """An ICO whose directory lists one ``entry``-sized icon, holding a solid-black RGB PNG of ``w`` x ``h``.
+
+    Pillow's ICO plugin decodes that PNG inside ``Image.open`` (to learn its real size): 187 KB for
+    8000x8000 made the loader allocate 256 MB before any check of ours ran (found this round)."""
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + 3 * w)  # filter byte + black pixels
+    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", idat)
+           + chunk(b"IEND", b""))
+    ew, eh = (0 if d >= 256 else d for d in entry)  # 0 means 256 in an ICO directory
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", ew, eh, 0, 0, 1, 32, len(png), 22) + png
+
+
 def _saved(fmt: str, mode: str = "RGB", **kw: object) -> bytearray:
     buf = io.BytesIO()
     Image.new(mode, (4, 4), (10, 20, 30, 255)[: len(mode)]).save(buf, fmt, **kw)

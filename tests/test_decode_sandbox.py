@@ -111,3 +111,63 @@ def test_forty_hostile_blps_through_four_workers_stay_under_500_mb(tmp_path: Pat
     assert len(rows) == 40 and all("out of memory" in r or "too large" in r for r in rows), rows[:2]
     assert peak < 500e6, f"peak {peak / 1e6:.0f} MB"
     assert proc.returncode in (3, 4), err
+
+
+# --------------------------------------------------------------------------- formats whose open decodes (ICO)
+
+
+def test_an_ico_whose_open_would_decode_is_sandboxed_before_opening(tmp_path: Path) -> None:
+    """Pillow decodes an ICO's entry inside Image.open: a 16x16 directory can hide an 8000x8000 PNG."""
+    from hostile import ico_png
+
+    assert ds.decodes_at_open(ico_png(8, 8)) and not ds.decodes_at_open(_encoded("PNG"))
+    bomb = tmp_path / "icon.ico"
+    bomb.write_bytes(ico_png(8000, 8000))  # 187 KB, 64 MP: 256 MB once decoded
+    code = (f"r = images.load_image({str(bomb)!r}); print(r.error)")
+    out = subprocess.run([sys.executable, "-c", "import resource, cifarbench.data.images as images\n" + code +
+                          "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"],
+                         capture_output=True, text=True, timeout=120, env=fresh_env())
+    error, peak_mb = out.stdout.strip().splitlines()
+    assert error == ("image too large, refused as a decompression bomb (an image inside the file is over the limit "
+                     "of 50,000,000 pixels (--max-pixels))")
+    assert int(peak_mb) < 200, f"{peak_mb} MB: the entry was decoded in this process"  # before: 278 MB
+
+
+@pytest.mark.parametrize("limit, ok", [(2_250_000, True), (2_249_999, False)])
+def test_an_ico_entry_at_the_pixel_limit_and_one_past(limit: int, ok: bool) -> None:
+    from hostile import ico_png
+
+    res = load_image(ico_png(1500, 1500), 8, max_pixels=limit)  # 2,250,000 pixels behind a 16x16 directory
+    assert res.ok is ok, res.error
+    if ok:
+        assert res.array.shape == (8, 8, 3) and not res.array.any()  # black
+    else:
+        assert res.error == ("image too large, refused as a decompression bomb (an image inside the file is over "
+                             f"the limit of {limit:,} pixels (--max-pixels))")
+
+
+def test_an_ico_over_the_sandbox_memory_is_refused_in_the_child(limits: None) -> None:
+    from hostile import ico_png
+
+    ds.configure(ds.SandboxLimits(memory=8 * MIB, seconds=5.0))
+    assert load_image(ico_png(3000, 3000), 8).error == "out of memory while decoding (a ICO decode may use 8 MiB)"
+
+
+def test_without_the_sandbox_an_ico_open_is_still_bounded_by_the_limit(limits: None) -> None:
+    from hostile import ico_png
+
+    ds.configure(ds.SandboxLimits(enabled=False))
+    assert not ds.wanted_before_open(ico_png(8, 8))
+    assert "over the limit of 1,000,000 pixels" in load_image(ico_png(1001, 1000), 8, max_pixels=1_000_000).error
+    assert load_image(ico_png(1000, 1000), 8, max_pixels=1_000_000).ok
+
+
+def test_an_ordinary_icon_decodes_like_pillow() -> None:
+    rng = np.random.default_rng(3)
+    src = Image.fromarray(rng.integers(0, 256, (48, 48, 3), np.uint8))
+    buf = io.BytesIO()
+    src.save(buf, "ICO", sizes=[(48, 48)])
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        want = np.asarray(im.convert("RGB").resize((24, 24), Image.Resampling.LANCZOS))
+    res = load_image(buf.getvalue(), 24, "squash")
+    assert res.ok and np.array_equal(res.array, want)

@@ -288,3 +288,14 @@ def test_decode_uses_the_servers_limit_not_the_process_default() -> None:
     with default_max_pixels(10):
         res, pixels = decode_guarded(png(40, 30), 8, None, 1200)
     assert res.ok and pixels == 1200
+
+
+@pytest.mark.parametrize("limit, ok", [(2_250_000, True), (2_249_999, False)])
+def test_an_icon_hiding_a_big_image_meets_the_servers_limit(limit: int, ok: bool) -> None:
+    """An ICO's header says 16x16, its entry is 1500x1500: only the decode (sandboxed) can see it, under this limit."""
+    from hostile import ico_png
+
+    res, pixels = decode_guarded(ico_png(1500, 1500), 8, None, limit)
+    assert res.ok is ok and pixels == 0  # the header was not opened here: ICO's open would decode
+    if not ok:
+        assert f"over the limit of {limit:,} pixels" in res.error

@@ -91,6 +91,22 @@ def deadline(until: float | None) -> Iterator[None]:
         _local.deadline = old
 
 
+# Formats whose Image.open already decodes pixels: Pillow loads an ICO's chosen entry (an embedded PNG or BMP that
+# may claim 8000x8000 behind a 16x16 directory) inside open() to learn its real size, so the open itself belongs in
+# the sandbox, decided from the magic number before Pillow sees the file.
+_DECODES_AT_OPEN = (b"\x00\x00\x01\x00",)  # ICO
+
+
+def decodes_at_open(head: bytes | bytearray | memoryview) -> bool:
+    """From the first 4 bytes: a format whose ``Image.open`` decodes an image (ICO)."""
+    return bytes(head[:4]) in _DECODES_AT_OPEN
+
+
+def wanted_before_open(head: bytes | bytearray | memoryview) -> bool:
+    """Whether this process must hand the file to the sandbox before even opening it."""
+    return not _in_child and _limits.enabled and decodes_at_open(head)
+
+
 def looks_trusted(data: bytes | bytearray | memoryview) -> bool:
     """From the first bytes only: JPEG, PNG, PNM or WebP, decoded here without the sandbox (a server
     keeps its CPU decode slots for these, so hostile uploads queue apart from ordinary ones)."""

@@ -56,6 +56,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, even if a
 # Corrupt files make Pillow's plugins warn ("Corrupt EXIF data", "Tag data larger than file")
 # on stderr; the loader already turns real failures into per-file reasons.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+# Pillow warns between its global limit and twice it; the loader's own checks are exact, so the warning is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 logging.getLogger("PIL").addHandler(logging.NullHandler())  # no "lastResort" lines unless logging is set up
 
 try:  # optional HEIC/HEIF support through the `heif` extra
@@ -207,12 +209,14 @@ def _decode(fp: IO[bytes], t: Transform, max_pixels: int | None, draft: bool) ->
 
 
 def _decode_unlocked(fp: IO[bytes], t: Transform, max_pixels: int | None, draft: bool) -> np.ndarray:
-    im = _open_checked(fp, max_pixels)
+    head = fp.read(4)
+    fp.seek(0)
+    if decode_sandbox.wanted_before_open(head):  # Image.open itself would decode (ICO): open it in the child
+        return _sandboxed(fp, "ICO", 0, t, max_pixels, draft)
+    im = _open_checked(fp, max_pixels, decode_sandbox.decodes_at_open(head))
     if decode_sandbox.wanted(im):  # a decoder that can outgrow the header's price: capped, in a child
         try:
-            return decode_sandbox.decode(fp, im.format, decode_cost(im, t), size=t.size, resize=t.resize,
-                                         crop_pct=t.crop_pct, interpolation=t.interpolation, max_pixels=max_pixels,
-                                         draft=draft)
+            return _sandboxed(fp, im.format, decode_cost(im, t), t, max_pixels, draft)
         finally:
             im.close()
     try:
@@ -241,6 +245,12 @@ def _decode_unlocked(fp: IO[bytes], t: Transform, max_pixels: int | None, draft:
         return np.frombuffer(bytearray(out.tobytes()), dtype=np.uint8).reshape(out.height, out.width, 3)
     finally:
         im.close()
+
+
+def _sandboxed(fp: IO[bytes], fmt: str | None, cost: int, t: Transform, max_pixels: int | None,
+               draft: bool) -> np.ndarray:
+    return decode_sandbox.decode(fp, fmt, cost, size=t.size, resize=t.resize, crop_pct=t.crop_pct,
+                                 interpolation=t.interpolation, max_pixels=max_pixels, draft=draft)
 
 
 def _turned(t: Transform, orientation: int) -> Transform:
@@ -299,10 +309,22 @@ def _pillow_limit(value: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open_checked(fp: IO[bytes], max_pixels: int | None) -> Image.Image:
-    """``Image.open`` under our own limit, with a clear message instead of Pillow's 2x-limit rule."""
-    with _pillow_limit(None):  # header parse only; the check below is exact and warning-free
-        im = Image.open(fp)
+def _open_checked(fp: IO[bytes], max_pixels: int | None, decodes: bool = False) -> Image.Image:
+    """``Image.open`` under our own limit, with a clear message instead of Pillow's 2x-limit rule.
+
+    ``decodes``: this format's open already decodes an image (ICO). Then Pillow's own check, which runs on
+    what the open decodes, is set to refuse exactly above ``max_pixels`` (it raises above twice its global).
+    """
+    if not decodes:
+        with _pillow_limit(None):  # header parse only; the check below is exact and warning-free
+            im = Image.open(fp)
+    else:
+        try:
+            with _pillow_limit(None if max_pixels is None else max_pixels / 2):
+                im = Image.open(fp)
+        except Image.DecompressionBombError:
+            raise Image.DecompressionBombError(f"an image inside the file is over the limit of {max_pixels:,} "
+                                               "pixels (--max-pixels)") from None
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         need = w * h * pixel_bytes(im.mode)

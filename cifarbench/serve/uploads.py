@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from cifarbench.data import decode_sandbox
 from cifarbench.data.images import DEFAULT_MAX_PIXELS, ImageResult, load_image
 from cifarbench.data.transform import SizeLike
 from cifarbench.serve.admission import UploadBudget
@@ -147,13 +148,15 @@ def decode_guarded(data: bytes, size: "SizeLike", resize: str | None, max_pixels
     caller knows when a big decode is worth returning memory to the OS. The explicit check
     does not depend on Pillow's process-wide limit, so concurrent decodes cannot weaken it.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Image.DecompressionBombError as exc:
-        return ImageResult(None, f"decompression bomb refused: {exc}"), 0
-    except Exception:
-        w = h = 0  # not an image: load_image words the reason
+    w = h = 0  # not an image (load_image words the reason), or one whose open decodes (ICO: load_image sandboxes it)
+    if not decode_sandbox.decodes_at_open(data[:4]):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except Image.DecompressionBombError as exc:
+            return ImageResult(None, f"decompression bomb refused: {exc}"), 0
+        except Exception:
+            pass
     if w * h > max_pixels:
         return ImageResult(None, f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"), 0
     return load_image(data, size=size, resize=resize, max_pixels=max_pixels), w * h
