@@ -11,10 +11,11 @@ interpreter) safe behind a multi-threaded server.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -112,12 +113,10 @@ class MicroBatcher:
             first = self._carry or self._queue.get()
             self._carry = None
             if first is None:
-                self._answer_leftovers()
                 return
             batch, stop = self._collect(first)
             self._run_batch(batch)
-            if stop:
-                self._answer_leftovers()
+            if stop:  # close() queued the sentinel last, under the lock submit() takes: nothing follows it
                 return
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -161,42 +160,36 @@ class MicroBatcher:
             it.future.set_result(probs[start:start + len(it.images)])
             start += len(it.images)
 
-    def _answer_leftovers(self) -> None:
-        """After close: anything still queued is answered, not dropped."""
-        leftovers = [self._carry] if self._carry else []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                leftovers.append(item)
-        for item in leftovers:
-            self._run_batch([item])
-
 
 def _join(parts: list["Future[np.ndarray]"]) -> "Future[np.ndarray]":
-    """One future for a request that was split into several batches."""
+    """One future for a request that was split into several batches.
+
+    Cancelling it (serve's request timeout does, through ``asyncio.wrap_future``) cancels the parts still
+    queued, so the worker skips them instead of computing answers nobody waits for.
+    """
     joined: Future[np.ndarray] = Future()
-    joined.set_running_or_notify_cancel()
     remaining = [len(parts)]
     lock = threading.Lock()
+
+    def cancel_parts(f: "Future[np.ndarray]") -> None:
+        if f.cancelled():
+            for p in parts:
+                p.cancel()  # False for a part already running: it finishes, and nobody reads it
 
     def done(_: "Future[np.ndarray]") -> None:
         with lock:
             remaining[0] -= 1
             last = remaining[0] == 0
-        if not last:
-            return
-        if any(p.cancelled() for p in parts):
-            joined.set_exception(RuntimeError("part of the request was cancelled"))
+        if not last or joined.cancelled():
             return
         error = next((p.exception() for p in parts if p.exception() is not None), None)
-        if error is not None:
-            joined.set_exception(error)
-        else:
-            joined.set_result(np.concatenate([p.result() for p in parts]))
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+            if error is not None:
+                joined.set_exception(error)
+            else:
+                joined.set_result(np.concatenate([p.result() for p in parts]))
 
+    joined.add_done_callback(cancel_parts)
     for p in parts:
         p.add_done_callback(done)
     return joined
