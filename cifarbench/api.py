@@ -88,7 +88,7 @@ class Model:
         return probs_of(self._backend.predict, np.ascontiguousarray(a))
 
     def classify(self, paths: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]", *, top_k: int = 1,
-                 batch_size: int = 64, recursive: bool = True, include: Sequence[str] = (),
+                 batch_size: int | None = None, recursive: bool = True, include: Sequence[str] = (),
                  workers: int | None = None, max_pixels: int | None = None) -> Iterator["Row"]:
         """One ``Row`` (path, label, class_index, confidence, alternatives, error) per file, in order.
 
@@ -107,6 +107,10 @@ class Model:
 
         if top_k < 1 or top_k > len(self.classes):
             raise UsageError(f"top_k must be between 1 and the model's {len(self.classes)} classes, got {top_k}")
+        if batch_size is None:  # 64 up to 128x128 pixels, fewer above (20 at 224x224), like serve's micro-batches
+            from cifarbench.data.batching import SERVE_BATCH, images_per_batch
+
+            batch_size = images_per_batch(self.input_size, SERVE_BATCH)
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(paths, (str, os.PathLike)):

@@ -57,7 +57,9 @@ those files are known bad, --allow-errors keeps their error rows, prints nothing
               help="gpu: onnxruntime CUDA, TensorFlow GPU or OpenVINO's GPU plugin (Intel GPUs); fails clearly when "
                    "absent. TFLite is CPU only.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads (default: all usable cores).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Images per model call.")
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Images per model call (default: 256 for inputs up to 64x64 pixels, fewer above so a call holds "
+                   "as many pixels: 20 at 224x224).")
 @click.option("--workers", type=click.IntRange(0), help="Decode workers: processes for big runs, threads for small ones (default: all usable cores; "
               "0 decodes inline).")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels per row.")
@@ -88,7 +90,7 @@ those files are known bad, --allow-errors keeps their error rows, prints nothing
                    "code is 0 and --quiet prints nothing about them (for cron, once the bad files are known).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success; only errors otherwise.")
 def command(paths: tuple[str, ...], model: str | None, backend: str | None, device: str, threads: int | None,
-            batch_size: int, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
+            batch_size: int | None, workers: int | None, top_k: int, output: str, fmt: str | None, recursive: bool,
             include: tuple[str, ...], resize: str | None, crop_pct: float | None, interpolation: str | None,
             resume: bool, engine: str, ray_address: str | None,
             actors: int | None, max_pixels: int, tta: str, allow_errors: bool, quiet: bool) -> None:

@@ -15,6 +15,7 @@ from cifarbench.backends import DEVICES
 from cifarbench.backends.tta import TTA_MODES
 from cifarbench.cli.choices import BackendChoice
 from cifarbench.cli.transform_options import transform_options
+from cifarbench.data.batching import SERVE_BATCH, images_per_batch
 from cifarbench.data.images import DEFAULT_MAX_PIXELS
 from cifarbench.errors import BackendUnavailable, UsageError
 
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds one request may take (upload, decode, inference).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Default number of labels per image.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Most images the micro-batcher sends to the backend at once.")
+@click.option("--max-batch", type=click.IntRange(min=1),
+              help="Most images the micro-batcher sends to the backend at once (default: 64 for inputs up to "
+                   "128x128 pixels, fewer above so a call holds as many pixels: 20 at 224x224).")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most classify requests decoding/inferring at once per process; more wait in the queue.")
 @click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
 @click.option("--access-log", is_flag=True,
               help="One line per request on stderr: UTC time, status, method, path, images, milliseconds.")
 def command(model: str | None, backend: str | None, host: str, port: int, max_upload_mb: float, max_pixels: int,
-            max_images: int, timeout: float, top_k: int, max_batch: int, max_concurrency: int, max_queue: int,
+            max_images: int, timeout: float, top_k: int, max_batch: int | None, max_concurrency: int, max_queue: int,
             max_buffered_mb: float, max_connections: int, header_timeout: float, keep_alive: int, workers: int,
             threads: int | None, device: str, resize: str | None, crop_pct: float | None, interpolation: str | None,
             tta: str, log_level: str, access_log: bool) -> None:
@@ -96,6 +98,8 @@ def command(model: str | None, backend: str | None, host: str, port: int, max_up
     manifest = resolve_model(model)
     emit_model_notes(manifest, EventPrinter("serve"))  # e.g. a lone artifact's classes named as CIFAR-10's
     transform = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation}  # None: the manifest's
+    if max_batch is None:
+        max_batch = images_per_batch(manifest.input.size, SERVE_BATCH)
     selection = select(manifest, backend, device, threads, batch_size=max_batch)
     name = selection.name
     if selection.how in ("measured", "fallback", "cached"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 PIXELS_PER_BATCH = 256 * 64 * 64
+DEFAULT_BATCH = 256  # classify's images per call without --batch-size, up to 64x64 pixels
+SERVE_BATCH = 64  # serve's --max-batch without the option, up to 128x128 pixels
 
 
 def images_per_batch(size: Sequence[int], cap: int = 256) -> int:

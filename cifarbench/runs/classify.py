@@ -26,6 +26,7 @@ import numpy as np
 
 from cifarbench.atomic import atomic_write
 from cifarbench.backends.tta import with_tta
+from cifarbench.data.batching import DEFAULT_BATCH, images_per_batch
 from cifarbench.data.decode_pool import DecodeLimits, decode_ordered
 from cifarbench.data.discover import FileEntry, discover
 from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
@@ -196,14 +197,16 @@ def classify(paths: Sequence[str | os.PathLike[str]], options: ClassifyOptions |
         raise UsageError(f"--output {display_text(os.fspath(output))} is a directory")  # type: ignore[arg-type]
 
     manifest = resolve_model(model)
+    # The model's own size and the transform convert stored; a command-line option overrides one field.
+    transform = manifest.input.transform_with(resize, opts.crop_pct, opts.interpolation)
+    size = transform.size
+    if batch_size is None:  # ResNet50 at 224x224: 2,881 MB at 256 a call, 727 MB at 20, same speed
+        batch_size = images_per_batch(size, DEFAULT_BATCH)
     selection = backends.select(manifest, backend, device, threads, batch_size=batch_size)
     name, spec = selection.name, selection.spec
     classes = list(manifest.classes)
     if top_k > len(classes):
         raise UsageError(f"--top-k {top_k} is more than the model's {len(classes)} classes")
-    # The model's own size and the transform convert stored; a command-line option overrides one field.
-    transform = manifest.input.transform_with(resize, opts.crop_pct, opts.interpolation)
-    size = transform.size
     writer = make_writer(fmt, top_k)
     workers = usable_cores() if workers is None else workers
     report = ClassifyReport(backend=name, device=selection.device, model=manifest.name,

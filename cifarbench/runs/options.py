@@ -33,7 +33,7 @@ class ClassifyOptions:
     backend: str | None = None
     device: str = "cpu"
     threads: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # None: images_per_batch(model size, 256): 256 up to 64x64, 20 at 224x224
     workers: int | None = None
     top_k: int = 1
     output: str | os.PathLike[str] | None = None
