@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,25 @@ def test_the_output_is_utf8_even_under_an_ascii_locale(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.csv").read_bytes() == "café\n".encode("utf-8")
+
+
+def test_every_text_file_is_opened_as_utf8_and_the_output_without_newline_translation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process twin of the C-locale test (a subprocess cannot see a mutated module): the encoding is named,
+    never the locale's, and the CSV output is opened with newline="" as the csv module requires."""
+    import builtins
+    import codecs
+
+    opened: list[tuple[str, str, Any, Any]] = []
+
+    def spy(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        if "b" not in mode:
+            opened.append((Path(file).name, mode, kw.get("encoding"), kw.get("newline", "unset")))
+        return builtins.open(file, mode, *args, **kw)
+
+    monkeypatch.setattr(pair_commit, "open", spy, raising=False)
+    _write(tmp_path, "x\n")
+    writes = [o for o in opened if o[1] == "w"]
+    assert len(writes) == 3  # output, state, marker
+    assert all(enc is not None and codecs.lookup(enc).name == "utf-8" for _, _, enc, _ in writes), writes
+    assert writes[0][0].startswith(".out.csv.") and writes[0][3] == ""

@@ -154,7 +154,10 @@ def test_kill_9_of_the_driver_leaves_no_process_of_its_ray(tree: tuple[Path, byt
     root, _ = tree
     p = _start(root)
     _wait_for(p, b"ray::MapWorker")
-    time.sleep(1)  # the agents are up
+    deadline = time.monotonic() + 120  # the agents (the processes that lingered a minute) come up after the workers
+    while not any(c.startswith(b"ray::") and b"Agent" in c for c in _children(p.pid).values()):
+        assert time.monotonic() < deadline and p.poll() is None, "no Ray agent process started"
+        time.sleep(0.05)
     ours = {pid: cmd for pid, cmd in _children(p.pid).items() if b"import os, select" not in cmd}  # not the reaper
     assert any(cmd.startswith(b"ray::") and b"Agent" in cmd for cmd in ours.values())  # the ones that lingered a minute
     listening = _listening({p.pid, *ours})
