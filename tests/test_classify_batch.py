@@ -87,3 +87,24 @@ def test_serve_max_batch_follows_the_models_pixels(tmp_path: Path, serve_process
     srv = serve_process(nearest_model(tmp_path / "m", CLASSES, size), "onnx", *extra)
     with urllib.request.urlopen(srv.url + "v1/model", timeout=30) as resp:
         assert json.load(resp)["serving"]["max_batch"] == want
+
+
+def test_create_app_without_max_batch_follows_the_models_pixels(tmp_path: Path) -> None:
+    from cifarbench.models.manifest import Manifest
+    from cifarbench.serve.app import close_app, create_app
+
+    m = Manifest.load(nearest_model(tmp_path / "m", CLASSES, (224, 224)))
+
+    class Fake:
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return np.full((len(x), 3), 1 / 3, np.float32)
+
+        def describe(self) -> dict[str, Any]:
+            return {"runtime": "fake"}
+
+    for max_batch, want in ((None, 20), (7, 7)):
+        app = create_app(m, Fake(), max_batch=max_batch)
+        try:
+            assert app.state.handlers.batcher.max_batch == want
+        finally:
+            close_app(app)

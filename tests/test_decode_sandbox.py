@@ -171,3 +171,32 @@ def test_an_ordinary_icon_decodes_like_pillow() -> None:
         want = np.asarray(im.convert("RGB").resize((24, 24), Image.Resampling.LANCZOS))
     res = load_image(buf.getvalue(), 24, "squash")
     assert res.ok and np.array_equal(res.array, want)
+
+
+def test_a_big_streamed_file_is_opened_by_the_child_not_read_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   limits: None) -> None:
+    """Files over 32 MiB reach the loader as an open descriptor: the child gets the path, never the bytes."""
+    from cifarbench.data import images
+    from hostile import ico_png
+
+    big = tmp_path / "big.ico"
+    with open(big, "wb") as fh:
+        fh.write(ico_png(16, 16))
+        fh.truncate(40 << 20)  # 40 MiB, sparse: an ICO whose entry is followed by junk
+    seen: list[tuple[dict, int]] = []
+    real = ds._POOL.run
+    monkeypatch.setattr(ds._POOL, "run", lambda meta, payload, lim: seen.append((meta, len(payload))) or
+                        real(meta, payload, lim))
+    res = load_image(big, 8)
+    assert res.ok, res.error
+    assert seen and seen[0][0]["path"] == str(big) and seen[0][1] == 0
+    monkeypatch.setattr(ds, "_fd_path", lambda fd: None)  # no /proc: the size decides, before any read
+    ds.configure(ds.SandboxLimits(memory=40 * MIB, seconds=5.0))  # the file's size: at the limit, still piped
+    seen.clear()
+    load_image(big, 8)  # (the child may then run out of its 40 MiB: that is its own verdict)
+    assert [n for _, n in seen] == [40 << 20]
+    ds.configure(ds.SandboxLimits(memory=40 * MIB - 1, seconds=5.0))  # one byte under the file: refused unread
+    seen.clear()
+    assert load_image(big, 8).error == ("image too large for its format: a 42 MB ICO file, over the 40 MiB a "
+                                        "ICO decode may use")
+    assert seen == []

@@ -134,7 +134,7 @@ def test_a_lone_request_reaches_the_backend_without_a_copy() -> None:
 
 def test_the_linger_gathers_a_request_that_arrives_within_max_wait() -> None:
     backend = Gated(hold_first=False)
-    b = MicroBatcher(backend, max_batch=2, max_wait_s=0.9)
+    b = MicroBatcher(backend, max_batch=2, max_wait_s=30.0)  # the second request fills the batch: no wait
     f1 = b.submit(imgs(1))
     wait_for(lambda: b.queued() == 0, "the worker to take the first request")  # now lingering for more
     f2 = b.submit(imgs(2))
@@ -146,7 +146,9 @@ def test_the_linger_gathers_a_request_that_arrives_within_max_wait() -> None:
 def test_the_linger_ends_at_max_wait_when_nothing_comes() -> None:
     backend = Gated(hold_first=False)
     b = MicroBatcher(backend, max_batch=8, max_wait_s=0.2)
+    t0 = time.monotonic()
     assert b.predict(imgs(5), timeout=5).argmax(1).tolist() == [5]  # answered after the linger, not never
+    assert time.monotonic() - t0 >= 0.2  # it did wait for company (a lower bound: safe on a slow host)
     b.close()
 
 

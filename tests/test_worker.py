@@ -624,3 +624,26 @@ def test_synthetic_rows_draw_their_own_images(in_process: dict[str, Any], monkey
     assert drawn == [(tuple(in_process["manifest"].input.size), 5, 9)] and in_process["subset"] == []
     (_, _, shape, labels), = in_process["measured"]
     assert shape == (5, 2, 2, 3) and labels is None and row["x"] == 1.5 and probs is None
+
+
+def test_tta_cost_from_the_fake_clock_counts_every_view(recorded: tuple[Recording, Manifest],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """flip sends each batch with its mirror: the TTA pass's calls and cost_x, recomputed from the fake clock."""
+    import types
+
+    be, m = recorded
+    fake_time = types.SimpleNamespace(perf_counter=be.clock)
+    monkeypatch.setattr(worker, "time", fake_time)
+    monkeypatch.setattr(scenarios, "time", fake_time)
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    job = worker.Job(model="m", backend="onnx", batch_sizes=[8], scenarios=["single-stream"], warmup=0, min_iters=3,
+                     min_time=0.0, tta="flip")
+    be.calls.clear()
+    out, _ = worker.measure(job, m, images, np.full(20, 3))
+    single = [8, 8, 4]
+    assert be.calls[1:1 + 3] == single  # after the first call: the single-view accuracy pass
+    assert be.calls[4:4 + 3] == [16, 16, 8]  # then every batch with its mirror, in one call each
+    one = sum(OVERHEAD + PER_IMAGE * n for n in single)  # 0.032 fake s
+    two = sum(OVERHEAD + PER_IMAGE * 2 * n for n in single)  # 0.052: twice the images, the same calls
+    assert out["tta"]["cost_x"] == pytest.approx(two / one)  # 1.625: more than one view's time
+    assert out["tta"]["images_per_s"] == pytest.approx(20 / two)

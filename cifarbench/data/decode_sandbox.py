@@ -134,9 +134,15 @@ def decode(fp: IO[bytes], fmt: str | None, cost: int, **load_args: Any) -> np.nd
         raise DecodeRefused(f"image too large for its format: {fmt} needs {cost / 1e6:,.0f} MB to decode, over the "
                             f"{lim.memory / MIB:g} MiB a {fmt} decode may use")
     name = getattr(fp, "name", None)
+    if isinstance(name, int):  # a big file streamed from its descriptor (images._read_source): the child opens it
+        name = _fd_path(name)
     if isinstance(name, str) and os.path.isfile(name):
         meta, payload = {"path": name}, b""
     else:
+        size = fp.seek(0, os.SEEK_END)
+        if size > lim.memory:  # never read a file whole into this process just to pipe it to the child
+            raise DecodeRefused(f"image too large for its format: a {size / 1e6:,.0f} MB {fmt} file, over the "
+                                f"{lim.memory / MIB:g} MiB a {fmt} decode may use")
         fp.seek(0)
         meta, payload = {"path": None}, fp.read()
     meta["args"] = load_args
@@ -151,6 +157,14 @@ def decode(fp: IO[bytes], fmt: str | None, cost: int, **load_args: Any) -> np.nd
             if str(exc) != _OOM:
                 raise
             raise DecodeRefused(f"{_OOM} (a {fmt} decode may use {lim.memory / MIB:g} MiB)") from None
+
+
+def _fd_path(fd: int) -> str | None:
+    """The file an open descriptor reads (Linux's /proc), or None."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- parent side

@@ -56,8 +56,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, even if a
 # Corrupt files make Pillow's plugins warn ("Corrupt EXIF data", "Tag data larger than file")
 # on stderr; the loader already turns real failures into per-file reasons.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-# Pillow warns between its global limit and twice it; the loader's own checks are exact, so the warning is noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 logging.getLogger("PIL").addHandler(logging.NullHandler())  # no "lastResort" lines unless logging is set up
 
 try:  # optional HEIC/HEIF support through the `heif` extra

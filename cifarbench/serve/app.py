@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cifarbench import __version__
 from cifarbench.data import decode_sandbox
+from cifarbench.data.batching import SERVE_BATCH, images_per_batch
 from cifarbench.data.cstderr import python_stderr_apart
 from cifarbench.data.images import ImageResult
 from cifarbench.data.transform import as_transform
@@ -282,7 +283,7 @@ def create_app(
     backend_name: str | None = None,
     top_k: int = 5,
     limits: ServeLimits | None = None,
-    max_batch: int = 64,
+    max_batch: int | None = None,
     max_wait_ms: float = 0.0,
     resize: str | None = None,
     crop_pct: float | None = None,
@@ -295,6 +296,8 @@ def create_app(
 
     ``app.state.handlers.batcher`` is closed on lifespan shutdown (or call ``close_app``).
     """
+    if max_batch is None:  # 64 up to 128x128 pixels, fewer above: what `cifarbench serve` does without --max-batch
+        max_batch = images_per_batch(manifest.input.size, SERVE_BATCH)
     h = _App(manifest, backend, backend_name or getattr(backend, "name", "unknown"), top_k, limits or ServeLimits(),
              max_batch, max_wait_ms / 1000.0, resize, crop_pct, interpolation)
 
@@ -332,7 +335,9 @@ def load_app(model: str | None = None, backend: str | None = None, device: str =
     from cifarbench.models.model_ref import resolve_model
 
     manifest = resolve_model(model)
-    selection = select(manifest, backend, device, threads, batch_size=int(kwargs.get("max_batch", 64)))
+    if kwargs.get("max_batch") is None:
+        kwargs["max_batch"] = images_per_batch(manifest.input.size, SERVE_BATCH)
+    selection = select(manifest, backend, device, threads, batch_size=int(kwargs["max_batch"]))
     return create_app(manifest, with_tta(selection.load(manifest, threads), tta), backend_name=selection.name, **kwargs)
 
 
