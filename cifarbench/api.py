@@ -83,7 +83,7 @@ class Model:
             raise BatchError(f"predict takes RGB pixels of shape (N, {h}, {w}, 3) or ({h}, {w}, 3) for model "
                              f"{self.name!r}, got {tuple(np.shape(images))}; cifarbench.load_image(path, "
                              f"({h}, {w})) decodes a file to it")
-        from cifarbench.runs.classify import probs_of
+        from cifarbench.runs.rows import probs_of
 
         return probs_of(self._backend.predict, np.ascontiguousarray(a))
 
@@ -101,7 +101,7 @@ class Model:
         from cifarbench.data.decode_pool import DecodeLimits, decode_ordered
         from cifarbench.data.discover import discover
         from cifarbench.data.images import DEFAULT_MAX_PIXELS
-        from cifarbench.runs.classify import _rows
+        from cifarbench.runs.rows import _rows
         from cifarbench.runs.writers import Row
         from cifarbench.sysinfo import usable_cores
 

@@ -85,8 +85,11 @@ def test_api_classify_batches_like_serve(tmp_path: Path) -> None:
 def test_serve_max_batch_follows_the_models_pixels(tmp_path: Path, serve_process: Any, size: tuple[int, int],
                                                    extra: tuple[str, ...], want: int) -> None:
     srv = serve_process(nearest_model(tmp_path / "m", CLASSES, size), "onnx", *extra)
-    with urllib.request.urlopen(srv.url + "v1/model", timeout=30) as resp:
-        assert json.load(resp)["serving"]["max_batch"] == want
+    try:
+        with urllib.request.urlopen(srv.url + "v1/model", timeout=30) as resp:
+            assert json.load(resp)["serving"]["max_batch"] == want
+    except OSError as exc:
+        raise AssertionError(f"{exc}; server said: {srv.lines[-15:]}; exit {srv.proc.poll()}") from None
 
 
 def test_create_app_without_max_batch_follows_the_models_pixels(tmp_path: Path) -> None:

@@ -434,13 +434,18 @@ def blp_header_bomb(w: int, h: int) -> bytes:
 
 
 def _peak_rss_mb_of(code: str) -> float:
-    """Run ``code`` in a fresh interpreter; its ru_maxrss growth over the imports, in MB."""
+    """Run ``code`` in a fresh interpreter; its peak RSS growth over the imports, in MB.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking process, so a child of a pytest
+    that had grown to 1.6 GB started at 1.6 GB and its growth read 0 whatever it allocated.
+    """
     import subprocess
     import sys
 
-    prog = ("import resource, cifarbench.data.images as images\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n" + code +
-            "\nprint((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+    hwm = "int(next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')).split()[1])"
+    prog = ("import cifarbench.data.images as images\n"
+            f"base = {hwm}\n" + code +
+            f"\nprint(({hwm} - base) / 1024)")
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -16,7 +16,7 @@ from cifarbench.bench.metrics import exceeds_pp, images_in
 from cifarbench.models.manifest import Manifest
 
 if TYPE_CHECKING:
-    from cifarbench.bench.runner import Row
+    from cifarbench.bench.row import Row
 
 REFERENCE_ORDER = ("keras", "onnx", "tflite", "openvino-f32")  # float32 backends only (openvino may run bf16)
 REFERENCE_TEXT = f"the first float32 backend measured of {', '.join(REFERENCE_ORDER)}"

@@ -15,7 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from cifarbench.bench.runner import SCHEMA, SCHEMA_VERSION, Row
+from cifarbench.bench.row import Row
+from cifarbench.bench.runner import SCHEMA, SCHEMA_VERSION
 from cifarbench.errors import DataError
 
 _NUM = {"type": ["number", "null"]}

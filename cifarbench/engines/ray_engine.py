@@ -73,7 +73,7 @@ class Job:
 def rows_of_batch(entries: Sequence[FileEntry], batch: dict[str, np.ndarray], classes: Sequence[str],
                   top_k: int) -> list[Row]:
     """The driver's only per-row work: a returned batch -> rows, with the local engine's own ``_rows``."""
-    from cifarbench.runs.classify import _rows
+    from cifarbench.runs.rows import _rows
 
     ok, probs = np.asarray(batch["ok"], bool), np.asarray(batch["probs"])
     good = iter(_rows(probs[ok], [e.path for e, o in zip(entries, ok) if o], classes, top_k))

@@ -96,7 +96,7 @@ class Predictor:
         self.classes = len(manifest.classes)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cifarbench.runs.classify import probs_of
+        from cifarbench.runs.rows import probs_of
 
         ok = np.asarray(batch["ok"], bool)
         probs = np.full((len(ok), self.classes), np.nan, np.float32)

@@ -121,7 +121,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 def build_train(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), l2: float = L2,
                 image_size: tuple[int, int] = (32, 32)) -> Any:
     """The flagship's training graph (see the module docstring); ``to_plain`` gives the shipped model."""
-    from cifarbench.models.zoo import stem
+    from cifarbench.models.blocks import stem
 
     L = keras.layers
     reg = keras.regularizers.L2(l2) if l2 else None
@@ -163,7 +163,7 @@ def set_whiten_bias_trainable(model: Any, on: bool) -> None:
 
 def to_plain(train_model: Any, num_classes: int = 10) -> Any:
     """Fold the training graph into the standard-layer flagship (same outputs, no custom objects)."""
-    from cifarbench.models.zoo import build_flagship
+    from cifarbench.models.blocks import build_flagship
 
     plain = build_flagship(num_classes, image_size=tuple(train_model.input_shape[1:3]))
     src = {layer.name: layer for layer in train_model.layers}

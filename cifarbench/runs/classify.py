@@ -29,13 +29,14 @@ from cifarbench.backends.tta import with_tta
 from cifarbench.data.batching import DEFAULT_BATCH, images_per_batch
 from cifarbench.data.decode_pool import DecodeLimits, decode_ordered
 from cifarbench.data.discover import FileEntry, discover
-from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError, first_line
+from cifarbench.errors import CifarbenchError, ExitStatus, ModelError, UsageError
 from cifarbench.events import Emit, Event, null_emit
 from cifarbench.runs.options import ClassifyOptions
 from cifarbench.runs.pair_commit import recover as recover_pair
 from cifarbench.runs.pair_commit import write_pair
 from cifarbench.runs.resume import STATE_SUFFIX, KeptRows, PreviousRows, load_previous, state_path_for, write_state  # noqa: F401 (re-exported)
 from cifarbench.runs.resume import state_doc
+from cifarbench.runs.rows import _rows, probs_of  # noqa: F401 (re-exported: the API and engines used them here)
 from cifarbench.runs.writers import Row, RowWriter, display_text, make_writer
 from cifarbench.data.transform import Transform
 from cifarbench.sysinfo import usable_cores
@@ -98,33 +99,6 @@ def predict_rows(entries: Sequence[FileEntry], decoded: Iterable[tuple[np.ndarra
             yield finish(running)
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
-
-
-def probs_of(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
-    """The backend's (n, classes) scores, with any runtime failure as one clear ModelError."""
-    try:
-        probs = np.asarray(predict(batch), dtype=np.float32)
-    except Exception as exc:  # runtimes raise their own types
-        raise ModelError(f"inference failed: {first_line(exc)}") from None
-    if probs.ndim != 2 or probs.shape[0] != len(batch):
-        raise ModelError(f"model returned shape {probs.shape} for a batch of {len(batch)}")
-    return probs
-
-
-def _rows(probs: np.ndarray, paths: list[str], classes: Sequence[str], top_k: int) -> list[Row]:
-    """Top-k rows for a batch, vectorised: one argsort and one tolist per batch, not per file."""
-    k = min(top_k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(probs, order, axis=1)
-    finite = np.isfinite(probs).all(axis=1).tolist()
-    names = [classes[i] if i < len(classes) else str(i) for i in range(probs.shape[1])]
-    rows = []
-    for path, idx, conf, ok in zip(paths, order.tolist(), top.tolist(), finite):
-        if not ok:
-            rows.append(Row(path, error="model output is not finite"))
-        else:
-            rows.append(Row(path, names[idx[0]], idx[0], conf[0], [(names[i], c) for i, c in zip(idx[1:], conf[1:])]))
-    return rows
 
 
 # --------------------------------------------------------------------------- the run
