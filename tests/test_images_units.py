@@ -518,3 +518,71 @@ def test_reason_for_a_real_corrupt_tiff_names_libtiff_in_one_line() -> None:
         with pytest.raises(images._DecodeFailed) as info:
             images._load(im)
     assert re.fullmatch(r"(corrupt or unreadable|truncated) image \(.+; libtiff: .+\)", str(info.value))
+
+
+# ----------------------------------------------------------------------------- ICO: Image.open itself decodes
+
+
+def test_an_ico_goes_to_the_sandbox_before_pillow_opens_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hostile import ico_png
+
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_decode(fp: Any, fmt: Any, cost: int, **kw: Any) -> np.ndarray:
+        calls.append((fmt, cost, kw))
+        return np.zeros((24, 40, 3), np.uint8)
+
+    def no_open(*_: Any, **__: Any) -> Any:
+        raise AssertionError("Pillow opened the ICO in this process")
+
+    monkeypatch.setattr(decode_sandbox, "decode", fake_decode)
+    monkeypatch.setattr(images, "_open_checked", no_open)
+    t = Transform((24, 40), "pad", 0.875, "bicubic")
+    assert load_image(ico_png(8, 8), t, max_pixels=4321, draft=False).ok
+    assert calls == [("ICO", 0, {"size": (24, 40), "resize": "pad", "crop_pct": 0.875, "interpolation": "bicubic",
+                                 "max_pixels": 4321, "draft": False})]
+
+
+class ReadRecorder(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[Any] = []
+
+    def read(self, n: Any = -1) -> bytes:
+        self.reads.append(n)
+        return super().read(n)
+
+
+def test_the_format_sniff_reads_a_few_bytes_not_the_file() -> None:
+    fp = ReadRecorder(encode(noise(20, 30), "PNG"))
+    images._decode_unlocked(fp, Transform((8, 8)), None, True)
+    assert isinstance(fp.reads[0], int) and 0 < fp.reads[0] <= 16  # a big streamed file is never slurped here
+
+
+@pytest.fixture
+def no_sandbox() -> Any:
+    old = decode_sandbox.limits()
+    decode_sandbox.configure(decode_sandbox.SandboxLimits(enabled=False))
+    yield
+    decode_sandbox.configure(old)
+
+
+@pytest.mark.parametrize("wh, limit, ok", [((1000, 1000), 1_000_000, True), ((1001, 1000), 1_000_000, False),
+                                           ((1000, 1000), 999_999, False)])
+def test_without_the_sandbox_an_icos_open_is_bounded_exactly_by_the_limit(
+        no_sandbox: None, wh: tuple[int, int], limit: int, ok: bool) -> None:
+    from hostile import ico_png
+
+    res = load_image(ico_png(*wh), 8, max_pixels=limit)
+    if ok:
+        assert res.ok and res.array.shape == (8, 8, 3), res.error
+    else:
+        assert res.error == ("image too large, refused as a decompression bomb (an image inside the file is over the "
+                             f"limit of {limit:,} pixels (--max-pixels))")
+
+
+def test_without_the_sandbox_an_ico_without_a_limit_opens(no_sandbox: None) -> None:
+    from hostile import ico_png
+
+    res = load_image(ico_png(300, 200), 8, max_pixels=None)
+    assert res.ok and not res.array.any()
