@@ -228,3 +228,40 @@ def test_class_file_size_limit_is_checked_before_reading(tmp_path: Path, extra: 
     else:
         with pytest.raises(UsageError, match="too large"):
             read_classes(p)
+
+
+class _Counted:
+    """Right on the first ``plain`` images under raw pixels, on the first ``scaled`` under any preset to 0-1 or -1-1."""
+
+    def __init__(self, labels: np.ndarray, plain: int, scaled: int) -> None:
+        self.labels, self.plain, self.scaled = labels, plain, scaled
+
+    def scores_with(self, x: np.ndarray, steps: object) -> np.ndarray:
+        from cifarbench.models.onnxio import _apply
+
+        v = x.astype(np.float32)
+        for s in steps:  # type: ignore[attr-defined]
+            v = _apply(v, s)
+        k = self.scaled if v.max() <= 1.0 else self.plain
+        pred = self.labels.copy()
+        pred[k:] = (pred[k:] + 1) % 3
+        return np.eye(3, dtype=np.float32)[pred]
+
+
+@pytest.mark.parametrize("n, plain, scaled, warns", [
+    (100, 50, 60, True),    # exactly 10 pp and 10 images: on floats (0.6 - 0.5) * 100 = 9.999... missed it
+    (100, 50, 59, False),   # 9 pp
+    (50, 20, 25, True),     # 10 pp with exactly 5 images
+    (40, 20, 24, False),    # 10 pp but 4 images: too few
+    (51, 20, 25, False),    # 5 images but 9.8 pp
+    (256, 0, 26, True),     # 10.16 pp
+    (256, 0, 25, False),    # 9.77 pp
+])
+def test_preset_scan_threshold_on_counts_at_the_limit_and_one_past(n: int, plain: int, scaled: int, warns: bool) -> None:
+    y = np.arange(n) % 3
+    x = np.full((n, 2, 2, 3), 200, np.uint8)
+    scan = preset_scan(_Counted(y, plain, scaled), x, y, "none")
+    assert ("warning" in scan) is warns, scan
+    assert scan["chosen_accuracy"] == plain / n and scan["images"] == n
+    if warns:
+        assert f"on {n} parity images against {100 * plain / n:.1f} % with none" in scan["warning"]

@@ -56,6 +56,7 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/backends/__init__.py": ["tests/test_backends_registry.py"],
     "cifarbench/backends/bf16guard.py": ["tests/test_bf16_auto.py"],
     "cifarbench/runs/pair_commit.py": ["tests/test_pair_commit.py"],
+    "cifarbench/conversion/input_check.py": ["tests/test_classes.py"],
     "cifarbench/serve/batching.py": ["tests/test_serve_batcher.py",
                                      "tests/test_serve.py::test_batcher_splits_large_requests_and_keeps_order",
                                      "tests/test_serve.py::test_batcher_merges_concurrent_requests_without_concurrent_predict",
