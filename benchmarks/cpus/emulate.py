@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         env.update(HOME=str(home), USER=args.user, LOGNAME=args.user, XDG_CACHE_HOME=str(home / ".cache"))
         drop = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--"]
         pytest += ["-p", "no:cacheprovider"]  # the checkout is root's
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()  # what this run tests: taken before it starts
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                      text=True).stdout.strip():
+        commit += "-dirty"
     inner = f"mount --bind {fake} /proc/cpuinfo && exec \"$@\""
     cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", inner, "sh", *drop, *pytest]
     t0 = time.monotonic()
@@ -104,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = next((ln for ln in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed)", ln)), "")
     host = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                  if ln.startswith("model name")), "?")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / f"{args.cpu}-{args.user}.txt").write_text(
