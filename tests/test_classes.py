@@ -242,7 +242,7 @@ class _Counted:
         v = x.astype(np.float32)
         for s in steps:  # type: ignore[attr-defined]
             v = _apply(v, s)
-        k = self.scaled if v.max() <= 1.0 else self.plain
+        k = self.scaled if v.size == 0 or v.max() <= 1.0 else self.plain
         pred = self.labels.copy()
         pred[k:] = (pred[k:] + 1) % 3
         return np.eye(3, dtype=np.float32)[pred]
@@ -265,3 +265,70 @@ def test_preset_scan_threshold_on_counts_at_the_limit_and_one_past(n: int, plain
     assert scan["chosen_accuracy"] == plain / n and scan["images"] == n
     if warns:
         assert f"on {n} parity images against {100 * plain / n:.1f} % with none" in scan["warning"]
+
+
+def test_preset_scan_answer_word_for_word() -> None:
+    n = 100
+    y = np.arange(n) % 3
+    x = np.full((n, 2, 2, 3), 200, np.uint8)
+    scan = preset_scan(_Counted(y, 50, 60), x, y, "")  # "" is the same preprocessing as none
+    assert scan == {"chosen": "none", "images": 100, "chosen_accuracy": 0.5,
+                    "accuracy": {"none": 0.5, "torch": 0.5, "tf": 0.6, "caffe": 0.5, "scale:1/255": 0.6},
+                    "better": "tf",  # torch's mean-std leaves values above 1: the fake's raw answer
+                    "warning": "--preprocess tf scores 60.0 % on 100 parity images against 50.0 % with none: "
+                               "the model probably expects --preprocess tf"}
+
+
+def test_preset_scan_one_point_short_of_ten_on_101_images() -> None:
+    y = np.arange(101) % 3
+    scan = preset_scan(_Counted(y, 20, 30), np.full((101, 2, 2, 3), 200, np.uint8), y, "none")
+    assert "warning" not in scan  # 10 images of 101 = 9.9 pp
+
+
+def test_preset_scan_can_name_none_when_the_chosen_preset_scales() -> None:
+    """Raw pixels (none, and torch's and caffe's outputs above 1) score; the chosen tf scaling does not: none is named."""
+    y = np.arange(60) % 3
+    scan = preset_scan(_Counted(y, 60, 0), np.full((60, 2, 2, 3), 200, np.uint8), y, "tf")
+    assert scan["better"] == "none" and scan["chosen_accuracy"] == 0.0
+    assert scan["warning"].endswith("against 0.0 % with tf: the model probably expects --preprocess none")
+
+
+def test_preset_scan_scores_a_chosen_preset_outside_the_candidates() -> None:
+    y = np.arange(60) % 3
+    x = np.full((60, 2, 2, 3), 200, np.uint8)
+    scan = preset_scan(_Counted(y, 12, 60), x, y, "scale:1/510")  # scaled into 0-0.5: the scaled answer
+    assert scan["chosen"] == "scale:1/510" and scan["chosen_accuracy"] == 1.0 and "warning" not in scan
+    scan = preset_scan(_Counted(y, 12, 60), x, y, "scale:2")  # not scaled down: the raw answer, 20 %
+    assert scan["chosen_accuracy"] == 0.2 and scan["better"] == "tf"
+
+
+def test_preset_scan_skips_a_preset_the_model_cannot_run_and_scores_the_rest() -> None:
+    y = np.arange(30) % 3
+
+    class Breaks(_Counted):
+        def scores_with(self, x: np.ndarray, steps: object) -> np.ndarray:
+            if any(getattr(s, "kind", "") == "mean-std" for s in steps):  # type: ignore[attr-defined]
+                raise FloatingPointError("overflow")
+            return super().scores_with(x, steps)
+
+    scan = preset_scan(Breaks(y, 0, 30), np.full((30, 2, 2, 3), 200, np.uint8), y, "none")
+    assert sorted(scan["accuracy"]) == ["none", "scale:1/255"]  # torch, tf and caffe raised; scale still scored
+
+
+def test_preset_scan_without_images() -> None:
+    y = np.zeros(0, np.int64)
+    scan = preset_scan(_Counted(y, 0, 0), np.zeros((0, 2, 2, 3), np.uint8), y, "none")
+    assert scan["images"] == 0 and scan["chosen_accuracy"] == 0.0 and set(scan["accuracy"].values()) == {0.0}
+    assert "warning" not in scan
+
+
+@pytest.mark.parametrize("acc, n, line", [
+    (0.149, 10, "test-split accuracy 14.9 % is near chance (10.0 % for 10 classes): check --preprocess, --classes and "
+                "the class order"),
+    (0.8, 1, "test-split accuracy 80.0 % is near chance (100.0 % for 1 classes): check --preprocess, --classes and "
+             "the class order"),
+    (0.7, 2, "test-split accuracy 70.0 % is near chance (50.0 % for 2 classes): check --preprocess, --classes and "
+             "the class order"),
+])
+def test_near_chance_line_word_for_word(acc: float, n: int, line: str) -> None:
+    assert near_chance(acc, n, "test-split") == line
