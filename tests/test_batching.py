@@ -19,3 +19,10 @@ from cifarbench.data.batching import PIXELS_PER_BATCH, images_per_batch
 def test_images_per_batch(size: tuple[int, int], cap: int, expected: int) -> None:
     assert images_per_batch(size, cap) == expected
     assert images_per_batch(size, cap) * size[0] * size[1] <= max(PIXELS_PER_BATCH, size[0] * size[1])
+
+
+def test_default_cap_and_the_one_pixel_model() -> None:
+    assert images_per_batch((32, 32)) == 256  # classify's default, up to 64x64
+    assert images_per_batch((64, 64)) == 256 and images_per_batch((64, 65)) == 252
+    assert images_per_batch((1, 1), 10**6) == 10**6  # 1,048,576 one-pixel images fit: the cap decides
+    assert images_per_batch((1, 2), 10**6) == PIXELS_PER_BATCH // 2

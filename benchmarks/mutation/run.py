@@ -57,6 +57,8 @@ MODULES: dict[str, list[str]] = {
     "cifarbench/backends/bf16guard.py": ["tests/test_bf16_auto.py"],
     "cifarbench/runs/pair_commit.py": ["tests/test_pair_commit.py"],
     "cifarbench/conversion/input_check.py": ["tests/test_classes.py"],
+    "cifarbench/data/batching.py": ["tests/test_batching.py", "tests/test_classify_batch.py"],
+    "cifarbench/runs/rows.py": ["tests/test_rows.py"],
     "cifarbench/serve/batching.py": ["tests/test_serve_batcher.py",
                                      "tests/test_serve.py::test_batcher_splits_large_requests_and_keeps_order",
                                      "tests/test_serve.py::test_batcher_merges_concurrent_requests_without_concurrent_predict",
