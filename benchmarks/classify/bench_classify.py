@@ -187,8 +187,9 @@ def render(res: dict) -> str:
     return "\n".join(lines + ["", END])
 
 
-def write_md(path: Path, generated: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# classify benchmark\n\n" + BEGIN + "\n" + END + "\n"
+def write_md(path: Path, generated: str, title: str = "# classify benchmark") -> None:
+    """Replace the generated block of ``path`` (text outside the markers stays); also used by bench_native."""
+    old = path.read_text(encoding="utf-8") if path.exists() else f"{title}\n\n" + BEGIN + "\n" + END + "\n"
     if BEGIN in old and END in old:
         new = old[: old.index(BEGIN)] + generated + old[old.index(END) + len(END):]
     else:

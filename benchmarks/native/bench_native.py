@@ -35,6 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks" / "classify"))  # bench_classify: the photos and the results.md writer
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 ARCHS = {  # name: (keras.applications constructor, preset of its preprocess_input)
@@ -190,7 +191,6 @@ def stage_bench(args: argparse.Namespace, res: dict) -> None:
 
 
 def stage_classify(args: argparse.Namespace, res: dict) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks" / "classify"))
     from bench_classify import make_photos  # the same generated 1920x1080 photos as the classify benchmark
 
     from cifarbench import backends as be
@@ -319,12 +319,9 @@ def render(res: dict) -> str:
 
 
 def write_md(path: Path, generated: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Native-size models\n\n" + BEGIN + "\n" + END + "\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + generated + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + generated + "\n"
-    path.write_text(new, encoding="utf-8")
+    from bench_classify import write_md as write_block  # one generated-block writer for both benchmarks
+
+    write_block(path, generated, "# Native-size models")
 
 
 def environment() -> dict:
